@@ -1,0 +1,407 @@
+"""The gateway driven by the official OpenAI Python SDK, against the upstream simulator."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from openai import OpenAI
+
+from support import (
+    DEFAULT_MODEL,
+    JPEG_MAGIC,
+    MODELS,
+    PNG_MAGIC,
+    gradient_png,
+    http,
+    png_size,
+)
+
+IMAGE_PART = re.compile(r"image(\[\d*\])?")
+# Models whose edits take reference URLs only: an uploaded file cannot be forwarded.
+URL_ONLY_EDIT_MODELS = ["gpt-image-2-beta", "sparkpix"]
+
+
+def prompt(text: str) -> str:
+    """A prompt made unique per call, so no cache or dedup can answer it."""
+    return f"{text} #{uuid.uuid4().hex[:8]}"
+
+
+def decode_b64(item) -> bytes:
+    assert item.b64_json, f"no b64_json in {item!r}"
+    return base64.b64decode(item.b64_json, validate=True)
+
+
+def assert_png(data: bytes) -> None:
+    assert data[:8] == PNG_MAGIC, f"not a PNG: {data[:16]!r}"
+    width, height = png_size(data)
+    assert width > 0 and height > 0
+
+
+def image_parts(record: dict) -> list[dict]:
+    return [p for p in record.get("multipart") or [] if IMAGE_PART.fullmatch(p.get("name", ""))]
+
+
+def only_create_call(rec) -> dict:
+    calls = rec.with_body()
+    assert len(calls) == 1, f"expected one upstream create call, got {json.dumps(rec.requests)}"
+    return calls[0]
+
+
+def assert_no_upstream_call(rec) -> None:
+    assert rec.requests == [], f"a rejected request reached the upstream: {json.dumps(rec.requests)}"
+
+
+def assert_error_body(err: openai.APIStatusError) -> dict:
+    """The error must be OpenAI-shaped, with an `x-request-id`."""
+    body = err.response.json()
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "param", "code"} <= set(body["error"]), body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    assert isinstance(body["error"]["type"], str) and body["error"]["type"], body
+    assert err.request_id, "error response without x-request-id"
+    return body["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Generations.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_generate_b64_on_each_model(client: OpenAI, sim, model: str):
+    with sim.recording() as rec:
+        res = client.images.generate(model=model, prompt=prompt("a lighthouse at dusk"))
+
+    assert isinstance(res.created, int) and res.created > 1_600_000_000
+    assert res.data is not None and len(res.data) == 1
+    assert_png(decode_b64(res.data[0]))
+    assert res.output_format == "png"
+    assert res.size and re.fullmatch(r"\d+x\d+", res.size), res.size
+    assert res.quality in ("low", "medium", "high"), res.quality
+    assert res._request_id
+    assert rec.with_body(), f"{model}: no upstream call was made"
+
+
+def test_generate_without_model_uses_default(client: OpenAI, sim):
+    with sim.recording() as rec:
+        res = client.images.generate(prompt=prompt("a red bicycle"))
+    assert_png(decode_b64(res.data[0]))
+    call = only_create_call(rec)
+    upstream_model = call.get("model") or (call.get("json") or {}).get("model")
+    assert upstream_model == DEFAULT_MODEL, call
+
+
+def test_generate_explicit_nulls_are_absent(client: OpenAI):
+    # The Python SDK sends JSON null for parameters passed as None.
+    res = client.images.generate(prompt=prompt("a teapot"), n=None, size=None, quality=None)
+    assert len(res.data) == 1
+    assert_png(decode_b64(res.data[0]))
+
+
+def test_generate_url_format(client: OpenAI):
+    res = client.images.generate(
+        model=DEFAULT_MODEL, prompt=prompt("a quiet harbor"), response_format="url"
+    )
+    assert len(res.data) == 1
+    url = res.data[0].url
+    assert url and url.startswith(("http://", "https://")), res.data[0]
+    fetched = http("GET", url)
+    assert fetched.status == 200, f"GET {url} -> {fetched.status}"
+    assert_png(fetched.body)
+
+
+def test_generate_jpeg(client: OpenAI):
+    res = client.images.generate(
+        model=DEFAULT_MODEL, prompt=prompt("a snowy forest"), output_format="jpeg"
+    )
+    assert decode_b64(res.data[0])[:3] == JPEG_MAGIC
+    assert res.output_format == "jpeg"
+
+
+def test_generate_n2(client: OpenAI):
+    res = client.images.generate(model=DEFAULT_MODEL, prompt=prompt("two cats"), n=2)
+    assert len(res.data) == 2
+    for item in res.data:
+        assert_png(decode_b64(item))
+
+
+def test_generate_echoes_size_and_quality(client: OpenAI):
+    res = client.images.generate(
+        model=DEFAULT_MODEL, prompt=prompt("a wide canyon"), size="1536x1024", quality="low"
+    )
+    assert_png(decode_b64(res.data[0]))
+    assert res.size == "1536x1024"
+    assert res.quality == "low"
+
+
+def test_concurrent_generations(client: OpenAI):
+    def one(model: str):
+        return client.images.generate(model=model, prompt=prompt("a paper boat"))
+
+    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
+        results = list(pool.map(one, MODELS))
+    ids = set()
+    for res in results:
+        assert_png(decode_b64(res.data[0]))
+        ids.add(res._request_id)
+    assert len(ids) == len(MODELS), "request ids are not unique"
+
+
+# --------------------------------------------------------------------------------------------------
+# Edits (multipart uploads).
+# --------------------------------------------------------------------------------------------------
+
+
+def test_edit_single_file(client: OpenAI, sim, image_files):
+    (path,) = image_files(1)
+    with sim.recording() as rec, open(path, "rb") as f:
+        res = client.images.edit(model=DEFAULT_MODEL, image=f, prompt=prompt("add a hat"))
+    assert_png(decode_b64(res.data[0]))
+    parts = image_parts(only_create_call(rec))
+    assert len(parts) == 1, rec.requests
+    assert parts[0]["len"] == path.stat().st_size, "the uploaded image changed on its way upstream"
+
+
+def test_edit_image_list_reaches_upstream_as_two_parts(client: OpenAI, sim, image_files):
+    paths = image_files(2)
+    with sim.recording() as rec, open(paths[0], "rb") as f1, open(paths[1], "rb") as f2:
+        res = client.images.edit(model=DEFAULT_MODEL, image=[f1, f2], prompt=prompt("merge them"))
+    assert_png(decode_b64(res.data[0]))
+    parts = image_parts(only_create_call(rec))
+    assert len(parts) == 2, f"expected 2 image parts upstream: {json.dumps(rec.requests)}"
+    assert sorted(p["len"] for p in parts) == sorted(p.stat().st_size for p in paths)
+
+
+def test_edit_one_element_list(client: OpenAI, sim, image_files):
+    # A one-element list is sent as `image[]`, not `image`.
+    (path,) = image_files(1)
+    with sim.recording() as rec:
+        res = client.images.edit(model=DEFAULT_MODEL, image=[path], prompt=prompt("make it blue"))
+    assert_png(decode_b64(res.data[0]))
+    assert len(image_parts(only_create_call(rec))) == 1
+
+
+def test_edit_with_mask(client: OpenAI, sim, image_files):
+    (path,) = image_files(1)
+    with sim.recording() as rec, open(path, "rb") as f, open(image_files.mask, "rb") as m:
+        res = client.images.edit(
+            model=DEFAULT_MODEL, image=f, mask=m, prompt=prompt("fill the hole with flowers")
+        )
+    assert_png(decode_b64(res.data[0]))
+    call = only_create_call(rec)
+    masks = [p for p in call.get("multipart") or [] if p.get("name") == "mask"]
+    assert len(masks) == 1, f"the mask did not reach the upstream: {json.dumps(call)}"
+    assert masks[0]["len"] == image_files.mask.stat().st_size
+
+
+def test_edit_raw_bytes_without_filename(client: OpenAI):
+    # Raw bytes go out as filename "upload", application/octet-stream: the gateway must sniff.
+    res = client.images.edit(
+        model=DEFAULT_MODEL, image=gradient_png(seed=7), prompt=prompt("add stars")
+    )
+    assert_png(decode_b64(res.data[0]))
+
+
+def test_edit_lite_single_upload(client: OpenAI, sim, image_files):
+    (path,) = image_files(1)
+    with sim.recording() as rec, open(path, "rb") as f:
+        res = client.images.edit(model="gpt-image-2-lite", image=f, prompt=prompt("sepia tone"))
+    assert_png(decode_b64(res.data[0]))
+    assert rec.with_body(), "no upstream call was made"
+
+
+def test_edit_lite_rejects_two_uploads(client: OpenAI, sim, image_files):
+    paths = image_files(2)
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.edit(model="gpt-image-2-lite", image=paths, prompt=prompt("combine"))
+    assert exc.value.status_code == 400
+    assert_error_body(exc.value)
+    assert_no_upstream_call(rec)
+
+
+@pytest.mark.parametrize("model", URL_ONLY_EDIT_MODELS)
+def test_edit_upload_on_url_only_model_is_rejected(client: OpenAI, sim, image_files, model: str):
+    (path,) = image_files(1)
+    with sim.recording() as rec, open(path, "rb") as f:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.edit(model=model, image=f, prompt=prompt("add a hat"))
+    assert exc.value.status_code == 400
+    assert_error_body(exc.value)
+    assert_no_upstream_call(rec)
+
+
+def test_edit_more_than_16_images_is_rejected(client: OpenAI, sim):
+    images = [(f"r{i}.png", gradient_png(8, 8, seed=i), "image/png") for i in range(17)]
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError):
+            client.images.edit(model=DEFAULT_MODEL, image=images, prompt=prompt("collage"))
+    assert_no_upstream_call(rec)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_models_list(client: OpenAI):
+    page = client.models.list()
+    models = list(page)
+    assert sorted(m.id for m in models) == sorted(MODELS)
+    for m in models:
+        assert m.object == "model"
+        assert isinstance(m.created, int)
+        assert isinstance(m.owned_by, str) and m.owned_by
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_models_retrieve(client: OpenAI, model: str):
+    m = client.models.retrieve(model)
+    assert m.id == model
+    assert m.object == "model"
+
+
+def test_models_retrieve_unknown_is_404(client: OpenAI):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.models.retrieve("no-such-model")
+    assert exc.value.status_code == 404
+    assert_error_body(exc.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_wrong_api_key(demo, sim):
+    bad = OpenAI(api_key="sk-wrong", base_url=demo.gateway_url, max_retries=0)
+    with sim.recording() as rec:
+        with pytest.raises(openai.AuthenticationError) as exc:
+            bad.images.generate(model=DEFAULT_MODEL, prompt=prompt("anything"))
+    assert exc.value.status_code == 401
+    assert_error_body(exc.value)
+    assert_no_upstream_call(rec)
+
+
+def test_wrong_api_key_on_models(demo):
+    bad = OpenAI(api_key="sk-wrong", base_url=demo.gateway_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_missing_authorization_header(demo):
+    res = http(
+        "POST",
+        f"{demo.gateway_url}/images/generations",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps({"prompt": "no key"}).encode(),
+    )
+    assert res.status == 401
+    assert res.headers.get("content-type", "").startswith("application/json")
+    assert res.headers.get("x-request-id")
+    err = res.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(err)
+
+
+def test_bad_size(client: OpenAI, sim):
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.generate(model=DEFAULT_MODEL, prompt=prompt("tiny"), size="100x100")
+    assert exc.value.status_code == 400
+    assert exc.value.param == "size"
+    assert assert_error_body(exc.value)["param"] == "size"
+    assert_no_upstream_call(rec)
+
+
+@pytest.mark.parametrize("n", [0, 11])
+def test_n_out_of_range(client: OpenAI, sim, n: int):
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.generate(model=DEFAULT_MODEL, prompt=prompt("many"), n=n)
+    assert exc.value.status_code == 400
+    assert_error_body(exc.value)
+    assert_no_upstream_call(rec)
+
+
+def test_unknown_model_on_generate(client: OpenAI, sim):
+    with sim.recording() as rec:
+        with pytest.raises(openai.NotFoundError) as exc:
+            client.images.generate(model="no-such-model", prompt=prompt("x"))
+    assert exc.value.status_code == 404
+    assert exc.value.code == "model_not_found"
+    assert_error_body(exc.value)
+    assert_no_upstream_call(rec)
+
+
+def test_malformed_json_body(demo, sim):
+    with sim.recording() as rec:
+        res = http(
+            "POST",
+            f"{demo.gateway_url}/images/generations",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {demo.api_key}"},
+            body=b'{"prompt": ',
+        )
+    assert res.status == 400, res.body
+    assert "error" in res.json()
+    assert_no_upstream_call(rec)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_content_policy(client: OpenAI, model: str):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.images.generate(model=model, prompt=prompt("[sim:policy] something"))
+    assert exc.value.status_code == 400
+    assert exc.value.code == "moderation_blocked"
+    assert_error_body(exc.value)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_upstream_500_is_502(client: OpenAI, model: str):
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.images.generate(model=model, prompt=prompt("[sim:500] something"))
+    assert exc.value.status_code == 502
+    assert_error_body(exc.value)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_upstream_insufficient_credits(client: OpenAI, model: str):
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.images.generate(model=model, prompt=prompt("[sim:402] something"))
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_insufficient_credits"
+    assert_error_body(exc.value)
+
+
+def test_upstream_500_on_edit(client: OpenAI, image_files):
+    (path,) = image_files(1)
+    with open(path, "rb") as f, pytest.raises(openai.InternalServerError) as exc:
+        client.images.edit(model=DEFAULT_MODEL, image=f, prompt=prompt("[sim:500] add a hat"))
+    assert exc.value.status_code == 502
+
+
+def test_request_id_on_success(client: OpenAI):
+    raw = client.images.with_raw_response.generate(
+        model="sparkpix", prompt=prompt("a small cactus")
+    )
+    assert raw.headers.get("x-request-id")
+    assert raw.headers.get("content-type", "").startswith("application/json")
+    res = raw.parse()
+    assert res._request_id == raw.headers["x-request-id"]
+    assert_png(decode_b64(res.data[0]))
+
+
+def test_request_id_on_models(client: OpenAI):
+    raw = client.models.with_raw_response.list()
+    assert raw.headers.get("x-request-id")
+
+
+def test_sim_stats_reachable(sim):
+    stats = sim.stats()
+    assert isinstance(stats, dict) and stats
+
