@@ -405,3 +405,10 @@ def test_sim_stats_reachable(sim):
     stats = sim.stats()
     assert isinstance(stats, dict) and stats
 
+
+
+def test_unknown_route_is_openai_shaped_404(demo):
+    res = http("GET", f"{demo.gateway_url}/no-such-route", headers={"Authorization": f"Bearer {demo.api_key}"})
+    assert res.status == 404
+    assert res.headers.get("x-request-id")
+    assert "error" in res.json()
