@@ -1,1 +1,3 @@
 //! imagegate
+
+pub mod sim;
