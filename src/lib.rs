@@ -1,1 +1,65 @@
-//! imagegate
+//! imagegate: an OpenAI-compatible gateway for image generation.
+//!
+//! # Layout
+//! Read top to bottom:
+//! - [`serve`] (here): binds nothing, takes a listener and a shutdown future — tests run it on
+//!   port 0, `main` on the configured address with SIGTERM/ctrl-c.
+//! - [`app`]: shared state and the one documented middleware stack.
+//! - `api`: the OpenAI routes (`images`, `edits`, `models`).
+//! - [`request`]: the normalised [`request::ImageRequest`] every wire form becomes.
+//! - [`upstream`]: the platform client, failure classification, one adapter per upstream shape,
+//!   the async task engine and result downloads.
+//! - [`error`]: the error policy and the OpenAI error envelope.
+//! - [`config`]: typed configuration; [`sim`]: the upstream simulator; [`demo`]: both together.
+
+mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod model;
+pub mod request;
+pub mod sim;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests (including ones waiting on upstream tasks) finish for up to
+/// `server.drain_timeout`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let drain = config.server.drain_timeout;
+    let state = Arc::new(app::AppState::new(config)?);
+    let router = app::build_router(state);
+    let stopping = CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(
+                drain_secs = drain.as_secs(),
+                "shutdown requested; draining in-flight requests"
+            );
+            stopping.cancel();
+        }
+    };
+    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server => result?,
+        () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!("drain timeout reached; abandoning remaining requests");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,169 @@
-fn main() {}
+//! The `imagegate` command: parse flags, load config, start telemetry, bind, call the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use imagegate::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "imagegate",
+    version,
+    about = "An OpenAI-compatible gateway for image generation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, default_value = "config/imagegate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { config: PathBuf },
+    /// Run the upstream simulator.
+    Sim {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// The upstream key the simulator accepts.
+        #[arg(long, env = "IMAGEGATE_SIM_API_KEY", default_value = "sk-sim-upstream")]
+        api_key: String,
+        /// Latency multiplier: 1.0 is the platform's real latencies.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Base URL for result file links (default: the listen address).
+        #[arg(long)]
+        public_base_url: Option<String>,
+    },
+    /// Run the simulator and the gateway together with a ready config.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        sim_listen: SocketAddr,
+        #[arg(long, default_value_t = 0.05)]
+        time_scale: f64,
+    },
+    /// Print the SHA-256 of a client key, for `key_sha256` in the config.
+    HashKey { key: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imagegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { config } => {
+            Config::load(&config)?;
+            eprintln!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::HashKey { key } => {
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(
+                &mut out,
+                format!("{}\n", hex::encode(imagegate::auth::digest(&key))).as_bytes(),
+            )?;
+            Ok(())
+        }
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            init_tracing(config.logging.format, &config.logging.filter);
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.server.listen))?;
+                tracing::info!(addr = %listener.local_addr()?, "imagegate listening");
+                imagegate::serve(config, listener, shutdown_signal()).await
+            })
+        }
+        Command::Sim {
+            listen,
+            api_key,
+            time_scale,
+            public_base_url,
+        } => {
+            init_tracing(LogFormat::Human, "info");
+            runtime()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+                let config = imagegate::sim::SimConfig {
+                    api_key,
+                    public_base_url,
+                    time_scale,
+                };
+                imagegate::sim::serve(config, listener, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
+        Command::Demo {
+            listen,
+            sim_listen,
+            time_scale,
+        } => {
+            init_tracing(LogFormat::Human, "info");
+            let opts = imagegate::demo::DemoOptions {
+                listen,
+                sim_listen,
+                time_scale,
+            };
+            runtime()?.block_on(imagegate::demo::run(opts, shutdown_signal()))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the configured filter.
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,213 @@
+//! The two wire forms of `POST /v1/images/edits`, turned into fields + reference images:
+//! multipart (what the SDKs send: `image` or repeated `image[]`, `mask`, text fields as strings,
+//! chunked bodies without Content-Length) and JSON (`images: [{image_url}]`, data URLs included —
+//! what Codex sends). Image bytes are recognised by magic bytes, never by the part's Content-Type.
+
+use axum::extract::multipart::{Field, Multipart, MultipartError};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::model::ImageFormat;
+use crate::request::{is_http_url, ImageRef, MAX_IMAGES};
+
+/// Fields, reference images and the mask of one edit request.
+pub struct EditParts {
+    pub fields: Map<String, Value>,
+    pub images: Vec<ImageRef>,
+    pub mask: Option<ImageRef>,
+}
+
+/// Reads the whole multipart form before anything is validated (field order varies by SDK).
+pub async fn from_multipart(mut form: Multipart, limit: usize) -> Result<EditParts, ApiError> {
+    let mut parts = EditParts {
+        fields: Map::new(),
+        images: Vec::new(),
+        mask: None,
+    };
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(&e, limit))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        if is_image_part(&name) {
+            if parts.images.len() == MAX_IMAGES {
+                return Err(ApiError::invalid(
+                    "image",
+                    format!("At most {MAX_IMAGES} images can be uploaded."),
+                ));
+            }
+            let data = file_bytes(field, "image", limit).await?;
+            parts.images.push(image_ref(data, "image")?);
+        } else if name == "mask" {
+            let data = file_bytes(field, "mask", limit).await?;
+            parts.mask = Some(image_ref(data, "mask")?);
+        } else if name == "markup" {
+            return Err(ApiError::unsupported(
+                "markup",
+                "markup overlays are not supported; use a mask.",
+            ));
+        } else {
+            let text = field.text().await.map_err(|e| multipart_error(&e, limit))?;
+            parts.fields.insert(name, Value::String(text));
+        }
+    }
+    Ok(parts)
+}
+
+/// `image`, `image[]` and, defensively, `image[0]`…`image[15]`.
+fn is_image_part(name: &str) -> bool {
+    name == "image"
+        || name == "image[]"
+        || name
+            .strip_prefix("image[")
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|i| i.parse::<usize>().is_ok())
+}
+
+async fn file_bytes(field: Field<'_>, param: &str, limit: usize) -> Result<Bytes, ApiError> {
+    let data = field
+        .bytes()
+        .await
+        .map_err(|e| multipart_error(&e, limit))?;
+    if data.is_empty() {
+        return Err(ApiError::invalid(
+            param,
+            format!("The `{param}` file is empty."),
+        ));
+    }
+    Ok(data)
+}
+
+fn image_ref(data: Bytes, param: &str) -> Result<ImageRef, ApiError> {
+    match ImageFormat::sniff(&data) {
+        Some(format) => Ok(ImageRef::Bytes { data, format }),
+        None => Err(ApiError::invalid(
+            param,
+            format!("The `{param}` file is not a PNG, JPEG or WEBP image."),
+        )),
+    }
+}
+
+fn multipart_error(e: &MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_body(format!("Invalid multipart body: {}", e.body_text()))
+    }
+}
+
+/// The JSON edit: `{"images":[{"image_url": url | data URL}], "mask": {"image_url"}, …}`.
+pub fn from_json(mut fields: Map<String, Value>) -> Result<EditParts, ApiError> {
+    let images = match fields.remove("images") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_IMAGES {
+                return Err(ApiError::invalid(
+                    "images",
+                    format!(
+                        "At most {MAX_IMAGES} images can be given; got {}.",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| reference(item, &format!("images[{i}]")))
+                .collect::<Result<_, _>>()?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "images",
+                "images must be an array of {\"image_url\": …}.",
+            ))
+        }
+    };
+    let mask = match fields.remove("mask") {
+        None | Some(Value::Null) => None,
+        Some(m) => Some(reference(&m, "mask")?),
+    };
+    if let Some(ImageRef::Bytes { format, .. }) = &mask {
+        if *format != ImageFormat::Png {
+            return Err(ApiError::invalid("mask", "The mask must be a PNG image."));
+        }
+    }
+    Ok(EditParts {
+        fields,
+        images,
+        mask,
+    })
+}
+
+fn reference(item: &Value, param: &str) -> Result<ImageRef, ApiError> {
+    if item.get("file_id").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::unsupported(
+            param,
+            "file_id references are not supported; use image_url with a URL or a data URL.",
+        ));
+    }
+    let url = item
+        .get("image_url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid(param, format!("{param} needs an `image_url`.")))?;
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (_, b64) = rest.split_once(";base64,").ok_or_else(|| {
+            ApiError::invalid(param, format!("{param} is a data URL without base64 data."))
+        })?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| ApiError::invalid(param, format!("{param} has invalid base64 data.")))?;
+        return image_ref(Bytes::from(data), param);
+    }
+    if is_http_url(url) {
+        Ok(ImageRef::Url(url.to_owned()))
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("{param}.image_url must be an http(s) URL or a data URL."),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn image_part_names() {
+        assert!(is_image_part("image"));
+        assert!(is_image_part("image[]"));
+        assert!(is_image_part("image[3]"));
+        assert!(!is_image_part("images"));
+        assert!(!is_image_part("image[x]"));
+    }
+
+    #[test]
+    fn json_edit_reads_data_urls_and_urls() {
+        let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\n0000");
+        let body = json!({"prompt":"p","images":[{"image_url":format!("data:image/png;base64,{png}")},{"image_url":"https://x.test/a.jpg"}]});
+        let parts = from_json(body.as_object().cloned().unwrap()).unwrap();
+        assert!(matches!(
+            parts.images[0],
+            ImageRef::Bytes {
+                format: ImageFormat::Png,
+                ..
+            }
+        ));
+        assert!(matches!(parts.images[1], ImageRef::Url(_)));
+        let bad = json!({"images":[{"file_id":"file-1"}]});
+        assert_eq!(
+            from_json(bad.as_object().cloned().unwrap())
+                .err()
+                .unwrap()
+                .param
+                .as_deref(),
+            Some("images[0]")
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The OpenAI-compatible surface. Every route is served with and without the `/v1` prefix,
+//! because the SDKs append paths to whatever `base_url` the user gave.
+
+mod edits;
+mod images;
+mod models;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::AppState;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    let api = Router::new()
+        .route("/images/generations", post(images::generations))
+        .route("/images/edits", post(images::edits))
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::retrieve));
+    Router::new().nest("/v1", api.clone()).merge(api)
+}

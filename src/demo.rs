@@ -1,0 +1,113 @@
+//! `imagegate demo`: the simulator and the gateway on loopback with a ready configuration, so a
+//! newcomer sees the whole path work with no upstream account.
+//!
+//! Prints a human example and one machine-readable line,
+//! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key"}`, that the SDK end-to-end tests read.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::sim::SimConfig;
+
+/// The client key the demo accepts.
+pub const DEMO_KEY: &str = "sk-imagegate-demo";
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub sim_listen: SocketAddr,
+    /// Simulated latency multiplier (1.0 = the platform's real latencies).
+    pub time_scale: f64,
+}
+
+/// The gateway configuration the demo uses, pointed at a simulator on `sim`.
+pub fn demo_config(
+    sim: SocketAddr,
+    upstream_key: &str,
+    listen: SocketAddr,
+) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[server]
+listen = "{listen}"
+drain_timeout = "5s"
+
+[upstream]
+base_url = "http://{sim}"
+api_key = "{upstream_key}"
+
+[results]
+allowed_hosts = ["{sim}"]
+
+[[keys]]
+id = "demo"
+key = "{DEMO_KEY}"
+
+[models.gpt-image-2-all]
+first_poll_delay = "300ms"
+poll_interval = "1s"
+
+[models.gpt-image-2-beta]
+first_poll_delay = "300ms"
+poll_interval = "1s"
+"#
+    );
+    Ok(Config::from_toml(&text, &|_| None)?)
+}
+
+/// Runs simulator + gateway until `shutdown` resolves.
+pub async fn run(
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sim_listener = TcpListener::bind(opts.sim_listen).await?;
+    let sim_addr = sim_listener.local_addr()?;
+    let listener = TcpListener::bind(opts.listen).await?;
+    let addr = listener.local_addr()?;
+    let upstream_key = format!("sk-sim-{}", uuid::Uuid::new_v4().simple());
+    let config = demo_config(sim_addr, &upstream_key, addr)?;
+
+    let stop = CancellationToken::new();
+    let sim = tokio::spawn(crate::sim::serve(
+        SimConfig {
+            api_key: upstream_key,
+            public_base_url: None,
+            time_scale: opts.time_scale,
+        },
+        sim_listener,
+        stop.clone().cancelled_owned(),
+    ));
+
+    let gateway_url = format!("http://{addr}/v1");
+    let ready = serde_json::json!({
+        "gateway_url": gateway_url,
+        "simulator_url": format!("http://{sim_addr}"),
+        "api_key": DEMO_KEY,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "imagegate demo: gateway on {gateway_url}, simulated upstream on http://{sim_addr} (time scale {})\n\n\
+         Try it with the OpenAI Python SDK:\n\n\
+         from openai import OpenAI\n\
+         client = OpenAI(base_url=\"{gateway_url}\", api_key=\"{DEMO_KEY}\")\n\
+         img = client.images.generate(model=\"gpt-image-2-all\", prompt=\"a lighthouse at dusk\", size=\"1024x1024\")\n\
+         open(\"out.png\", \"wb\").write(__import__(\"base64\").b64decode(img.data[0].b64_json))\n\n\
+         or curl:\n\n\
+         curl {gateway_url}/images/generations -H 'Authorization: Bearer {DEMO_KEY}' \\\n  \
+         -H 'Content-Type: application/json' -d '{{\"model\":\"sparkpix\",\"prompt\":\"a cat\",\"response_format\":\"url\"}}'\n",
+        opts.time_scale
+    )?;
+    writeln!(out, "IMAGEGATE_READY {ready}")?;
+    out.flush()?;
+    drop(out);
+
+    let result = crate::serve(config, listener, shutdown).await;
+    stop.cancel();
+    let _ = sim.await;
+    result
+}

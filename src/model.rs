@@ -1,0 +1,258 @@
+//! The image domain shared by the front and the adapters: public model ids, sizes, qualities,
+//! formats and image bytes recognised by their magic numbers (never by a declared Content-Type).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// A public model id. Each pins one upstream model (SparkPix pins two endpoints: generate and edit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ModelId {
+    Lite,
+    All,
+    Beta,
+    SparkPix,
+}
+
+impl ModelId {
+    pub const ALL: [ModelId; 4] = [Self::Lite, Self::All, Self::Beta, Self::SparkPix];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lite => "gpt-image-2-lite",
+            Self::All => "gpt-image-2-all",
+            Self::Beta => "gpt-image-2-beta",
+            Self::SparkPix => "sparkpix",
+        }
+    }
+}
+
+impl FromStr for ModelId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown model `{s}`"))
+    }
+}
+
+impl TryFrom<String> for ModelId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Pixel dimensions, `WxH` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Size {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (w, h) = s.trim().split_once(['x', 'X'])?;
+        let (width, height) = (w.parse().ok()?, h.parse().ok()?);
+        (width > 0 && height > 0).then_some(Self { width, height })
+    }
+
+    pub fn longest(self) -> u32 {
+        self.width.max(self.height)
+    }
+
+    pub fn pixels(self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// The ratio reduced by the greatest common divisor, e.g. 1536x1024 → (3, 2).
+    pub fn reduced_ratio(self) -> (u32, u32) {
+        let g = gcd(self.width, self.height);
+        (self.width / g, self.height / g)
+    }
+
+    /// Picks the ratio in `supported` (`"W:H"` strings) closest to this size on a log scale.
+    pub fn nearest_ratio<'a>(self, supported: &[&'a str]) -> Option<&'a str> {
+        let want = (f64::from(self.width) / f64::from(self.height)).ln();
+        supported
+            .iter()
+            .filter_map(|r| {
+                let (a, b) = r.split_once(':')?;
+                let v = (a.parse::<f64>().ok()? / b.parse::<f64>().ok()?).ln();
+                Some((*r, (v - want).abs()))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(r, _)| r)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a.max(1)
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    Low,
+    Medium,
+    High,
+    Auto,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Webp,
+}
+
+impl ImageFormat {
+    /// Recognises PNG, JPEG and WEBP by their magic bytes.
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]) {
+            Some(Self::Png)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(Self::Jpeg)
+        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+            Some(Self::Webp)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+            Self::Webp => "webp",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "png" => Some(Self::Png),
+            "jpeg" | "jpg" => Some(Self::Jpeg),
+            "webp" => Some(Self::Webp),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the pixel size from a PNG IHDR or a JPEG SOF marker without decoding the image.
+pub fn image_dimensions(bytes: &[u8]) -> Option<Size> {
+    match ImageFormat::sniff(bytes)? {
+        ImageFormat::Png => {
+            let w = u32::from_be_bytes(bytes.get(16..20)?.try_into().ok()?);
+            let h = u32::from_be_bytes(bytes.get(20..24)?.try_into().ok()?);
+            Some(Size {
+                width: w,
+                height: h,
+            })
+        }
+        ImageFormat::Jpeg => jpeg_dimensions(bytes),
+        ImageFormat::Webp => None,
+    }
+}
+
+fn jpeg_dimensions(bytes: &[u8]) -> Option<Size> {
+    let mut i = 2;
+    while i + 9 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        let marker = bytes[i + 1];
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let h = u32::from(u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]));
+            let w = u32::from(u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]));
+            return Some(Size {
+                width: w,
+                height: h,
+            });
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_reduce() {
+        assert_eq!(
+            Size::parse("1536x1024").map(Size::reduced_ratio),
+            Some((3, 2))
+        );
+        assert_eq!(Size::parse("0x10"), None);
+        assert_eq!(Size::parse("abc"), None);
+        assert_eq!(Size::parse("1024"), None);
+    }
+
+    #[test]
+    fn nearest_ratio_picks_closest_on_log_scale() {
+        let supported = ["1:1", "16:9", "9:16", "4:3", "3:4"];
+        let near = |s| Size::parse(s).and_then(|s| s.nearest_ratio(&supported));
+        assert_eq!(near("1024x1024"), Some("1:1"));
+        assert_eq!(near("1536x1024"), Some("4:3"));
+        assert_eq!(near("3840x2160"), Some("16:9"));
+        assert_eq!(near("1024x1536"), Some("3:4"));
+    }
+
+    #[test]
+    fn sniffs_magic_bytes() {
+        assert_eq!(
+            ImageFormat::sniff(b"\x89PNG\r\n\x1a\nrest"),
+            Some(ImageFormat::Png)
+        );
+        assert_eq!(
+            ImageFormat::sniff(b"\xFF\xD8\xFF\xE0"),
+            Some(ImageFormat::Jpeg)
+        );
+        assert_eq!(
+            ImageFormat::sniff(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some(ImageFormat::Webp)
+        );
+        assert_eq!(ImageFormat::sniff(b"GIF89a"), None);
+    }
+}

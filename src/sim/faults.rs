@@ -1,0 +1,243 @@
+//! Fault injection: prompt directives (`[sim:policy]`, `[sim:slow=3]`, …) and the per-model
+//! fault table set at runtime through `POST /_sim/faults`.
+//!
+//! A prompt directive always wins over the table; the table is consulted (model entry first,
+//! then `*`) only when the prompt names no outcome. Directive names are matched
+//! case-insensitively; unknown directives are ignored.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::api::ApiError;
+use super::jobs::Model;
+use super::state::{duration_secs, lock, AppState};
+
+/// What a fault does. Names are the directive names (`[sim:<name>]`) and the table's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FaultKind {
+    /// The task fails with "Content policy violation".
+    #[serde(rename = "policy")]
+    Policy,
+    /// The task fails with a non-policy error ("Internal generation error").
+    #[serde(rename = "fail")]
+    Fail,
+    /// The call answers HTTP 401 with an error body.
+    #[serde(rename = "401")]
+    Http401,
+    /// The call answers HTTP 402 with an error body.
+    #[serde(rename = "402")]
+    Http402,
+    /// The call answers HTTP 500 with an error body.
+    #[serde(rename = "500")]
+    Http500,
+    /// HTTP 200 with body `{"code":402,"msg":"insufficient credits"}`.
+    #[serde(rename = "code402")]
+    Code402,
+    /// HTTP 200 with body `{"code":500,"msg":"internal server error"}`.
+    #[serde(rename = "code500")]
+    Code500,
+    /// HTTP 200 with a truncated, unparseable JSON body.
+    #[serde(rename = "malformed")]
+    Malformed,
+    /// The task never leaves `processing`; a synchronous call never answers.
+    #[serde(rename = "stuck")]
+    Stuck,
+    /// Generation succeeds but the result URLs answer 404.
+    #[serde(rename = "nofile")]
+    NoFile,
+}
+
+impl FaultKind {
+    fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+    }
+
+    /// The immediate HTTP answer for faults that replace the whole response.
+    pub fn http_response(self) -> Option<Response> {
+        let err = |status: StatusCode, code: u16, msg: &str| ApiError::with(status, code, msg);
+        Some(match self {
+            Self::Http401 => err(StatusCode::UNAUTHORIZED, 401, "Invalid API key").into_response(),
+            Self::Http402 => {
+                err(StatusCode::PAYMENT_REQUIRED, 402, "insufficient credits").into_response()
+            }
+            Self::Http500 => err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                500,
+                "internal server error",
+            )
+            .into_response(),
+            Self::Code402 => err(StatusCode::OK, 402, "insufficient credits").into_response(),
+            Self::Code500 => err(StatusCode::OK, 500, "internal server error").into_response(),
+            Self::Malformed => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"code":200,"msg":"success","data":{"taskId":"cl"#,
+            )
+                .into_response(),
+            Self::Policy | Self::Fail | Self::Stuck | Self::NoFile => return None,
+        })
+    }
+}
+
+/// How a generation ends, once the request itself was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Succeed,
+    Policy,
+    Fail,
+    Stuck,
+}
+
+/// Everything the prompt (and the fault table) asks of one request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Directives {
+    /// The outcome fault, if any (`nofile` is kept apart in `nofile`).
+    pub kind: Option<FaultKind>,
+    pub nofile: bool,
+    /// `[sim:slow=SECS]`: generation latency, not scaled.
+    pub slow: Option<Duration>,
+    /// `[sim:slowfile=SECS]`: result download delay, not scaled.
+    pub slowfile: Option<Duration>,
+    /// `[sim:pollfail=N]`: the first N polls of the task answer HTTP 500.
+    pub pollfail: u32,
+}
+
+impl Directives {
+    /// Reads every `[sim:name]` / `[sim:name=value]` token of `prompt`.
+    pub fn parse(prompt: &str) -> Self {
+        let mut out = Self::default();
+        let lower = prompt.to_ascii_lowercase();
+        let mut rest = lower.as_str();
+        while let Some(start) = rest.find("[sim:") {
+            rest = &rest[start + 5..];
+            let Some(end) = rest.find(']') else { break };
+            let token = rest[..end].trim();
+            rest = &rest[end + 1..];
+            let (name, value) = match token.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim())),
+                None => (token, None),
+            };
+            let secs = || value.and_then(|v| v.parse::<f64>().ok()).map(duration_secs);
+            match name {
+                "slow" => out.slow = secs().or(out.slow),
+                "slowfile" => out.slowfile = secs().or(out.slowfile),
+                "pollfail" => {
+                    out.pollfail = value.and_then(|v| v.parse().ok()).unwrap_or(out.pollfail);
+                }
+                _ => match FaultKind::parse(name) {
+                    Some(FaultKind::NoFile) => out.nofile = true,
+                    Some(kind) if out.kind.is_none() => out.kind = Some(kind),
+                    _ => {}
+                },
+            }
+        }
+        out
+    }
+
+    /// The outcome of an accepted request.
+    pub fn outcome(&self) -> Outcome {
+        match self.kind {
+            Some(FaultKind::Policy) => Outcome::Policy,
+            Some(FaultKind::Fail) => Outcome::Fail,
+            Some(FaultKind::Stuck) => Outcome::Stuck,
+            _ => Outcome::Succeed,
+        }
+    }
+
+    /// The immediate answer replacing the response, for HTTP-level faults.
+    pub fn http_fault(&self) -> Option<Response> {
+        self.kind.and_then(FaultKind::http_response)
+    }
+
+    /// Generation latency: the `slow` directive, or `normal`.
+    pub fn latency(&self, normal: Duration) -> Duration {
+        self.slow.unwrap_or(normal)
+    }
+}
+
+/// One fault table entry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultRule {
+    /// Probability in `0.0..=1.0` that a request to this model gets the fault.
+    pub rate: f64,
+    pub kind: FaultKind,
+}
+
+/// Model keys the table accepts.
+pub(crate) const FAULT_KEYS: [&str; 6] = [
+    "gpt-image-2-lite",
+    "gpt-image-2-all",
+    "gpt-image-2-beta",
+    "sparkpix-image",
+    "sparkpix-edit",
+    "*",
+];
+
+/// The per-model fault table (`POST /_sim/faults` replaces it whole).
+pub(crate) type FaultTable = BTreeMap<String, FaultRule>;
+
+/// Checks a table sent to `POST /_sim/faults`.
+pub(crate) fn validate_table(table: &FaultTable) -> Result<(), String> {
+    for (model, rule) in table {
+        if !FAULT_KEYS.contains(&model.as_str()) {
+            return Err(format!(
+                "unknown model key {model:?}; expected one of {FAULT_KEYS:?}"
+            ));
+        }
+        if !(0.0..=1.0).contains(&rule.rate) {
+            return Err(format!("rate for {model} must be within 0.0..=1.0"));
+        }
+    }
+    Ok(())
+}
+
+/// The directives of one request to `model`: the prompt's, completed by a roll on the table.
+pub(crate) fn directives_for(table: &FaultTable, model: &str, prompt: &str) -> Directives {
+    let mut d = Directives::parse(prompt);
+    if d.kind.is_some() {
+        return d;
+    }
+    let Some(rule) = table.get(model).or_else(|| table.get("*")) else {
+        return d;
+    };
+    if rule.rate > 0.0 && fastrand::f64() < rule.rate {
+        match rule.kind {
+            FaultKind::NoFile => d.nofile = true,
+            kind => d.kind = Some(kind),
+        }
+    }
+    d
+}
+
+/// The directives of one request to `model`, with the simulator's current fault table.
+pub(crate) fn directives(state: &AppState, model: Model, prompt: &str) -> Directives {
+    directives_for(&lock(&state.faults), model.name(), prompt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_directives() {
+        let d = Directives::parse("a cat [SIM:policy] [sim:slow=2.5][sim:nofile] [sim:pollfail=3]");
+        assert_eq!(d.kind, Some(FaultKind::Policy));
+        assert!(d.nofile);
+        assert_eq!(d.slow, Some(Duration::from_millis(2500)));
+        assert_eq!(d.pollfail, 3);
+        assert_eq!(
+            Directives::parse("[sim:code402]").kind,
+            Some(FaultKind::Code402)
+        );
+        assert_eq!(
+            Directives::parse("[sim:500]").kind,
+            Some(FaultKind::Http500)
+        );
+        assert!(Directives::parse("[sim:bogus] [sim:stuck").kind.is_none());
+    }
+}

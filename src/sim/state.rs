@@ -1,0 +1,111 @@
+//! Shared simulator state: configuration, clocks and time scaling, identifiers, and the handles
+//! (cancellation, task tracker, HTTP client) that background work needs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::control::Introspection;
+use super::faults::FaultTable;
+use super::files::FileStore;
+use super::jobs::TaskStore;
+use super::render::RenderCache;
+use super::SimConfig;
+
+/// Everything the handlers share; one per running simulator.
+pub(crate) struct Shared {
+    pub config: SimConfig,
+    /// Prefix of result file links, without a trailing slash.
+    pub base_url: String,
+    /// Fires when the simulator shuts down; every wait in background work selects on it.
+    pub cancel: CancellationToken,
+    /// Every spawned task (jobs, callbacks), so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Client used for callback deliveries.
+    pub http: reqwest::Client,
+    pub tasks: Mutex<TaskStore>,
+    pub files: Mutex<FileStore>,
+    pub renders: RenderCache,
+    pub intro: Mutex<Introspection>,
+    pub faults: Mutex<FaultTable>,
+    /// Round-robin counter choosing how a failed task reports its (missing) result URLs.
+    failed_shape: AtomicU64,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+impl Shared {
+    pub fn new(config: SimConfig, base_url: String) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent("apimodels-callback/1.0")
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            config,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            cancel: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            http,
+            tasks: Mutex::new(TaskStore::default()),
+            files: Mutex::new(FileStore::default()),
+            renders: RenderCache::default(),
+            intro: Mutex::new(Introspection::default()),
+            faults: Mutex::new(FaultTable::default()),
+            failed_shape: AtomicU64::new(0),
+        }
+    }
+
+    /// `secs` of simulated time, multiplied by the configured time scale.
+    pub fn scaled(&self, secs: f64) -> Duration {
+        duration_secs(secs * self.config.time_scale)
+    }
+
+    /// A uniformly random simulated duration between `lo` and `hi` seconds, scaled.
+    pub fn scaled_between(&self, lo: f64, hi: f64) -> Duration {
+        self.scaled(lo + (hi - lo) * fastrand::f64())
+    }
+
+    /// The next value of a 0, 1, 2, 0, … cycle (used to vary how failures look).
+    pub fn next_failed_shape(&self) -> u64 {
+        self.failed_shape.fetch_add(1, Ordering::Relaxed) % 3
+    }
+
+    /// Sleeps for `d`; `false` when the simulator shut down first.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the simulator's state
+/// stays usable: every critical section leaves it consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A duration from (possibly absurd) seconds: negative and NaN become zero, huge values a day.
+pub(crate) fn duration_secs(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs.min(86_400.0)).unwrap_or(Duration::ZERO)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A task id in the platform's style (`cl` + 23 lowercase alphanumerics, like a cuid).
+pub(crate) fn new_task_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("cl{}", &hex[..23])
+}

@@ -1,0 +1,322 @@
+//! gpt-image-2-all: two shapes behind one model.
+//!
+//! - **Sync** (a `WxH` size): OpenAI-shaped `POST /api/v1/images/generations` (JSON) answering
+//!   `{"created","data":[{"b64_json","url"}]}`, or multipart `POST /api/v1/images/edits` for
+//!   uploads, masks and several images.
+//! - **Async** (the client sent `aspect_ratio`/`resolution` instead of a size): the task envelope,
+//!   polled by the task engine.
+//!
+//! Size rules are checked here before any call: multiples of 16, longest side ≤ 3840, ratio ≤ 3:1,
+//! 655,360–8,294,400 pixels.
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{json, Map, Value};
+
+use super::lite::b64;
+use super::{task, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
+use crate::error::ApiError;
+use crate::model::{ModelId, Quality, Size};
+use crate::request::{ImageRef, ImageRequest, ResponseFormat};
+
+/// Used when the client leaves the size to us and did not ask for the async aspect-ratio mode.
+const DEFAULT_SIZE: Size = Size {
+    width: 1024,
+    height: 1024,
+};
+const RESOLUTIONS: [&str; 3] = ["1K", "2K", "4K"];
+
+#[derive(Debug)]
+pub enum Plan {
+    SyncJson(Value),
+    SyncEdit(EditForm),
+    Async(Value),
+}
+
+/// The multipart edit, kept as parts so the form is built (and the bytes shared, not copied) at
+/// send time.
+#[derive(Debug)]
+pub struct EditForm {
+    text: Vec<(&'static str, String)>,
+    images: Vec<(bytes::Bytes, &'static str)>,
+    mask: Option<bytes::Bytes>,
+}
+
+/// The gpt-image-2 size rules (shared by lite, which is the same model family).
+pub fn check_size(model: ModelId, s: Size) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        Err(ApiError::invalid(
+            "size",
+            format!("Size {s} is not valid for {model}: {why}."),
+        ))
+    };
+    if s.width % 16 != 0 || s.height % 16 != 0 {
+        return bad("both sides must be multiples of 16");
+    }
+    if s.longest() > 3840 {
+        return bad("the longest side must be at most 3840");
+    }
+    let (long, short) = (s.longest(), s.width.min(s.height));
+    if long > short * 3 {
+        return bad("the aspect ratio must be at most 3:1");
+    }
+    if !(655_360..=8_294_400).contains(&s.pixels()) {
+        return bad("the total pixel count must be between 655,360 and 8,294,400");
+    }
+    Ok(())
+}
+
+pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
+    let aspect = req.extra_str("aspect_ratio")?;
+    let resolution = req.extra_str("resolution")?;
+    let asynchronous = req.size.is_none() && (aspect.is_some() || resolution.is_some());
+
+    let mut body = Map::new();
+    body.insert("model".into(), json!(ModelId::All.as_str()));
+    body.insert("prompt".into(), json!(req.prompt));
+    if req.quality != Quality::Auto {
+        body.insert("quality".into(), json!(req.quality.as_str()));
+    }
+    if req.n > 1 {
+        body.insert("n".into(), json!(req.n));
+    }
+    if let Some(bg) = &req.background {
+        body.insert("background".into(), json!(bg));
+    }
+    if let Some(f) = req.output_format {
+        body.insert("output_format".into(), json!(f.as_str()));
+    }
+
+    if asynchronous {
+        let aspect = aspect.unwrap_or("1:1");
+        check_aspect(aspect)?;
+        let resolution = resolution.unwrap_or("1K");
+        if !RESOLUTIONS.contains(&resolution) {
+            return Err(ApiError::invalid(
+                "resolution",
+                format!("Invalid resolution `{resolution}`: use 1K, 2K or 4K."),
+            ));
+        }
+        body.insert("aspect_ratio".into(), json!(aspect));
+        body.insert("resolution".into(), json!(resolution));
+        add_json_refs(req, &mut body)?;
+        return Ok(Plan::Async(Value::Object(body)));
+    }
+
+    let size = req.size.unwrap_or(DEFAULT_SIZE);
+    check_size(ModelId::All, size)?;
+    body.insert("size".into(), json!(size.to_string()));
+
+    if !req.has_bytes() && !matches!(req.mask, Some(ImageRef::Bytes { .. })) {
+        add_json_refs(req, &mut body)?;
+        return Ok(Plan::SyncJson(Value::Object(body)));
+    }
+
+    // Uploads go through the OpenAI-shaped multipart edit endpoint.
+    if !req.urls().is_empty() {
+        return Err(ApiError::unsupported(
+            "image",
+            "gpt-image-2-all cannot mix uploaded images with image URLs in one edit.",
+        ));
+    }
+    let mut text: Vec<(&'static str, String)> = vec![
+        ("model", ModelId::All.as_str().to_owned()),
+        ("prompt", req.prompt.clone()),
+        ("size", size.to_string()),
+    ];
+    for key in ["quality", "n", "background", "output_format"] {
+        if let Some(v) = body.get(key) {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push((key, s));
+        }
+    }
+    if req.response_format == ResponseFormat::Url {
+        text.push(("response_format", "url".to_owned()));
+    }
+    let images = req
+        .images
+        .iter()
+        .filter_map(|r| match r {
+            ImageRef::Bytes { data, format } => Some((data.clone(), format.mime())),
+            ImageRef::Url(_) => None,
+        })
+        .collect();
+    let mask = match &req.mask {
+        Some(ImageRef::Bytes { data, .. }) => Some(data.clone()),
+        _ => None,
+    };
+    Ok(Plan::SyncEdit(EditForm { text, images, mask }))
+}
+
+/// References for the JSON shapes: one upload → `image_base64`; URLs → `image_url`/`image_urls`;
+/// masks → `mask_base64`/`mask_url`.
+fn add_json_refs(req: &ImageRequest, body: &mut Map<String, Value>) -> Result<(), ApiError> {
+    let uploads: Vec<_> = req
+        .images
+        .iter()
+        .filter_map(|r| match r {
+            ImageRef::Bytes { data, .. } => Some(data),
+            ImageRef::Url(_) => None,
+        })
+        .collect();
+    if uploads.len() > 1 {
+        return Err(ApiError::unsupported(
+            "image",
+            "gpt-image-2-all's aspect_ratio mode takes one uploaded image; give a WxH size to send up to 16.",
+        ));
+    }
+    if let Some(data) = uploads.first() {
+        body.insert("image_base64".into(), json!(b64(data)));
+    }
+    let urls = req.urls();
+    match urls.as_slice() {
+        [] => {}
+        [one] if uploads.is_empty() => {
+            body.insert("image_url".into(), json!(one));
+        }
+        many => {
+            body.insert("image_urls".into(), json!(many));
+        }
+    }
+    match &req.mask {
+        None => {}
+        Some(ImageRef::Bytes { data, .. }) => {
+            body.insert("mask_base64".into(), json!(b64(data)));
+        }
+        Some(ImageRef::Url(u)) => {
+            body.insert("mask_url".into(), json!(u));
+        }
+    }
+    Ok(())
+}
+
+fn check_aspect(aspect: &str) -> Result<(), ApiError> {
+    let ok = aspect.split_once(':').is_some_and(|(w, h)| {
+        matches!((w.parse::<u32>(), h.parse::<u32>()), (Ok(w), Ok(h)) if w > 0 && h > 0 && w <= h * 3 && h <= w * 3)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "aspect_ratio",
+            format!(
+                "Invalid aspect_ratio `{aspect}`: use W:H with a ratio of at most 3:1, e.g. 16:9."
+            ),
+        ))
+    }
+}
+
+pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
+    match plan {
+        Plan::SyncJson(body) => {
+            let answer = up
+                .post_json("/api/v1/images/generations", &body, ctx)
+                .await?;
+            openai_images(&answer)
+        }
+        Plan::SyncEdit(form) => {
+            let answer = up
+                .post_form("/api/v1/images/edits", form.into_form(), ctx)
+                .await?;
+            openai_images(&answer)
+        }
+        Plan::Async(body) => {
+            let created = up
+                .post_json("/api/v1/images/generations", &body, ctx)
+                .await?;
+            task::run_envelope(up, up.model_config(ModelId::All), &created, ctx).await
+        }
+    }
+}
+
+impl EditForm {
+    fn into_form(self) -> Form {
+        let mut form = Form::new();
+        for (k, v) in self.text {
+            form = form.text(k, v);
+        }
+        let name = if self.images.len() == 1 {
+            "image"
+        } else {
+            "image[]"
+        };
+        for (i, (data, mime)) in self.images.into_iter().enumerate() {
+            let ext = mime.trim_start_matches("image/");
+            let part = Part::stream(data)
+                .file_name(format!("image-{i}.{ext}"))
+                .mime_str(mime)
+                .unwrap_or_else(|_| Part::bytes(Vec::new()));
+            form = form.part(name, part);
+        }
+        if let Some(mask) = self.mask {
+            let part = Part::stream(mask)
+                .file_name("mask.png")
+                .mime_str("image/png")
+                .unwrap_or_else(|_| Part::bytes(Vec::new()));
+            form = form.part("mask", part);
+        }
+        form
+    }
+}
+
+/// Reads an OpenAI-shaped answer: `data[]` with `b64_json` and/or `url`. The base64 text is kept
+/// as it came: never decoded and re-encoded.
+fn openai_images(answer: &Value) -> Result<Output, UpstreamError> {
+    let items = answer
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            UpstreamError::new(
+                FailureKind::Malformed,
+                "answer has no `data` array".to_owned(),
+            )
+        })?;
+    let images: Vec<Image> = items
+        .iter()
+        .map(|item| Image {
+            b64: item
+                .get("b64_json")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            url: item.get("url").and_then(Value::as_str).map(str::to_owned),
+        })
+        .filter(|i| i.b64.is_some() || i.url.is_some())
+        .collect();
+    if images.is_empty() {
+        return Err(UpstreamError::new(
+            FailureKind::Malformed,
+            "answer has no images".to_owned(),
+        ));
+    }
+    Ok(Output {
+        images,
+        task_ids: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_rules() {
+        let ok = |s| check_size(ModelId::All, Size::parse(s).unwrap()).is_ok();
+        assert!(ok("1024x1024"));
+        assert!(ok("3840x2160"));
+        assert!(ok("2048x1152"));
+        assert!(!ok("1000x1000"), "multiple of 16");
+        assert!(!ok("4096x2304"), "longest side");
+        assert!(!ok("2400x768"), "ratio above 3:1");
+        assert!(!ok("512x512"), "too few pixels");
+        assert!(ok("1024x640"), "exactly 655,360 pixels");
+    }
+
+    #[test]
+    fn aspect_rules() {
+        assert!(check_aspect("16:9").is_ok());
+        assert!(check_aspect("4:1").is_err());
+        assert!(check_aspect("wide").is_err());
+    }
+}

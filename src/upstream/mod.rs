@@ -1,0 +1,473 @@
+//! Everything behind the gateway: one HTTP client for the platform, the failure classification,
+//! one adapter per upstream API shape, the async task engine and result fetching.
+//!
+//! Reading order: this file (client + [`UpstreamError`]), then [`plan`] / [`execute`] (the one
+//! place a model id is matched to its adapter), then the adapters (`lite`, `all`, `beta`,
+//! `sparkpix`), then `task` (polling) and `results` (downloading result files).
+//!
+//! Every adapter is split in two: a pure `plan` that validates the request for that model and
+//! builds the upstream body (so bad input is refused before any upstream call), and an `execute`
+//! that talks to the platform.
+
+mod all;
+mod beta;
+mod lite;
+pub mod results;
+mod sparkpix;
+mod task;
+
+use std::time::Duration;
+
+use axum::http::{header::AUTHORIZATION, HeaderValue};
+use reqwest::multipart::Form;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::{Config, ModelConfig, ModelsConfig, ResultsConfig};
+use crate::error::ApiError;
+use crate::model::ModelId;
+use crate::request::ImageRequest;
+
+pub use results::Image;
+
+/// How an upstream call failed. Routing, errors and (later) health read this, never strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Could not connect / the connection broke.
+    Connect,
+    /// The model's deadline passed (a single call, or a task still running).
+    Timeout,
+    /// HTTP 5xx, or a body `code` ≥ 500 on an HTTP 200, or an unexpected 404.
+    ServerError,
+    /// The upstream refused our key (401/403).
+    Unauthorized,
+    /// The upstream account has no credits (402).
+    OutOfCredits,
+    /// The upstream is throttling us (429).
+    RateLimited,
+    /// The upstream refused the request itself (400 and other 4xx).
+    Rejected,
+    /// A content-policy refusal, synchronous or as a failed task.
+    PolicyRejected,
+    /// A body that is not the documented shape.
+    Malformed,
+    /// The task ended `failed` for another reason.
+    TaskFailed,
+    /// A result URL could not be fetched (host not allowed, too big, not an image, HTTP error).
+    Download,
+}
+
+impl FailureKind {
+    /// Failures worth another poll of the same task rather than giving up on it.
+    fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::Connect | Self::ServerError | Self::Malformed | Self::RateLimited
+        )
+    }
+}
+
+/// A classified upstream failure. `message` is the upstream's own text, already redacted.
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    pub kind: FailureKind,
+    pub message: String,
+    pub task_id: Option<String>,
+}
+
+impl UpstreamError {
+    pub fn new(kind: FailureKind, message: String) -> Self {
+        Self {
+            kind,
+            message,
+            task_id: None,
+        }
+    }
+
+    fn with_task(mut self, task_id: &str) -> Self {
+        self.task_id = Some(task_id.to_owned());
+        self
+    }
+}
+
+/// Removes the upstream key from any text before it can reach a client, a log line or a metric.
+#[derive(Clone)]
+pub struct Redactor(String);
+
+impl Redactor {
+    pub fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(&self.0, "[redacted]")
+        }
+    }
+}
+
+/// Per-request context for upstream calls.
+#[derive(Debug, Clone)]
+pub struct CallCtx {
+    /// The whole request must be done by then (the model's deadline).
+    pub deadline: Instant,
+    /// Sent upstream as `x-request-id`, so one id follows the request end to end.
+    pub request_id: String,
+}
+
+impl CallCtx {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The platform: its base URL, the injected key and two HTTP clients.
+pub struct Upstream {
+    /// Calls to the platform API (carries the key).
+    http: reqwest::Client,
+    /// Result downloads (never carries the key, never follows redirects off the allow-list).
+    files: reqwest::Client,
+    base: String,
+    auth: HeaderValue,
+    redactor: Redactor,
+    results: ResultsConfig,
+    models: ModelsConfig,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.upstream.api_key))?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.upstream.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        let files = reqwest::Client::builder()
+            .connect_timeout(config.upstream.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            http,
+            files,
+            base: config.upstream.base_url.trim_end_matches('/').to_owned(),
+            auth,
+            redactor: Redactor(config.upstream.api_key.clone()),
+            results: config.results.clone(),
+            models: config.models.clone(),
+        })
+    }
+
+    pub fn model_config(&self, id: ModelId) -> &ModelConfig {
+        self.models.get(id)
+    }
+
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        ctx: &CallCtx,
+    ) -> Result<Value, UpstreamError> {
+        let rb = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(rb, ctx, ctx.remaining()).await
+    }
+
+    async fn post_form(
+        &self,
+        path: &str,
+        form: Form,
+        ctx: &CallCtx,
+    ) -> Result<Value, UpstreamError> {
+        let rb = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .multipart(form);
+        self.send(rb, ctx, ctx.remaining()).await
+    }
+
+    async fn get_json(
+        &self,
+        path: &str,
+        ctx: &CallCtx,
+        limit: Duration,
+    ) -> Result<Value, UpstreamError> {
+        let rb = self.http.get(format!("{}{path}", self.base));
+        self.send(rb, ctx, ctx.remaining().min(limit)).await
+    }
+
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        ctx: &CallCtx,
+        limit: Duration,
+    ) -> Result<Value, UpstreamError> {
+        let rb = rb
+            .header(AUTHORIZATION, self.auth.clone())
+            .header("x-request-id", &ctx.request_id);
+        let call = async {
+            let res = rb.send().await?;
+            let status = res.status().as_u16();
+            let body = res.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        };
+        let (status, body) = match tokio::time::timeout(limit, call).await {
+            Err(_) => return Err(UpstreamError::new(FailureKind::Timeout, String::new())),
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Ok(v)) => v,
+        };
+        classify(status, &body, &self.redactor)
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
+        let kind = if e.is_timeout() {
+            FailureKind::Timeout
+        } else if e.is_connect() || e.is_request() {
+            FailureKind::Connect
+        } else {
+            FailureKind::Malformed
+        };
+        // reqwest's message names the URL, never the Authorization header; redact anyway.
+        UpstreamError::new(kind, self.redactor.redact(&e.without_url_string()))
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_string(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_string(&self) -> String {
+        let mut s = self.to_string();
+        if let Some(url) = self.url() {
+            s = s.replace(url.as_str(), "<upstream>");
+        }
+        s
+    }
+}
+
+/// Classifies an upstream answer.
+///
+/// NOTE(upstream): the docs list HTTP error statuses but do not show error bodies, and describe a
+/// `code` field inside every envelope. The two can disagree (HTTP 200 with `code: 402`), so the
+/// body code wins when it is an error, and the HTTP status is used when the body has none.
+fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<Value, UpstreamError> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| {
+            v.get("msg")
+                .or_else(|| v.pointer("/error/message"))
+                .or_else(|| v.get("message"))
+                .and_then(Value::as_str)
+        })
+        .map(|m| redactor.redact(m))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            redactor.redact(text.trim())
+        });
+    if !(200..300).contains(&status) {
+        return Err(UpstreamError::new(
+            kind_for_code(i64::from(status), &message),
+            message,
+        ));
+    }
+    let Some(json) = json else {
+        return Err(UpstreamError::new(
+            FailureKind::Malformed,
+            "response body is not JSON".to_owned(),
+        ));
+    };
+    match json.get("code").and_then(Value::as_i64) {
+        Some(code) if code != 200 && code != 0 => {
+            Err(UpstreamError::new(kind_for_code(code, &message), message))
+        }
+        _ => Ok(json),
+    }
+}
+
+fn kind_for_code(code: i64, message: &str) -> FailureKind {
+    match code {
+        400 | 422 if is_policy_message(message) => FailureKind::PolicyRejected,
+        401 | 403 => FailureKind::Unauthorized,
+        402 => FailureKind::OutOfCredits,
+        429 => FailureKind::RateLimited,
+        404 | 408 | 500..=599 => FailureKind::ServerError,
+        400..=499 => FailureKind::Rejected,
+        _ => FailureKind::ServerError,
+    }
+}
+
+/// NOTE(upstream): failed tasks only carry a free-text `failMsg` (the docs' example is
+/// "Content policy violation"), so a policy refusal is recognised by its words, here and only here.
+fn is_policy_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "content policy",
+        "policy violation",
+        "safety",
+        "moderation",
+        "nsfw",
+        "content_policy",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+/// What an adapter produced: images (inline base64 and/or URL) and the upstream task ids.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub images: Vec<Image>,
+    pub task_ids: Vec<String>,
+}
+
+/// A validated, translated request for one model: built before any upstream call.
+#[derive(Debug)]
+pub enum Plan {
+    Lite(lite::Plan),
+    All(all::Plan),
+    Beta(beta::Plan),
+    SparkPix(sparkpix::Plan),
+}
+
+/// Validates `req` against its model and builds the upstream request. No I/O.
+pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
+    match req.model {
+        ModelId::Lite => lite::plan(req).map(Plan::Lite),
+        ModelId::All => all::plan(req).map(Plan::All),
+        ModelId::Beta => beta::plan(req).map(Plan::Beta),
+        ModelId::SparkPix => sparkpix::plan(req).map(Plan::SparkPix),
+    }
+}
+
+/// Runs a plan against the platform until the images exist (polling async tasks).
+pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
+    match plan {
+        Plan::Lite(p) => lite::execute(up, p, ctx).await,
+        Plan::All(p) => all::execute(up, p, ctx).await,
+        Plan::Beta(p) => beta::execute(up, p, ctx).await,
+        Plan::SparkPix(p) => sparkpix::execute(up, p, ctx).await,
+    }
+}
+
+/// Runs `n` independent calls concurrently and keeps every image that was produced: images the
+/// upstream made (and billed) are returned even if a sibling call failed. Fails only if all fail.
+async fn fan_out<F, Fut>(n: u8, call: F) -> Result<Output, UpstreamError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Output, UpstreamError>>,
+{
+    let results = futures_util::future::join_all((0..n).map(|_| call())).await;
+    let mut out = Output::default();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(o) => {
+                out.images.extend(o.images);
+                out.task_ids.extend(o.task_ids);
+            }
+            Err(e) => {
+                tracing::warn!(kind = ?e.kind, error = %e.message, "one of a fanned-out set of upstream calls failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) if out.images.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// Collects result URLs from any of the documented shapes: `resultUrls: [..]`, `url: ".."` or
+/// `url: [..]` (SparkPix Image Edit can return several images).
+fn result_urls(data: &Value) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for key in ["resultUrls", "url", "urls"] {
+        let found: Vec<&str> = match data.get(key) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for url in found {
+            if !urls.iter().any(|u| u == url) {
+                urls.push(url.to_owned());
+            }
+        }
+    }
+    urls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> Redactor {
+        Redactor("sk-up-secret".to_owned())
+    }
+
+    #[test]
+    fn body_code_wins_over_http_200() {
+        let e = classify(
+            200,
+            br#"{"code":402,"msg":"insufficient credits"}"#,
+            &redactor(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::OutOfCredits);
+        let e = classify(200, br#"{"code":500,"msg":"x"}"#, &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::ServerError);
+    }
+
+    #[test]
+    fn http_statuses_classify() {
+        let kind = |s| {
+            classify(s, br#"{"code":1,"msg":"m"}"#, &redactor())
+                .unwrap_err()
+                .kind
+        };
+        assert_eq!(kind(401), FailureKind::Unauthorized);
+        assert_eq!(kind(402), FailureKind::OutOfCredits);
+        assert_eq!(kind(429), FailureKind::RateLimited);
+        assert_eq!(kind(500), FailureKind::ServerError);
+        assert_eq!(kind(400), FailureKind::Rejected);
+        let e = classify(
+            400,
+            br#"{"code":400,"msg":"Content policy violation"}"#,
+            &redactor(),
+        );
+        assert_eq!(e.unwrap_err().kind, FailureKind::PolicyRejected);
+    }
+
+    #[test]
+    fn malformed_body_and_redaction() {
+        let e = classify(200, b"{\"code\":200,\"da", &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Malformed);
+        let e = classify(401, br#"{"msg":"bad key sk-up-secret"}"#, &redactor()).unwrap_err();
+        assert!(!e.message.contains("sk-up-secret"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn fan_out_keeps_what_was_made() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let out = fan_out(4, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 {
+                0 => Ok(Output {
+                    images: vec![Image::url("u".to_owned())],
+                    task_ids: vec![],
+                }),
+                _ => Err(UpstreamError::new(FailureKind::ServerError, String::new())),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.images.len(), 2);
+        let all_fail = fan_out(3, || async {
+            Err(UpstreamError::new(FailureKind::Connect, String::new()))
+        });
+        assert_eq!(all_fail.await.unwrap_err().kind, FailureKind::Connect);
+    }
+
+    #[test]
+    fn result_urls_accept_every_shape() {
+        let v: Value = serde_json::json!({"url": "a"});
+        assert_eq!(result_urls(&v), ["a"]);
+        let v: Value = serde_json::json!({"url": ["a", "b"], "resultUrls": ["a", "b"]});
+        assert_eq!(result_urls(&v), ["a", "b"]);
+    }
+}

@@ -1,0 +1,123 @@
+//! Result images: what an adapter hands back ([`Image`]) and how a result URL becomes bytes for a
+//! `b64_json` answer — concurrently, from allowed hosts only, with a size cap and a timeout, and
+//! without the upstream key.
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+
+use super::{CallCtx, FailureKind, Upstream, UpstreamError};
+use crate::model::{image_dimensions, ImageFormat, Size};
+
+/// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    pub b64: Option<String>,
+    pub url: Option<String>,
+}
+
+impl Image {
+    pub fn url(url: String) -> Self {
+        Self {
+            b64: None,
+            url: Some(url),
+        }
+    }
+}
+
+/// An image ready for the client: base64 text plus what the gateway learned from its bytes.
+#[derive(Debug)]
+pub struct Encoded {
+    pub b64: String,
+    pub format: Option<ImageFormat>,
+    pub size: Option<Size>,
+}
+
+impl Upstream {
+    /// Downloads every URL concurrently and base64-encodes each. All must succeed.
+    pub async fn fetch_b64(
+        &self,
+        urls: &[&str],
+        ctx: &CallCtx,
+    ) -> Result<Vec<Encoded>, UpstreamError> {
+        let fetches = urls.iter().map(|url| async move {
+            let bytes = self.fetch(url, ctx).await?;
+            let format = ImageFormat::sniff(&bytes);
+            let size = image_dimensions(&bytes);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            Ok::<_, UpstreamError>(Encoded { b64, format, size })
+        });
+        futures_util::future::try_join_all(fetches).await
+    }
+
+    async fn fetch(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
+        let err = |msg: String| UpstreamError::new(FailureKind::Download, msg);
+        let parsed = reqwest::Url::parse(url).map_err(|_| err("invalid result URL".to_owned()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || !self.host_allowed(&parsed) {
+            return Err(err(format!(
+                "result host `{}` is not in results.allowed_hosts",
+                parsed.host_str().unwrap_or("")
+            )));
+        }
+        let limit = self.results.timeout.min(ctx.remaining());
+        let max = self.results.max_bytes;
+        let download = async {
+            let res = self
+                .files
+                .get(parsed)
+                .header("x-request-id", &ctx.request_id)
+                .send()
+                .await
+                .map_err(|e| err(e.without_url_string()))?;
+            if !res.status().is_success() {
+                return Err(err(format!(
+                    "result file answered HTTP {}",
+                    res.status().as_u16()
+                )));
+            }
+            if res.content_length().is_some_and(|len| len > max as u64) {
+                return Err(err(format!("result file is larger than {max} bytes")));
+            }
+            let mut buf = BytesMut::with_capacity(res.content_length().unwrap_or(0) as usize);
+            let mut stream = res.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| err(e.without_url_string()))?;
+                if buf.len() + chunk.len() > max {
+                    return Err(err(format!("result file is larger than {max} bytes")));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf.freeze())
+        };
+        let bytes = match tokio::time::timeout(limit, download).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    FailureKind::Timeout,
+                    "result download timed out".to_owned(),
+                ))
+            }
+        };
+        if ImageFormat::sniff(&bytes).is_none() {
+            return Err(err(
+                "result file is not a PNG, JPEG or WEBP image".to_owned()
+            ));
+        }
+        Ok(bytes)
+    }
+
+    fn host_allowed(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let with_port = url.port().map(|p| format!("{host}:{p}"));
+        self.results.allowed_hosts.iter().any(|allowed| {
+            allowed.eq_ignore_ascii_case(host)
+                || with_port
+                    .as_deref()
+                    .is_some_and(|hp| allowed.eq_ignore_ascii_case(hp))
+        })
+    }
+}
+
+use super::WithoutUrl as _;

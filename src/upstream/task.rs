@@ -1,0 +1,198 @@
+//! The task engine: turns an upstream task id into images by polling
+//! `GET /api/v1/images/generations?task_id=…` with the model's first-poll delay and interval,
+//! until `completed`, `failed` or the model's deadline.
+//!
+//! A poll that fails for a passing reason (connection, 5xx, malformed body, 429) is not the end
+//! of the task: the upstream accepted (and will bill) it, so the engine keeps polling until the
+//! deadline. Waiting costs one sleeping tokio task per request: no thread, no buffer.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::{sleep, Instant};
+
+use super::{result_urls, CallCtx, FailureKind, Output, Upstream, UpstreamError};
+use crate::config::ModelConfig;
+use crate::upstream::{is_policy_message, Image};
+
+/// Longest single poll call; a hung poll must not eat the whole deadline.
+const POLL_CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The state of a task as the envelope reports it.
+#[derive(Debug, PartialEq)]
+pub(super) enum TaskState {
+    Running,
+    Completed(Vec<String>),
+    Failed(String),
+}
+
+/// Reads a task envelope's `data`: `{"taskId","state","resultUrls"|"failMsg"}`.
+///
+/// NOTE(upstream): gpt-image-2-all's async create answers `data.taskId` with no `state`; a missing
+/// state is treated as `pending`.
+pub(super) fn task_state(data: &Value) -> Result<TaskState, UpstreamError> {
+    let state = data
+        .get("state")
+        .and_then(Value::as_str)
+        .unwrap_or("pending");
+    match state {
+        "pending" | "processing" | "queued" | "running" => Ok(TaskState::Running),
+        "completed" | "success" | "succeeded" => {
+            let urls = result_urls(data);
+            if urls.is_empty() {
+                Err(UpstreamError::new(
+                    FailureKind::Malformed,
+                    "task completed without result URLs".to_owned(),
+                ))
+            } else {
+                Ok(TaskState::Completed(urls))
+            }
+        }
+        "failed" | "fail" | "error" => {
+            let msg = data
+                .get("failMsg")
+                .and_then(Value::as_str)
+                .unwrap_or("task failed")
+                .to_owned();
+            Ok(TaskState::Failed(msg))
+        }
+        other => Err(UpstreamError::new(
+            FailureKind::Malformed,
+            format!("unknown task state `{other}`"),
+        )),
+    }
+}
+
+/// The error for a task that ended `failed`.
+pub(super) fn failed(up: &Upstream, message: &str) -> UpstreamError {
+    let kind = if is_policy_message(message) {
+        FailureKind::PolicyRejected
+    } else {
+        FailureKind::TaskFailed
+    };
+    UpstreamError::new(kind, up.redactor.redact(message))
+}
+
+/// Reads a create answer (`{"code":200,"data":{"taskId",…}}`) and, unless it is already terminal,
+/// polls the task to its end.
+pub(super) async fn run_envelope(
+    up: &Upstream,
+    model: &ModelConfig,
+    created: &Value,
+    ctx: &CallCtx,
+) -> Result<Output, UpstreamError> {
+    let data = created.get("data").ok_or_else(|| {
+        UpstreamError::new(
+            FailureKind::Malformed,
+            "create answer has no `data`".to_owned(),
+        )
+    })?;
+    let task_id = data
+        .get("taskId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            UpstreamError::new(
+                FailureKind::Malformed,
+                "create answer has no `taskId`".to_owned(),
+            )
+        })?;
+    let urls = match task_state(data).map_err(|e| e.with_task(&task_id))? {
+        TaskState::Completed(urls) => urls,
+        TaskState::Failed(msg) => return Err(failed(up, &msg).with_task(&task_id)),
+        TaskState::Running => wait(up, model, &task_id, ctx).await?,
+    };
+    Ok(Output {
+        images: urls.into_iter().map(Image::url).collect(),
+        task_ids: vec![task_id],
+    })
+}
+
+/// Polls `task_id` until it is terminal or the deadline passes.
+pub(super) async fn wait(
+    up: &Upstream,
+    model: &ModelConfig,
+    task_id: &str,
+    ctx: &CallCtx,
+) -> Result<Vec<String>, UpstreamError> {
+    let path = format!("/api/v1/images/generations?task_id={}", encode(task_id));
+    let timeout = || UpstreamError::new(FailureKind::Timeout, String::new()).with_task(task_id);
+    let mut next = Instant::now() + model.first_poll_delay;
+    let mut polls = 0u32;
+    loop {
+        if next >= ctx.deadline {
+            sleep_until_deadline(ctx).await;
+            return Err(timeout());
+        }
+        tokio::time::sleep_until(next).await;
+        next = Instant::now() + model.poll_interval;
+        polls += 1;
+        let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT).await {
+            Ok(v) => v,
+            Err(e) if e.kind.is_transient() || e.kind == FailureKind::Timeout => {
+                tracing::debug!(task_id, polls, kind = ?e.kind, "poll failed; polling again");
+                continue;
+            }
+            Err(e) => return Err(e.with_task(task_id)),
+        };
+        let Some(data) = answer.get("data") else {
+            tracing::debug!(task_id, polls, "poll answer without data; polling again");
+            continue;
+        };
+        match task_state(data) {
+            Ok(TaskState::Running) => {}
+            Ok(TaskState::Completed(urls)) => {
+                tracing::debug!(task_id, polls, "task completed");
+                return Ok(urls);
+            }
+            Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(task_id)),
+            Err(e) => return Err(e.with_task(task_id)),
+        }
+    }
+}
+
+async fn sleep_until_deadline(ctx: &CallCtx) {
+    sleep(ctx.deadline.saturating_duration_since(Instant::now())).await;
+}
+
+/// Percent-encodes a task id for the query string.
+fn encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_every_state() {
+        assert_eq!(
+            task_state(&json!({"taskId":"t"})).unwrap(),
+            TaskState::Running
+        );
+        assert_eq!(
+            task_state(&json!({"state":"completed","resultUrls":["u"]})).unwrap(),
+            TaskState::Completed(vec!["u".to_owned()])
+        );
+        assert_eq!(
+            task_state(&json!({"state":"failed","resultUrls":null,"failMsg":"boom"})).unwrap(),
+            TaskState::Failed("boom".to_owned())
+        );
+        let e = task_state(&json!({"state":"completed","resultUrls":[]})).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Malformed);
+    }
+
+    #[test]
+    fn encodes_task_ids() {
+        assert_eq!(encode("ab-1_2"), "ab-1_2");
+        assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+}

@@ -1,0 +1,96 @@
+//! Shutdown drains in-flight requests; many async requests wait at once.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{start, start_scaled, start_with};
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let env = start_with(|c| c.server.drain_timeout = Duration::from_secs(30)).await;
+    let gateway = env.gateway.clone();
+    let http = env.http.clone();
+    // A sync call the simulator holds for 1.5 s (unscaled).
+    let in_flight = tokio::spawn(async move {
+        http.post(format!("{gateway}/v1/images/generations"))
+            .bearer_auth(crate::support::KEY)
+            .json(&json!({"model": "gpt-image-2-all", "prompt": "p [sim:slow=1.5]", "size": "1024x1024"}))
+            .send()
+            .await
+    });
+    // Shut down once the upstream has the request (polling the simulator, no fixed sleep).
+    for _ in 0..500 {
+        if !env.upstream_requests().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gateway = env.gateway.clone();
+    env.shutdown().await.unwrap();
+    let res = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the in-flight request completed during the drain"
+    );
+    assert!(
+        reqwest::get(format!("{gateway}/healthz")).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_shutdown() {
+    let env = start_with(|c| c.server.drain_timeout = Duration::from_millis(200)).await;
+    let gateway = env.gateway.clone();
+    let http = env.http.clone();
+    let stuck = tokio::spawn(async move {
+        http.post(format!("{gateway}/v1/images/generations"))
+            .bearer_auth(crate::support::KEY)
+            .json(&json!({"model": "gpt-image-2-beta", "prompt": "p [sim:stuck]"}))
+            .send()
+            .await
+    });
+    for _ in 0..500 {
+        if !env.upstream_requests().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Returns although the request would wait for the model's 120 s deadline.
+    env.shutdown().await.unwrap();
+    stuck.abort();
+}
+
+#[tokio::test]
+async fn hundreds_of_async_requests_wait_at_once() {
+    // beta: 15–40 s scaled by 0.02 → 0.3–0.8 s per task; all 300 wait concurrently.
+    let env = start_scaled(0.02, |c| {
+        c.models.beta.first_poll_delay = Duration::from_millis(500)
+    })
+    .await;
+    let calls = (0..300).map(|i| {
+        env.generate(json!({"model": "gpt-image-2-beta", "prompt": format!("p{i}"), "response_format": "url"}))
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "every request answered"
+    );
+    let stats = env.upstream_stats().await;
+    assert_eq!(stats["creates"], 300, "{stats}");
+    assert!(
+        stats["polls"].as_u64().unwrap() <= 300 * 2,
+        "polls bounded by the interval: {stats}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_b64_requests_all_answer() {
+    let env = start().await;
+    let calls = (0..40)
+        .map(|_| env.generate(json!({"model": "sparkpix", "prompt": "p", "size": "512x512"})));
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+}
