@@ -98,8 +98,8 @@ for (const model of MODELS) {
     const res = rethrow(rec);
     assert.equal(typeof res.created, 'number');
     assert.equal(res.data.length, 1);
+    assert.equal(res.output_format, 'png', `${model}: output_format ${res.output_format}`);
     assertPNG(decodeB64(res.data[0]));
-    assert.equal(res.output_format, 'png');
     assert.match(res.size ?? '', /^\d+x\d+$/);
     assert.ok(res._request_id, 'no _request_id');
     assert.ok(rec.creates.length >= 1, `${model}: no upstream call was made`);

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -80,10 +83,11 @@ def test_generate_b64_on_each_model(client: OpenAI, sim, model: str):
 
     assert isinstance(res.created, int) and res.created > 1_600_000_000
     assert res.data is not None and len(res.data) == 1
+    assert res.output_format == "png", f"{model}: output_format {res.output_format!r}"
     assert_png(decode_b64(res.data[0]))
-    assert res.output_format == "png"
     assert res.size and re.fullmatch(r"\d+x\d+", res.size), res.size
-    assert res.quality in ("low", "medium", "high"), res.quality
+    # quality is optional in the response; when echoed it must be a concrete value (never "auto").
+    assert res.quality in (None, "low", "medium", "high"), res.quality
     assert res._request_id
     assert rec.with_body(), f"{model}: no upstream call was made"
 
@@ -206,6 +210,58 @@ def test_edit_raw_bytes_without_filename(client: OpenAI):
         model=DEFAULT_MODEL, image=gradient_png(seed=7), prompt=prompt("add stars")
     )
     assert_png(decode_b64(res.data[0]))
+
+
+def test_chunked_upload_with_late_terminator_gets_full_response(demo):
+    """A streaming client (the Node SDK) sends the last chunk of a chunked body a little after the
+    multipart data. The gateway must still read the body to its end: closing the connection with
+    unread request bytes makes the kernel reset it, and the client loses the response."""
+    url = urlsplit(demo.gateway_url)
+    boundary = "e2e-" + uuid.uuid4().hex
+    png = gradient_png(seed=21)
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{DEFAULT_MODEL}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n{prompt("add a moon")}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    head = (
+        f"POST {url.path}/images/edits HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {demo.api_key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(head + b"%x\r\n" % len(body) + body + b"\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"0\r\n\r\n")  # the last chunk, a moment later
+        time.sleep(2.0)  # let the gateway answer before reading anything
+        raw = b""
+        try:
+            while b"\r\n\r\n" not in raw or len(raw) < _expected_len(raw):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+        except ConnectionResetError:
+            pytest.fail(f"connection reset after {len(raw)} response bytes ({raw[:40]!r})")
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
+    assert len(raw) >= _expected_len(raw), f"truncated response: {len(raw)} < {_expected_len(raw)}"
+    body_start = raw.index(b"\r\n\r\n") + 4
+    res = json.loads(raw[body_start:_expected_len(raw)])
+    assert_png(base64.b64decode(res["data"][0]["b64_json"]))
+
+
+def _expected_len(raw: bytes) -> int:
+    """Header length + Content-Length of a buffered HTTP response (large if not known yet)."""
+    if b"\r\n\r\n" not in raw:
+        return 1 << 62
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    pytest.fail(f"response without Content-Length: {head!r}")
 
 
 def test_edit_lite_single_upload(client: OpenAI, sim, image_files):
