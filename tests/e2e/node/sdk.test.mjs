@@ -144,7 +144,7 @@ test('generate echoes size and quality', T, async () => {
 
 test('request id via withResponse', T, async () => {
   const { data, response, request_id } = await client.images
-    .generate({ model: 'sparkpix', prompt: prompt('a small cactus') })
+    .generate({ model: 'gpt-image-2-lite', prompt: prompt('a small cactus') })
     .withResponse();
   assert.ok(request_id);
   assert.equal(response.headers.get('x-request-id'), request_id);
@@ -253,6 +253,19 @@ for (const model of ['gpt-image-2-beta', 'sparkpix']) {
     assertNoUpstream(rec);
   });
 }
+
+test('JSON edit with a URL reference (Codex style)', T, async () => {
+  const ref = await client.images.generate({ model: DEFAULT_MODEL, prompt: prompt('a reference'), response_format: 'url' });
+  const url = ref.data[0].url;
+  for (const model of ['gpt-image-2-all', 'gpt-image-2-beta']) {
+    const rec = await sim.record(() =>
+      client.post('/images/edits', { body: { model, prompt: prompt('make it night'), images: [{ image_url: url }] } }),
+    );
+    assertPNG(decodeB64(rethrow(rec).data[0]));
+    assert.ok(rec.creates.length >= 1, `${model}: no upstream call was made`);
+    assert.ok(JSON.stringify(rec.creates[0].json).includes(url), `${model}: URL not forwarded: ${JSON.stringify(rec.creates)}`);
+  }
+});
 
 // ------------------------------------------------------------------------------------------------
 // Models.

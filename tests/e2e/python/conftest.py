@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -58,7 +59,7 @@ def _log_tail(path: Path, lines: int = 80) -> str:
         text = path.read_text(errors="replace")
     except OSError as e:
         return f"<could not read {path}: {e}>"
-    tail = text.splitlines()[-lines:]
+    tail = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[-lines:]
     return "\n".join(tail) if tail else "<empty>"
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 from openai import OpenAI
+from openai.types import ImagesResponse
 
 from support import (
     DEFAULT_MODEL,
@@ -152,7 +153,7 @@ def test_concurrent_generations(client: OpenAI):
         results = list(pool.map(one, MODELS))
     ids = set()
     for res in results:
-        assert_png(decode_b64(res.data[0]))
+        assert_image_matches_format(res)
         ids.add(res._request_id)
     assert len(ids) == len(MODELS), "request ids are not unique"
 
@@ -302,6 +303,55 @@ def test_edit_more_than_16_images_is_rejected(client: OpenAI, sim):
 
 
 # --------------------------------------------------------------------------------------------------
+# Edits with a JSON body: `images: [{image_url}]` (URL or data URL), as Codex sends them.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_url(client: OpenAI) -> str:
+    res = client.images.generate(
+        model=DEFAULT_MODEL, prompt=prompt("a reference image"), response_format="url"
+    )
+    assert res.data[0].url
+    return res.data[0].url
+
+
+def assert_image_matches_format(res: ImagesResponse) -> None:
+    data = decode_b64(res.data[0])
+    if res.output_format == "jpeg":
+        assert data[:3] == JPEG_MAGIC, f"output_format jpeg but bytes {data[:8]!r}"
+    else:
+        assert res.output_format in (None, "png"), res.output_format
+        assert_png(data)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_json_edit_with_url_reference(client: OpenAI, sim, reference_url: str, model: str):
+    with sim.recording() as rec:
+        res = client.post(
+            "/images/edits",
+            body={"model": model, "prompt": prompt("make it night"), "images": [{"image_url": reference_url}]},
+            cast_to=ImagesResponse,
+        )
+    assert_image_matches_format(res)
+    calls = rec.with_body()
+    assert calls, "no upstream call was made"
+    assert reference_url in json.dumps(calls[0].get("json")), f"URL not forwarded: {json.dumps(calls)}"
+
+
+def test_json_edit_with_data_url(client: OpenAI, sim):
+    data_url = "data:image/png;base64," + base64.b64encode(gradient_png(seed=99)).decode()
+    with sim.recording() as rec:
+        res = client.post(
+            "/images/edits",
+            body={"model": DEFAULT_MODEL, "prompt": prompt("add rain"), "images": [{"image_url": data_url}]},
+            cast_to=ImagesResponse,
+        )
+    assert_png(decode_b64(res.data[0]))
+    assert rec.with_body(), "no upstream call was made"
+
+
+# --------------------------------------------------------------------------------------------------
 # Models.
 # --------------------------------------------------------------------------------------------------
 
@@ -443,7 +493,7 @@ def test_upstream_500_on_edit(client: OpenAI, image_files):
 
 def test_request_id_on_success(client: OpenAI):
     raw = client.images.with_raw_response.generate(
-        model="sparkpix", prompt=prompt("a small cactus")
+        model="gpt-image-2-lite", prompt=prompt("a small cactus")
     )
     assert raw.headers.get("x-request-id")
     assert raw.headers.get("content-type", "").startswith("application/json")

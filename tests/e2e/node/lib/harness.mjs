@@ -29,7 +29,7 @@ function binaryPath() {
 }
 
 function tail(text, lines = 80) {
-  const all = text.split('\n');
+  const all = text.replace(/\x1b\[[0-9;]*m/g, '').split('\n');
   return all.slice(-lines).join('\n') || '<empty>';
 }
 
