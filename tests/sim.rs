@@ -589,9 +589,10 @@ async fn callbacks_are_delivered_and_retried() {
 
     // Failed tasks call back too; SparkPix spells the field callBackUrl; lite calls back as well.
     let (url, got) = receiver(0).await;
-    let all = json!({"model": "gpt-image-2-all", "prompt": "[sim:fail]", "aspect_ratio": "1:1",
+    // A WxH size with a callback_url is async mode (task envelope, not the OpenAI shape).
+    let all = json!({"model": "gpt-image-2-all", "prompt": "[sim:fail]", "size": "1024x1024",
         "callback_url": url});
-    sim.post(GEN, all).await;
+    sim.task(all).await;
     let spark = json!({"prompt": "cat", "callBackUrl": url});
     sim.post(SYNC, spark).await;
     let lite = json!({"model": "gpt-image-2-lite", "prompt": "cat", "callback_url": url});
