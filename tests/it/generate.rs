@@ -195,3 +195,42 @@ async fn streaming_sends_completed_event_and_done() {
     assert!(event["b64_json"].as_str().unwrap().len() > 100);
     assert!(text.contains("data: [DONE]"));
 }
+
+#[tokio::test]
+async fn vendor_extras_reach_the_models_that_understand_them() {
+    let env = start().await;
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "prompt_upsampling": true, "lora_weights": "huggingface.co/acme/style", "lora_scale": 1.5}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = env
+        .generate(json!({"model": "gpt-image-2-beta", "prompt": "p", "image_urls": ["https://example.com/a.png", "https://example.com/b.png"], "aspect_ratio": "9:16"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = env
+        .post(
+            "/v1/images/edits",
+            json!({"model": "sparkpix", "prompt": "p", "turbo": false, "seed": 3, "images": [{"image_url": "https://example.com/a.png"}]}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let reqs = env.upstream_requests().await;
+    let spark = &reqs[0]["json"];
+    assert_eq!(spark["prompt_upsampling"], true);
+    assert_eq!(spark["lora_weights"], "huggingface.co/acme/style");
+    assert_eq!(spark["lora_scale"], 1.5);
+    let beta = &on_path(&reqs, "/api/v1/images/generations")[0]["json"];
+    assert_eq!(
+        beta["image_urls"],
+        json!(["https://example.com/a.png", "https://example.com/b.png"])
+    );
+    assert_eq!(beta["aspect_ratio"], "9:16");
+    let edit = &on_path(&reqs, "/api/v1/images/edit")[0]["json"];
+    assert_eq!(
+        (edit["turbo"].as_bool(), edit["seed"].as_i64()),
+        (Some(false), Some(3))
+    );
+    // The upstream key is injected on every call; the client's key is never forwarded.
+    assert!(reqs.iter().all(|r| r["auth_ok"] == true), "{reqs:?}");
+}
