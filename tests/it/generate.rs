@@ -234,3 +234,46 @@ async fn vendor_extras_reach_the_models_that_understand_them() {
     // The upstream key is injected on every call; the client's key is never forwarded.
     assert!(reqs.iter().all(|r| r["auth_ok"] == true), "{reqs:?}");
 }
+
+#[tokio::test]
+async fn streaming_keeps_alive_and_reports_upstream_errors_as_events() {
+    let env = crate::support::start_with(|c| {
+        c.server.keepalive_interval = std::time::Duration::from_millis(100)
+    })
+    .await;
+    let stream = |prompt: &str| {
+        env.http
+            .post(format!("{}/v1/images/generations", env.gateway))
+            .bearer_auth(crate::support::KEY)
+            .json(&json!({"model": "gpt-image-2-all", "prompt": prompt, "size": "1024x1024", "stream": true}))
+            .send()
+    };
+    let text = stream("p [sim:slow=0.6]")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(": keepalive"), "{text}");
+    assert!(text.contains("image_generation.completed"), "{text}");
+
+    let text = stream("p [sim:policy]")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("moderation_blocked"), "{text}");
+
+    // Bad input is refused with a status before any stream starts.
+    let res = env
+        .http
+        .post(format!("{}/v1/images/generations", env.gateway))
+        .bearer_auth(crate::support::KEY)
+        .json(&json!({"model": "gpt-image-2-all", "prompt": "p", "size": "7x7", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
