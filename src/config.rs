@@ -424,11 +424,6 @@ impl Config {
             if m.deadline < Duration::from_secs(1) {
                 problems.push(format!("{at}.deadline: must be at least 1s"));
             }
-            if m.first_poll_delay >= m.deadline {
-                problems.push(format!(
-                    "{at}.first_poll_delay: must be shorter than the deadline"
-                ));
-            }
             for (name, p) in [
                 ("price_usd", m.price_usd),
                 ("edit_price_usd", m.edit_price_usd),

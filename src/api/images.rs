@@ -23,18 +23,20 @@ use crate::model::{image_dimensions, ImageFormat, Quality};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
 use crate::upstream::{self, CallCtx, Image};
 
-pub async fn generations(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let result = json_object(&body).and_then(|fields| {
+pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let id = request_id(request.headers());
+    let limit = state.config.server.max_body_bytes;
+    let result = match Bytes::from_request(request, &()).await {
+        Ok(body) => json_object(&body),
+        Err(e) => Err(body_error(e.status(), limit)),
+    };
+    let result = result.and_then(|fields| {
         ImageRequest::from_fields(Operation::Generate, &fields, Vec::new(), None, &|m| {
             state.resolve_model(m)
         })
     });
     match result {
-        Ok(req) => answer(state, req, request_id(&headers)).await,
+        Ok(req) => answer(state, req, id).await,
         Err(e) => e.into_response(),
     }
 }

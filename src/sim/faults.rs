@@ -3,7 +3,12 @@
 //!
 //! A prompt directive always wins over the table; the table is consulted (model entry first,
 //! then `*`) only when the prompt names no outcome. Directive names are matched
-//! case-insensitively; unknown directives are ignored.
+//! case-insensitively; unknown directives are ignored. When a prompt names several outcomes
+//! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile` and `pollfail`
+//! combine with any outcome.
+//!
+//! HTTP-level faults (`401`, `402`, `500`, `code402`, `code500`, `malformed`) answer at once,
+//! before field validation and without creating a task. The others act on the accepted job.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

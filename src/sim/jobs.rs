@@ -163,7 +163,8 @@ pub(crate) struct Job {
     pub queued: bool,
     pub directives: Directives,
     pub callback_url: Option<String>,
-    /// The request parameters, sent back as the callback's `param` string.
+    /// The request parameters, sent back as the callback's `param` string (long base64 strings
+    /// redacted as in the request log, so callbacks stay small).
     pub param: Value,
 }
 

@@ -12,7 +12,6 @@
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Map, Value};
 
-use super::lite::b64;
 use super::{task, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
 use crate::model::{ModelId, Quality, Size};
@@ -150,46 +149,14 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
     Ok(Plan::SyncEdit(EditForm { text, images, mask }))
 }
 
-/// References for the JSON shapes: one upload → `image_base64`; URLs → `image_url`/`image_urls`;
-/// masks → `mask_base64`/`mask_url`.
+/// References for the JSON shapes (sync generation and async task).
 fn add_json_refs(req: &ImageRequest, body: &mut Map<String, Value>) -> Result<(), ApiError> {
-    let uploads: Vec<_> = req
-        .images
-        .iter()
-        .filter_map(|r| match r {
-            ImageRef::Bytes { data, .. } => Some(data),
-            ImageRef::Url(_) => None,
-        })
-        .collect();
-    if uploads.len() > 1 {
-        return Err(ApiError::unsupported(
-            "image",
-            "gpt-image-2-all's aspect_ratio mode takes one uploaded image; give a WxH size to send up to 16.",
-        ));
-    }
-    if let Some(data) = uploads.first() {
-        body.insert("image_base64".into(), json!(b64(data)));
-    }
-    let urls = req.urls();
-    match urls.as_slice() {
-        [] => {}
-        [one] if uploads.is_empty() => {
-            body.insert("image_url".into(), json!(one));
-        }
-        many => {
-            body.insert("image_urls".into(), json!(many));
-        }
-    }
-    match &req.mask {
-        None => {}
-        Some(ImageRef::Bytes { data, .. }) => {
-            body.insert("mask_base64".into(), json!(b64(data)));
-        }
-        Some(ImageRef::Url(u)) => {
-            body.insert("mask_url".into(), json!(u));
-        }
-    }
-    Ok(())
+    super::envelope_refs(
+        req,
+        body,
+        "gpt-image-2-all's aspect_ratio mode takes one uploaded image; give a WxH size to send up to 16.",
+        true,
+    )
 }
 
 fn check_aspect(aspect: &str) -> Result<(), ApiError> {

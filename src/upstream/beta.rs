@@ -19,24 +19,7 @@ pub struct Plan {
 }
 
 pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
-    if req.has_bytes() {
-        return Err(ApiError::unsupported(
-            "image",
-            "gpt-image-2-beta takes reference images as URLs only (`images[].image_url` or `image_urls`); upload files with gpt-image-2-all or gpt-image-2-lite.",
-        ));
-    }
-    if req.mask.is_some() {
-        return Err(ApiError::unsupported(
-            "mask",
-            "gpt-image-2-beta does not support masks; use gpt-image-2-all or gpt-image-2-lite.",
-        ));
-    }
-    if req.transparent() {
-        return Err(ApiError::unsupported(
-            "background",
-            "gpt-image-2-beta cannot make transparent backgrounds; use gpt-image-2-all.",
-        ));
-    }
+    super::refuse_url_only(req)?;
     let mut body = Map::new();
     body.insert("model".into(), json!(ModelId::Beta.as_str()));
     body.insert("prompt".into(), json!(req.prompt));
@@ -57,16 +40,7 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
     if let Some(a) = aspect {
         body.insert("aspect_ratio".into(), json!(a));
     }
-    let urls = req.urls();
-    match urls.as_slice() {
-        [] => {}
-        [one] => {
-            body.insert("image_url".into(), json!(one));
-        }
-        many => {
-            body.insert("image_urls".into(), json!(many));
-        }
-    }
+    super::envelope_refs(req, &mut body, "", false)?;
     // NOTE(upstream): the page says both "on by default" and "default is off"; it is sent only
     // when the client asked, so the client's choice is explicit.
     if let Some(v) = req.extras.get("nsfw_checker") {

@@ -2,13 +2,12 @@
 //! answers `state: "completed"` with `resultUrls` (one per image, `n` native). Edits go to the
 //! same endpoint with `image_base64` (one upload), `image_url`/`image_urls` and `mask_base64`.
 
-use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::{task, CallCtx, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
 use crate::model::{ModelId, Quality};
-use crate::request::{ImageRef, ImageRequest};
+use crate::request::ImageRequest;
 
 #[derive(Debug)]
 pub struct Plan {
@@ -38,41 +37,12 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
             "gpt-image-2-lite cannot make transparent backgrounds; use gpt-image-2-all.",
         ));
     }
-    let uploads: Vec<_> = req.images.iter().filter(|r| r.is_bytes()).collect();
-    if uploads.len() > 1 {
-        return Err(ApiError::unsupported(
-            "image",
-            format!(
-                "gpt-image-2-lite takes one uploaded image (plus image URLs); got {}. Use gpt-image-2-all for up to 16 uploads.",
-                uploads.len()
-            ),
-        ));
-    }
-    if let Some(ImageRef::Bytes { data, .. }) = uploads.first() {
-        body.insert("image_base64".into(), json!(b64(data)));
-    }
-    let urls = req.urls();
-    match urls.as_slice() {
-        [] => {}
-        [one] if uploads.is_empty() => {
-            body.insert("image_url".into(), json!(one));
-        }
-        many => {
-            body.insert("image_urls".into(), json!(many));
-        }
-    }
-    match &req.mask {
-        None => {}
-        Some(ImageRef::Bytes { data, .. }) => {
-            body.insert("mask_base64".into(), json!(b64(data)));
-        }
-        Some(ImageRef::Url(_)) => {
-            return Err(ApiError::unsupported(
-                "mask",
-                "gpt-image-2-lite takes the mask as an uploaded PNG, not a URL.",
-            ))
-        }
-    }
+    super::envelope_refs(
+        req,
+        &mut body,
+        "gpt-image-2-lite takes one uploaded image (plus image URLs); use gpt-image-2-all for up to 16 uploads.",
+        false,
+    )?;
     Ok(Plan {
         body: Value::Object(body),
     })
@@ -83,8 +53,4 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
         .post_json("/api/v1/images/generations", &plan.body, ctx)
         .await?;
     task::run_envelope(up, up.model_config(ModelId::Lite), &created, ctx).await
-}
-
-pub(super) fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
 }

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::config::{Config, ModelConfig, ModelsConfig, ResultsConfig};
 use crate::error::ApiError;
 use crate::model::ModelId;
-use crate::request::ImageRequest;
+use crate::request::{self, ImageRequest};
 
 pub use results::Image;
 
@@ -372,6 +372,89 @@ where
         Some(e) if out.images.is_empty() => Err(e),
         _ => Ok(out),
     }
+}
+
+/// Refuses what the URL-only models (beta, SparkPix) cannot take: uploads, masks, transparency.
+fn refuse_url_only(req: &ImageRequest) -> Result<(), ApiError> {
+    let model = req.model;
+    if req.has_bytes() {
+        return Err(ApiError::unsupported(
+            "image",
+            format!("{model} takes reference images as URLs only (`images[].image_url` or `image_urls`); upload files with gpt-image-2-all or gpt-image-2-lite."),
+        ));
+    }
+    if req.mask.is_some() {
+        return Err(ApiError::unsupported(
+            "mask",
+            format!("{model} does not support masks; use gpt-image-2-all or gpt-image-2-lite."),
+        ));
+    }
+    if req.transparent() {
+        return Err(ApiError::unsupported(
+            "background",
+            format!("{model} cannot make transparent backgrounds; use gpt-image-2-all."),
+        ));
+    }
+    Ok(())
+}
+
+/// The task-envelope reference fields: the one upload → `image_base64`; URLs → `image_url` (a
+/// single URL and no upload) or `image_urls`; a mask → `mask_base64`, or `mask_url` where the
+/// model takes one. `too_many` explains the refusal of a second upload.
+fn envelope_refs(
+    req: &ImageRequest,
+    body: &mut serde_json::Map<String, Value>,
+    too_many: &str,
+    mask_url: bool,
+) -> Result<(), ApiError> {
+    use base64::Engine as _;
+    use request::ImageRef;
+    let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+    let uploads: Vec<&[u8]> = req
+        .images
+        .iter()
+        .filter_map(|r| match r {
+            ImageRef::Bytes { data, .. } => Some(data.as_ref()),
+            ImageRef::Url(_) => None,
+        })
+        .collect();
+    if uploads.len() > 1 {
+        return Err(ApiError::unsupported(
+            "image",
+            format!("{too_many} Got {} uploads.", uploads.len()),
+        ));
+    }
+    if let Some(data) = uploads.first() {
+        body.insert("image_base64".into(), Value::String(b64(data)));
+    }
+    match req.urls().as_slice() {
+        [] => {}
+        [one] if uploads.is_empty() => {
+            body.insert("image_url".into(), Value::from(*one));
+        }
+        many => {
+            body.insert("image_urls".into(), Value::from(many.to_vec()));
+        }
+    }
+    match &req.mask {
+        None => {}
+        Some(ImageRef::Bytes { data, .. }) => {
+            body.insert("mask_base64".into(), Value::String(b64(data)));
+        }
+        Some(ImageRef::Url(u)) if mask_url => {
+            body.insert("mask_url".into(), Value::from(u.as_str()));
+        }
+        Some(ImageRef::Url(_)) => {
+            return Err(ApiError::unsupported(
+                "mask",
+                format!(
+                    "{} takes the mask as an uploaded PNG, not a URL.",
+                    req.model
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Collects result URLs from any of the documented shapes: `resultUrls: [..]`, `url: ".."` or

@@ -22,24 +22,7 @@ pub struct Plan {
 }
 
 pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
-    if req.has_bytes() {
-        return Err(ApiError::unsupported(
-            "image",
-            "sparkpix takes reference images as URLs only (`images[].image_url` or `image_urls`); upload files with gpt-image-2-all or gpt-image-2-lite.",
-        ));
-    }
-    if req.mask.is_some() {
-        return Err(ApiError::unsupported(
-            "mask",
-            "sparkpix does not support masks.",
-        ));
-    }
-    if req.transparent() {
-        return Err(ApiError::unsupported(
-            "background",
-            "sparkpix cannot make transparent backgrounds; use gpt-image-2-all.",
-        ));
-    }
+    super::refuse_url_only(req)?;
     if let Some(size) = req.size {
         check_size(size)?;
     }

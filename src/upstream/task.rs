@@ -115,6 +115,21 @@ pub(super) async fn wait(
     task_id: &str,
     ctx: &CallCtx,
 ) -> Result<Vec<String>, UpstreamError> {
+    let mut watch = AbandonWatch {
+        task_id,
+        armed: true,
+    };
+    let result = poll(up, model, task_id, ctx).await;
+    watch.armed = false;
+    result
+}
+
+async fn poll(
+    up: &Upstream,
+    model: &ModelConfig,
+    task_id: &str,
+    ctx: &CallCtx,
+) -> Result<Vec<String>, UpstreamError> {
     let path = format!("/api/v1/images/generations?task_id={}", encode(task_id));
     let timeout = || UpstreamError::new(FailureKind::Timeout, String::new()).with_task(task_id);
     let mut next = Instant::now() + model.first_poll_delay;
@@ -147,6 +162,25 @@ pub(super) async fn wait(
             }
             Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(task_id)),
             Err(e) => return Err(e.with_task(task_id)),
+        }
+    }
+}
+
+/// Logs a task left behind when the waiting request goes away (the client disconnected, or the
+/// gateway stopped) before the task ended: the upstream may still finish and bill it, so it is
+/// never dropped silently. Normal ends (success, failure, deadline) are in the access log.
+struct AbandonWatch<'a> {
+    task_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for AbandonWatch<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::warn!(
+                task_id = self.task_id,
+                "request ended before its upstream task finished; the task may still complete and be billed"
+            );
         }
     }
 }

@@ -136,6 +136,25 @@ async fn upstream_key_never_appears_in_responses_or_logs() {
         let a = Env::read(res).await;
         bodies.push_str(&format!("{:?} {}\n", a.headers, a.body));
     }
+    // A client that gives up while its task runs: the abandoned task is logged, not dropped silently.
+    let gave_up = http
+        .post(format!("http://{addr}/v1/images/generations"))
+        .bearer_auth(KEY)
+        .timeout(Duration::from_millis(400))
+        .json(&json!({"model": "gpt-image-2-beta", "prompt": "x [sim:stuck]"}))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    for _ in 0..200 {
+        if logs
+            .lock()
+            .unwrap()
+            .contains("before its upstream task finished")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -155,6 +174,10 @@ async fn upstream_key_never_appears_in_responses_or_logs() {
         "one access line per request: {logs}"
     );
     assert!(!logs.contains(UPSTREAM_KEY), "upstream key in logs");
+    assert!(
+        logs.contains("before its upstream task finished"),
+        "abandoned task logged: {logs}"
+    );
     assert!(!bodies.contains(UPSTREAM_KEY), "upstream key in responses");
     assert!(!logs.contains(KEY), "client key in logs");
 }

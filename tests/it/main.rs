@@ -1,5 +1,11 @@
 //! Integration tests: one binary, a simulator and a gateway per test on ephemeral ports.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support helpers fail loudly; allow-unwrap-in-tests covers only #[test] fns"
+)]
+
 mod binary;
 mod edits;
 mod errors;

@@ -17,6 +17,7 @@ pub struct Env {
     pub sim: String,
     pub http: reqwest::Client,
     stop: CancellationToken,
+    sim_stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -47,6 +48,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Env {
 
 pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> Env {
     let stop = CancellationToken::new();
+    let sim_stop = CancellationToken::new();
     let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim_addr = sim_listener.local_addr().unwrap();
     let sim_config = SimConfig {
@@ -57,7 +59,7 @@ pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> E
     tokio::spawn(imagegate::sim::serve(
         sim_config,
         sim_listener,
-        stop.clone().cancelled_owned(),
+        sim_stop.clone().cancelled_owned(),
     ));
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,6 +84,7 @@ pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> E
         sim: format!("http://{sim_addr}"),
         http: reqwest::Client::new(),
         stop,
+        sim_stop,
         server: Some(server),
     }
 }
@@ -187,6 +190,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.sim_stop.cancel();
     }
 }
 
