@@ -268,6 +268,49 @@ test('JSON edit with a URL reference (Codex style)', T, async () => {
 });
 
 // ------------------------------------------------------------------------------------------------
+// Streaming (SSE).
+// ------------------------------------------------------------------------------------------------
+
+test('stream generate', T, async () => {
+  const stream = await client.images.generate({ model: DEFAULT_MODEL, prompt: prompt('a comet'), stream: true });
+  const types = [];
+  const completed = [];
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === 'image_generation.completed') completed.push(event);
+  }
+  assert.equal(completed.length, 1, `events: ${types}`);
+  assertPNG(Buffer.from(completed[0].b64_json, 'base64'));
+});
+
+test('stream edit with an fs stream', T, async () => {
+  const stream = await client.images.edit({
+    model: DEFAULT_MODEL,
+    image: fs.createReadStream(writePNG('streamed.png', 77)),
+    prompt: prompt('add snow'),
+    stream: true,
+  });
+  const completed = [];
+  for await (const event of stream) if (event.type === 'image_edit.completed') completed.push(event);
+  assert.equal(completed.length, 1);
+  assertPNG(Buffer.from(completed[0].b64_json, 'base64'));
+});
+
+test('stream with an upstream refusal throws APIError moderation_blocked', T, async () => {
+  const stream = await client.images.generate({ model: DEFAULT_MODEL, prompt: prompt('[sim:policy] x'), stream: true });
+  await assert.rejects(
+    (async () => {
+      for await (const _event of stream);
+    })(),
+    (err) => {
+      assert.ok(err instanceof OpenAI.APIError, `got ${err?.constructor?.name}: ${err?.message}`);
+      assert.equal(err.code, 'moderation_blocked');
+      return true;
+    },
+  );
+});
+
+// ------------------------------------------------------------------------------------------------
 // Models.
 // ------------------------------------------------------------------------------------------------
 

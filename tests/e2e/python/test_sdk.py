@@ -303,6 +303,60 @@ def test_edit_more_than_16_images_is_rejected(client: OpenAI, sim):
 
 
 # --------------------------------------------------------------------------------------------------
+# Streaming (SSE): `stream=True` gives `image_generation.completed` / `image_edit.completed` events.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_stream_generate(client: OpenAI):
+    stream = client.images.generate(model=DEFAULT_MODEL, prompt=prompt("a comet"), stream=True)
+    events = list(stream)
+    completed = [e for e in events if e.type == "image_generation.completed"]
+    assert len(completed) == 1, [e.type for e in events]
+    assert_png(base64.b64decode(completed[0].b64_json))
+    assert completed[0].output_format == "png"
+
+
+def test_stream_generate_async_model_n2(client: OpenAI):
+    stream = client.images.generate(
+        model="gpt-image-2-beta", prompt=prompt("twin moons"), n=2, stream=True
+    )
+    completed = [e for e in stream if e.type == "image_generation.completed"]
+    assert len(completed) == 2
+    for event in completed:
+        assert_png(base64.b64decode(event.b64_json))
+
+
+def test_stream_edit(client: OpenAI, image_files):
+    (path,) = image_files(1)
+    with open(path, "rb") as f:
+        stream = client.images.edit(
+            model=DEFAULT_MODEL, image=f, prompt=prompt("add snow"), stream=True
+        )
+        completed = [e for e in stream if e.type == "image_edit.completed"]
+    assert len(completed) == 1
+    assert_png(base64.b64decode(completed[0].b64_json))
+
+
+def test_stream_upstream_refusal_is_an_error_event(client: OpenAI):
+    stream = client.images.generate(
+        model=DEFAULT_MODEL, prompt=prompt("[sim:policy] something"), stream=True
+    )
+    with pytest.raises(openai.APIError) as exc:
+        list(stream)
+    assert exc.value.code == "moderation_blocked"
+
+
+def test_stream_validation_error_is_refused_before_streaming(client: OpenAI, sim):
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.generate(
+                model=DEFAULT_MODEL, prompt=prompt("tiny"), size="100x100", stream=True
+            )
+    assert exc.value.param == "size"
+    assert_no_upstream_call(rec)
+
+
+# --------------------------------------------------------------------------------------------------
 # Edits with a JSON body: `images: [{image_url}]` (URL or data URL), as Codex sends them.
 # --------------------------------------------------------------------------------------------------
 
