@@ -231,14 +231,11 @@ impl EditForm {
 /// Reads an OpenAI-shaped answer: `data[]` with `b64_json` and/or `url`. The base64 text is kept
 /// as it came: never decoded and re-encoded.
 fn openai_images(mut answer: Value) -> Result<Output, UpstreamError> {
-    let items = match answer.get_mut("data").map(Value::take) {
-        Some(Value::Array(items)) => items,
-        _ => {
-            return Err(UpstreamError::new(
-                FailureKind::Malformed,
-                "answer has no `data` array".to_owned(),
-            ))
-        }
+    let Some(Value::Array(items)) = answer.get_mut("data").map(Value::take) else {
+        return Err(UpstreamError::new(
+            FailureKind::Malformed,
+            "answer has no `data` array".to_owned(),
+        ));
     };
     // The strings are moved out of the parsed answer, not copied.
     let text = |item: &mut Value, key: &str| match item.get_mut(key).map(Value::take) {
