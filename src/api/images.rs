@@ -248,7 +248,7 @@ fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: Ca
     let log_req = req.clone();
     let events = futures_util::stream::once(async move {
         match run(&state, &req, plan, &ctx).await {
-            Ok((body, _)) => completed_events(prefix, &body),
+            Ok((body, _)) => completed_events(prefix, body),
             Err((e, _)) => vec![Event::default().event("error").data(e.body().to_string())],
         }
     })
@@ -259,14 +259,17 @@ fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: Ca
     with_log(sse.into_response(), &log_req, &[])
 }
 
-fn completed_events(prefix: &str, body: &Value) -> Vec<Event> {
-    let items = body["data"].as_array().cloned().unwrap_or_default();
+fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
+    let items = match body["data"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
     let mut events: Vec<Event> = items
         .into_iter()
-        .map(|item| {
+        .map(|mut item| {
             let payload = json!({
                 "type": format!("{prefix}.completed"),
-                "b64_json": item["b64_json"],
+                "b64_json": item["b64_json"].take(),
                 "created_at": body["created"],
                 "size": body.get("size").cloned().unwrap_or(json!("auto")),
                 "quality": body.get("quality").cloned().unwrap_or(json!("auto")),

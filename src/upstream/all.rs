@@ -181,13 +181,13 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             let answer = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            openai_images(&answer)
+            openai_images(answer)
         }
         Plan::SyncEdit(form) => {
             let answer = up
                 .post_form("/api/v1/images/edits", form.into_form(), ctx)
                 .await?;
-            openai_images(&answer)
+            openai_images(answer)
         }
         Plan::Async(body) => {
             let created = up
@@ -230,24 +230,23 @@ impl EditForm {
 
 /// Reads an OpenAI-shaped answer: `data[]` with `b64_json` and/or `url`. The base64 text is kept
 /// as it came: never decoded and re-encoded.
-fn openai_images(answer: &Value) -> Result<Output, UpstreamError> {
-    let items = answer
-        .get("data")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            UpstreamError::new(
-                FailureKind::Malformed,
-                "answer has no `data` array".to_owned(),
-            )
-        })?;
+fn openai_images(mut answer: Value) -> Result<Output, UpstreamError> {
+    let Some(Value::Array(items)) = answer.get_mut("data").map(Value::take) else {
+        return Err(UpstreamError::new(
+            FailureKind::Malformed,
+            "answer has no `data` array".to_owned(),
+        ));
+    };
+    // The strings are moved out of the parsed answer, not copied.
+    let text = |item: &mut Value, key: &str| match item.get_mut(key).map(Value::take) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
     let images: Vec<Image> = items
-        .iter()
-        .map(|item| Image {
-            b64: item
-                .get("b64_json")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            url: item.get("url").and_then(Value::as_str).map(str::to_owned),
+        .into_iter()
+        .map(|mut item| Image {
+            b64: text(&mut item, "b64_json"),
+            url: text(&mut item, "url"),
         })
         .filter(|i| i.b64.is_some() || i.url.is_some())
         .collect();
