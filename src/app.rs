@@ -9,9 +9,10 @@
 //! | 2 | `SetRequestIdLayer` | keeps the caller's `x-request-id` or makes one (UUID) |
 //! | 3 | `PropagateRequestIdLayer` | returns `x-request-id` on every response, errors included |
 //! | 4 | `access_log` | one line per request; sees 401s and every error |
-//! | 5 | `auth::require_key` | deny by default; inserts [`ClientKey`](crate::auth::ClientKey) |
-//! | 6 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
-//! | 7 | routes → handlers | `api::routes()` |
+//! | 5 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
+//! | 6 | `auth::require_key` | deny by default; inserts [`ClientKey`](crate::auth::ClientKey) |
+//! | 7 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
+//! | 8 | routes → handlers | `api::routes()` |
 //!
 //! Request/response extensions: `ClientKey` (auth → handlers, and on the response for the
 //! access log); `ApiError` and [`RequestLog`] (handlers → access log, on the response).
@@ -86,6 +87,9 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn(move |req, next| {
+            crate::drain::drain_unread_body(limit, req, next)
+        }))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_key,

@@ -17,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod demo;
+mod drain;
 pub mod error;
 pub mod model;
 pub mod request;

@@ -237,3 +237,50 @@ async fn bad_edit_bodies() {
     assert_eq!(res.status(), 415);
     assert!(env.upstream_requests().await.is_empty());
 }
+
+/// An answer given before the body is read (401 on a 4 MB upload) still reaches the client: the
+/// gateway reads the rest of the body instead of closing on unread bytes (which resets the
+/// connection and loses the answer).
+#[tokio::test]
+async fn early_answers_survive_large_uploads() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let env = start().await;
+    let addr = env.gateway.trim_start_matches("http://").to_owned();
+    for auth in ["Bearer sk-wrong-key", "Bearer sk-imagegate-demo"] {
+        let boundary = "b0undary";
+        let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a\"\r\n\r\n").into_bytes();
+        body.extend(png(8, 8));
+        body.extend(vec![b'x'; 4 << 20]);
+        body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let head = format!(
+            "POST /v1/images/edits HTTP/1.1\r\nHost: gw\r\nAuthorization: {auth}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&body)
+            .await
+            .expect("the gateway read the whole body");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    raw.extend_from_slice(&buf[..n]);
+                    if raw.windows(4).any(|w| w == b"\r\n\r\n") && raw.ends_with(b"}") {
+                        break;
+                    }
+                }
+                Err(e) => panic!("{auth}: connection reset after {} bytes: {e}", raw.len()),
+            }
+        }
+        let text = String::from_utf8_lossy(&raw);
+        // Wrong key → 401; right key → 400 (no prompt): both answered in full.
+        assert!(
+            text.starts_with("HTTP/1.1 401") || text.starts_with("HTTP/1.1 400"),
+            "{text}"
+        );
+        assert!(text.contains("\"error\""), "{text}");
+    }
+}
