@@ -139,6 +139,9 @@ impl Upstream {
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Thousands of requests may wait on tasks at once, but polls are brief: keep few idle
+            // connections rather than one per waiting request.
+            .pool_max_idle_per_host(64)
             .build()?;
         let files = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout)
