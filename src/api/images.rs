@@ -186,7 +186,13 @@ async fn materialize(
                 deadline: Instant::now() + state.config.results.timeout,
                 request_id: request_id.to_owned(),
             };
-            let mut fetched = state.upstream.fetch_b64(&to_fetch, &ctx).await?.into_iter();
+            // OpenAI's default output format is PNG.
+            let wanted = req.output_format.unwrap_or(ImageFormat::Png);
+            let mut fetched = state
+                .upstream
+                .fetch_b64(&to_fetch, wanted, &ctx)
+                .await?
+                .into_iter();
             for img in images {
                 let b64 = match img.b64 {
                     Some(b64) => {

@@ -15,6 +15,7 @@ mod lite;
 pub mod results;
 mod sparkpix;
 mod task;
+mod transcode;
 
 use std::time::Duration;
 

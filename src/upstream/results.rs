@@ -34,14 +34,27 @@ pub struct Encoded {
 }
 
 impl Upstream {
-    /// Downloads every URL concurrently and base64-encodes each. All must succeed.
+    /// Downloads every URL concurrently and base64-encodes each, converting PNG↔JPEG first when
+    /// the file is not in the `wanted` format. All must succeed.
     pub async fn fetch_b64(
         &self,
         urls: &[&str],
+        wanted: ImageFormat,
         ctx: &CallCtx,
     ) -> Result<Vec<Encoded>, UpstreamError> {
         let fetches = urls.iter().map(|url| async move {
-            let bytes = self.fetch(url, ctx).await?;
+            let mut bytes = self.fetch(url, ctx).await?;
+            if ImageFormat::sniff(&bytes) != Some(wanted) {
+                let source = bytes.clone();
+                let converted =
+                    tokio::task::spawn_blocking(move || super::transcode::convert(&source, wanted))
+                        .await
+                        .ok()
+                        .flatten();
+                if let Some(converted) = converted {
+                    bytes = converted;
+                }
+            }
             let format = ImageFormat::sniff(&bytes);
             let size = image_dimensions(&bytes);
             let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);

@@ -17,14 +17,9 @@ async fn every_model_generates_a_png() {
             .generate(json!({"model": model, "prompt": "a red fox", "size": "1024x1024"}))
             .await;
         assert_eq!(a.status, 200, "{model}: {}", a.body);
-        let bytes = b64_image(&a.body, 0);
-        // SparkPix answers JPEG files; the answer says what the bytes are.
-        let format = if is_png(&bytes) { "png" } else { "jpeg" };
-        assert!(
-            is_png(&bytes) || bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
-            "{model}"
-        );
-        assert_eq!(a.body["output_format"], format, "{model}");
+        // SparkPix makes JPEG files: the gateway converts them to the default PNG.
+        assert!(is_png(&b64_image(&a.body, 0)), "{model}");
+        assert_eq!(a.body["output_format"], "png", "{model}");
         assert!(a.body["created"].as_u64().unwrap() > 0);
         assert_eq!(a.body["size"], "1024x1024", "{model}");
         assert!(a.headers.contains_key("x-request-id"));
@@ -276,4 +271,28 @@ async fn streaming_keeps_alive_and_reports_upstream_errors_as_events() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn output_format_is_honoured_by_converting_downloads() {
+    let env = start().await;
+    // beta makes PNG files; the client asked for JPEG.
+    let a = env
+        .generate(json!({"model": "gpt-image-2-beta", "prompt": "p", "output_format": "jpeg"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(b64_image(&a.body, 0).starts_with(&[0xFF, 0xD8, 0xFF]));
+    assert_eq!(a.body["output_format"], "jpeg");
+    // SparkPix makes JPEG: asked for JPEG, it is passed as made; `url` answers are never touched.
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "output_format": "jpeg"}))
+        .await;
+    assert!(b64_image(&a.body, 0).starts_with(&[0xFF, 0xD8, 0xFF]));
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert!(a.body["data"][0]["url"]
+        .as_str()
+        .unwrap()
+        .contains("/files/"));
 }
