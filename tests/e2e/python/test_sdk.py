@@ -572,3 +572,12 @@ def test_unknown_route_is_openai_shaped_404(demo):
     assert res.status == 404
     assert res.headers.get("x-request-id")
     assert "error" in res.json()
+
+
+def test_base_url_without_v1_prefix(demo):
+    # Users often configure the bare host; the SDK then calls `/models`, `/images/...`.
+    assert demo.gateway_url.endswith("/v1")
+    bare = OpenAI(api_key=demo.api_key, base_url=demo.gateway_url[: -len("/v1")], max_retries=0)
+    assert sorted(m.id for m in bare.models.list()) == sorted(MODELS)
+    res = bare.images.generate(model="gpt-image-2-lite", prompt=prompt("a kite"))
+    assert_png(decode_b64(res.data[0]))
