@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import select
 import socket
 import time
 import uuid
@@ -213,8 +214,8 @@ def test_edit_raw_bytes_without_filename(client: OpenAI):
     assert_png(decode_b64(res.data[0]))
 
 
-def test_chunked_upload_with_late_terminator_gets_full_response(demo):
-    """A streaming client (the Node SDK) sends the last chunk of a chunked body a little after the
+def test_chunked_upload_with_late_terminator_gets_full_response(demo, sim):
+    """A streaming client (the Node SDK) sends the last chunk of a chunked body after the
     multipart data. The gateway must still read the body to its end: closing the connection with
     unread request bytes makes the kernel reset it, and the client loses the response."""
     url = urlsplit(demo.gateway_url)
@@ -232,11 +233,22 @@ def test_chunked_upload_with_late_terminator_gets_full_response(demo):
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     ).encode()
-    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+    with sim.recording() as rec, socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(head + b"%x\r\n" % len(body) + body + b"\r\n")
-        time.sleep(0.2)
-        sock.sendall(b"0\r\n\r\n")  # the last chunk, a moment later
-        time.sleep(2.0)  # let the gateway answer before reading anything
+        # The multipart data is complete: wait (on a condition, not a clock) until the gateway
+        # has made its upstream call, then send the last chunk.
+        def upstream_called() -> bool:
+            return any(r.get("multipart") for r in sim.requests()[rec.start:])
+
+        deadline = time.monotonic() + 20
+        while not upstream_called() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert upstream_called(), "the gateway never called the upstream"
+        # An answer now, before the body has ended, is the bug itself: the gateway would then
+        # close on the unread last chunk. It comes within milliseconds if it comes; wait up to 1 s.
+        readable, _, _ = select.select([sock], [], [], 1.0)
+        assert not readable, "the gateway answered before reading the request body to its end"
+        sock.sendall(b"0\r\n\r\n")
         raw = b""
         try:
             while b"\r\n\r\n" not in raw or len(raw) < _expected_len(raw):
