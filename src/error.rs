@@ -154,15 +154,6 @@ impl ApiError {
         )
     }
 
-    pub fn shutting_down() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "shutting_down",
-            "The gateway is shutting down; retry shortly.".to_owned(),
-        )
-    }
-
     /// The one mapping from a classified upstream failure to what the client sees.
     pub fn from_upstream(e: &UpstreamError) -> Self {
         let task = e

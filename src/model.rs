@@ -74,12 +74,6 @@ impl Size {
         u64::from(self.width) * u64::from(self.height)
     }
 
-    /// The ratio reduced by the greatest common divisor, e.g. 1536x1024 → (3, 2).
-    pub fn reduced_ratio(self) -> (u32, u32) {
-        let g = gcd(self.width, self.height);
-        (self.width / g, self.height / g)
-    }
-
     /// Picks the ratio in `supported` (`"W:H"` strings) closest to this size on a log scale.
     pub fn nearest_ratio<'a>(self, supported: &[&'a str]) -> Option<&'a str> {
         let want = (f64::from(self.width) / f64::from(self.height)).ln();
@@ -98,14 +92,6 @@ impl Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}x{}", self.width, self.height)
-    }
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a.max(1)
-    } else {
-        gcd(b, a % b)
     }
 }
 
@@ -221,8 +207,11 @@ mod tests {
     #[test]
     fn sizes_parse_and_reduce() {
         assert_eq!(
-            Size::parse("1536x1024").map(Size::reduced_ratio),
-            Some((3, 2))
+            Size::parse("1536x1024"),
+            Some(Size {
+                width: 1536,
+                height: 1024
+            })
         );
         assert_eq!(Size::parse("0x10"), None);
         assert_eq!(Size::parse("abc"), None);
