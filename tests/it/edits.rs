@@ -129,6 +129,8 @@ async fn json_edit_with_urls_and_data_urls() {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let reqs = env.upstream_requests().await;
+    // SparkPix Image Edit answers `url` as an array for several inputs: every image is returned.
+    assert_eq!(a.body["data"].as_array().unwrap().len(), 2, "{}", a.body);
     let sent = &on_path(&reqs, "/api/v1/images/edit")[0]["json"];
     assert_eq!(
         sent["images"],
