@@ -75,20 +75,10 @@ async fn lite(state: &AppState, f: Fields, d: Directives) -> ApiResult {
     Quality::parse(f.str("quality")?)?;
     let format = output_format(f.str("output_format")?)?;
     let n = count(f.int("n")?, 10)?;
-    let mut refs = 0;
-    if let Some(u) = f.str("image_url")? {
-        require_url("image_url", u)?;
-        refs += 1;
-    }
+    let mut refs = url_refs(&f)?;
     if let Some(b) = f.str("image_base64")? {
         require_image_base64("image_base64", b)?;
         refs += 1;
-    }
-    if let Some(list) = f.str_list("image_urls")? {
-        for u in &list {
-            require_url("image_urls[]", u)?;
-        }
-        refs += list.len();
     }
     check_reference_count(refs)?;
     if let Some(m) = f.str("mask_base64")? {
@@ -141,18 +131,7 @@ fn beta(state: &AppState, f: Fields, d: Directives) -> ApiResult {
             )));
         }
     }
-    let mut refs = 0;
-    if let Some(u) = f.str("image_url")? {
-        require_url("image_url", u)?;
-        refs += 1;
-    }
-    if let Some(list) = f.str_list("image_urls")? {
-        for u in &list {
-            require_url("image_urls[]", u)?;
-        }
-        refs += list.len();
-    }
-    check_reference_count(refs)?;
+    check_reference_count(url_refs(&f)?)?;
     f.bool("nsfw_checker")?;
     let (width, height) = beta_size(ratio);
     let job = Job {
@@ -172,6 +151,22 @@ fn beta(state: &AppState, f: Fields, d: Directives) -> ApiResult {
     Ok(envelope(
         json!({"taskId": started.task_id, "state": "pending"}),
     ))
+}
+
+/// Checks `image_url` and `image_urls` (http(s) URLs only) and counts them.
+fn url_refs(f: &Fields) -> Result<usize, ApiError> {
+    let mut refs = 0;
+    if let Some(u) = f.str("image_url")? {
+        require_url("image_url", u)?;
+        refs += 1;
+    }
+    if let Some(list) = f.str_list("image_urls")? {
+        for u in &list {
+            require_url("image_urls[]", u)?;
+        }
+        refs += list.len();
+    }
+    Ok(refs)
 }
 
 pub(crate) fn check_reference_count(refs: usize) -> Result<(), ApiError> {

@@ -20,12 +20,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
             .await
     });
     // Shut down once the upstream has the request (polling the simulator, no fixed sleep).
-    for _ in 0..500 {
-        if !env.upstream_requests().await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    env.until_upstream_called().await;
     let gateway = env.gateway.clone();
     env.shutdown().await.unwrap();
     let res = in_flight.await.unwrap().unwrap();
@@ -49,12 +44,7 @@ async fn drain_timeout_bounds_shutdown() {
             .send()
             .await
     });
-    for _ in 0..500 {
-        if !env.upstream_requests().await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    env.until_upstream_called().await;
     // Returns although the request would wait for the model's 120 s deadline.
     env.shutdown().await.unwrap();
     stuck.abort();

@@ -177,6 +177,17 @@ impl Env {
         assert!(res.status().is_success());
     }
 
+    /// Waits (on the simulator's request log, not a clock) until the upstream has a request.
+    pub async fn until_upstream_called(&self) {
+        for _ in 0..500 {
+            if !self.upstream_requests().await.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the upstream was never called");
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
