@@ -4,7 +4,7 @@ use base64::Engine as _;
 use reqwest::multipart::{Form, Part};
 use serde_json::json;
 
-use crate::support::{b64_image, is_png, on_path, png, png_part, start, KEY};
+use crate::support::{b64_image, is_png, on_path, png, png_part, start};
 
 fn form(model: &str) -> Form {
     Form::new()
@@ -171,9 +171,7 @@ async fn chunked_multipart_without_content_length() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(100).map(|c| Ok(c.to_vec())).collect();
     let res = env
-        .http
-        .post(format!("{}/v1/images/edits", env.gateway))
-        .bearer_auth(KEY)
+        .post_raw("/v1/images/edits")
         .header(
             "content-type",
             format!("multipart/form-data; boundary={boundary}"),
@@ -216,9 +214,7 @@ async fn bad_edit_bodies() {
     assert_eq!((a.status, a.param()), (400, "mask"), "{}", a.body);
     // Broken multipart.
     let res = env
-        .http
-        .post(format!("{}/v1/images/edits", env.gateway))
-        .bearer_auth(KEY)
+        .post_raw("/v1/images/edits")
         .header("content-type", "multipart/form-data; boundary=xyz")
         .body("--xyz\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nunterminated")
         .send()
@@ -228,9 +224,7 @@ async fn bad_edit_bodies() {
     assert_eq!((a.status, a.code()), (400, "invalid_body"), "{}", a.body);
     // Unsupported content type.
     let res = env
-        .http
-        .post(format!("{}/v1/images/edits", env.gateway))
-        .bearer_auth(KEY)
+        .post_raw("/v1/images/edits")
         .header("content-type", "text/plain")
         .body("hello")
         .send()

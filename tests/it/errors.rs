@@ -127,9 +127,7 @@ async fn bad_generation_input_is_refused_before_any_upstream_call() {
 async fn broken_json_and_oversize_bodies() {
     let env = start_with(|c| c.server.max_body_bytes = 4096).await;
     let res = env
-        .http
-        .post(format!("{}/v1/images/generations", env.gateway))
-        .bearer_auth(crate::support::KEY)
+        .post_raw("/v1/images/generations")
         .header("content-type", "application/json")
         .body("{\"prompt\": ")
         .send()
@@ -219,9 +217,7 @@ async fn hashed_client_keys_work() {
 async fn request_id_is_kept_and_forwarded() {
     let env = start().await;
     let res = env
-        .http
-        .post(format!("{}/v1/images/generations", env.gateway))
-        .bearer_auth(crate::support::KEY)
+        .post_raw("/v1/images/generations")
         .header("x-request-id", "req-from-caller-1")
         .json(&json!({"model": "sparkpix", "prompt": "p"}))
         .send()

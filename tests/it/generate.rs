@@ -167,9 +167,7 @@ async fn translations_per_model() {
 async fn streaming_sends_completed_event_and_done() {
     let env = start().await;
     let res = env
-        .http
-        .post(format!("{}/v1/images/generations", env.gateway))
-        .bearer_auth(crate::support::KEY)
+        .post_raw("/v1/images/generations")
         .json(&json!({"model": "gpt-image-2-lite", "prompt": "p", "stream": true}))
         .send()
         .await
@@ -237,9 +235,7 @@ async fn streaming_keeps_alive_and_reports_upstream_errors_as_events() {
     })
     .await;
     let stream = |prompt: &str| {
-        env.http
-            .post(format!("{}/v1/images/generations", env.gateway))
-            .bearer_auth(crate::support::KEY)
+        env.post_raw("/v1/images/generations")
             .json(&json!({"model": "gpt-image-2-all", "prompt": prompt, "size": "1024x1024", "stream": true}))
             .send()
     };
@@ -263,9 +259,7 @@ async fn streaming_keeps_alive_and_reports_upstream_errors_as_events() {
 
     // Bad input is refused with a status before any stream starts.
     let res = env
-        .http
-        .post(format!("{}/v1/images/generations", env.gateway))
-        .bearer_auth(crate::support::KEY)
+        .post_raw("/v1/images/generations")
         .json(&json!({"model": "gpt-image-2-all", "prompt": "p", "size": "7x7", "stream": true}))
         .send()
         .await

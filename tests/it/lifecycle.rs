@@ -9,12 +9,10 @@ use crate::support::{start, start_scaled, start_with};
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
     let env = start_with(|c| c.server.drain_timeout = Duration::from_secs(30)).await;
-    let gateway = env.gateway.clone();
-    let http = env.http.clone();
+    let request = env.post_raw("/v1/images/generations");
     // A sync call the simulator holds for 1.5 s (unscaled).
     let in_flight = tokio::spawn(async move {
-        http.post(format!("{gateway}/v1/images/generations"))
-            .bearer_auth(crate::support::KEY)
+        request
             .json(&json!({"model": "gpt-image-2-all", "prompt": "p [sim:slow=1.5]", "size": "1024x1024"}))
             .send()
             .await
@@ -35,11 +33,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
 #[tokio::test]
 async fn drain_timeout_bounds_shutdown() {
     let env = start_with(|c| c.server.drain_timeout = Duration::from_millis(200)).await;
-    let gateway = env.gateway.clone();
-    let http = env.http.clone();
+    let request = env.post_raw("/v1/images/generations");
     let stuck = tokio::spawn(async move {
-        http.post(format!("{gateway}/v1/images/generations"))
-            .bearer_auth(crate::support::KEY)
+        request
             .json(&json!({"model": "gpt-image-2-beta", "prompt": "p [sim:stuck]"}))
             .send()
             .await

@@ -91,15 +91,15 @@ pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> E
 
 impl Env {
     pub async fn post(&self, path: &str, body: Value) -> Answer {
-        let res = self
-            .http
+        let res = self.post_raw(path).json(&body).send().await.unwrap();
+        Self::read(res).await
+    }
+
+    /// A POST to the gateway with the client key, for tests that shape the body themselves.
+    pub fn post_raw(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
             .post(format!("{}{path}", self.gateway))
             .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        Self::read(res).await
     }
 
     pub async fn generate(&self, body: Value) -> Answer {
@@ -108,9 +108,7 @@ impl Env {
 
     pub async fn post_form(&self, form: reqwest::multipart::Form) -> Answer {
         let res = self
-            .http
-            .post(format!("{}/v1/images/edits", self.gateway))
-            .bearer_auth(KEY)
+            .post_raw("/v1/images/edits")
             .multipart(form)
             .send()
             .await
