@@ -51,7 +51,7 @@ impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
         Ok(Self {
             upstream: Upstream::new(&config)?,
-            keys: KeyStore::new(&config.keys),
+            keys: KeyStore::new(&config.keys, &config.admin),
             config,
         })
     }

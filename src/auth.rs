@@ -1,4 +1,5 @@
 //! Client authentication: `Authorization: Bearer <client key>`, deny by default.
+//! `/admin/*` takes the admin key (`[admin]` in the config) and only that key.
 //!
 //! Keys are kept only as SHA-256 digests; a presented key is hashed and looked up, so the
 //! comparison never touches a stored secret. The client's key is never forwarded upstream (the
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::config::ClientKeyConfig;
+use crate::config::{AdminConfig, ClientKeyConfig};
 use crate::error::ApiError;
 
 /// Routes that need no key.
@@ -26,13 +27,26 @@ pub struct ClientKey {
     pub id: Arc<str>,
 }
 
-/// Known client keys by SHA-256 digest.
+/// The prefix of the operator's routes.
+pub const ADMIN_PREFIX: &str = "/admin";
+
+/// The operator, inserted into request extensions on `/admin/*`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// Known client keys by SHA-256 digest, and the admin key's digest.
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], Arc<str>>,
+    admin: Option<[u8; 32]>,
 }
 
 impl KeyStore {
-    pub fn new(keys: &[ClientKeyConfig]) -> Self {
+    pub fn new(keys: &[ClientKeyConfig], admin: &AdminConfig) -> Self {
+        let admin = match (&admin.key, &admin.key_sha256) {
+            (Some(secret), _) => Some(digest(secret)),
+            (None, Some(h)) => hex::decode(h).ok().and_then(|d| d.try_into().ok()),
+            (None, None) => None,
+        };
         let by_digest = keys
             .iter()
             .filter_map(|k| {
@@ -44,7 +58,11 @@ impl KeyStore {
                 Some((digest, Arc::from(k.id.as_str())))
             })
             .collect();
-        Self { by_digest }
+        Self { by_digest, admin }
+    }
+
+    fn is_admin(&self, presented: &str) -> bool {
+        self.admin.is_some_and(|d| d == digest(presented))
     }
 
     pub fn lookup(&self, presented: &str) -> Option<ClientKey> {
@@ -76,6 +94,19 @@ pub async fn require_key(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    let path = req.uri().path();
+    if path == ADMIN_PREFIX || path.starts_with("/admin/") {
+        return match presented {
+            Some(k) if state.keys.is_admin(k) => {
+                req.extensions_mut().insert(Admin);
+                next.run(req).await
+            }
+            _ => ApiError::unauthorized(
+                "The admin API needs the admin key: `Authorization: Bearer <admin key>`.",
+            )
+            .into_response(),
+        };
+    }
     let key = match presented {
         None | Some("") => {
             return ApiError::unauthorized(

@@ -20,6 +20,7 @@ pub mod demo;
 mod drain;
 pub mod error;
 pub mod model;
+pub mod pricing;
 pub mod request;
 pub mod sim;
 pub mod upstream;

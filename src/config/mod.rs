@@ -5,7 +5,6 @@
 //! message that names the key (`models.gpt-image-2-all.poll_interval: …`).
 //! `config/imagegate.example.toml` documents every key; a test parses it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +12,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::ModelId;
+
+mod models;
+
+use models::RawModels;
+pub use models::{ModelConfig, ModelsConfig, QualityPrices};
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -23,6 +27,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Client keys allowed to call the gateway.
     pub keys: Vec<ClientKeyConfig>,
+    /// The operator's key for `/admin/*`; without one the admin API refuses every call.
+    pub admin: AdminConfig,
     pub models: ModelsConfig,
 }
 
@@ -143,160 +149,23 @@ impl std::fmt::Debug for ClientKeyConfig {
     }
 }
 
-/// Per-model settings, one table per public model id.
-#[derive(Debug, Clone)]
-pub struct ModelsConfig {
-    pub lite: ModelConfig,
-    pub all: ModelConfig,
-    pub beta: ModelConfig,
-    pub sparkpix: ModelConfig,
-}
-
-impl Default for ModelsConfig {
-    fn default() -> Self {
-        Self {
-            lite: ModelConfig::defaults(ModelId::Lite),
-            all: ModelConfig::defaults(ModelId::All),
-            beta: ModelConfig::defaults(ModelId::Beta),
-            sparkpix: ModelConfig::defaults(ModelId::SparkPix),
-        }
-    }
-}
-
-impl ModelsConfig {
-    pub fn get(&self, id: ModelId) -> &ModelConfig {
-        match id {
-            ModelId::Lite => &self.lite,
-            ModelId::All => &self.all,
-            ModelId::Beta => &self.beta,
-            ModelId::SparkPix => &self.sparkpix,
-        }
-    }
-}
-
-/// One model's switches, timings and prices. Missing keys take the model's own defaults.
-#[derive(Debug, Clone)]
-pub struct ModelConfig {
-    pub enabled: bool,
-    /// Whole budget for one request on this model: create, polls and the sync call itself.
-    pub deadline: Duration,
-    /// Wait before the first poll of an async task.
-    pub first_poll_delay: Duration,
-    /// Wait between polls (at least 1 s: the platform asks for 2–3 s).
-    pub poll_interval: Duration,
-    /// USD per image (gpt-image-2-lite, gpt-image-2-beta, SparkPix generate).
-    pub price_usd: Option<f64>,
-    /// USD per edited image (SparkPix Image Edit).
-    pub edit_price_usd: Option<f64>,
-    /// USD per image by tier and quality (gpt-image-2-all): `{"1K" = {low, medium, high}, …}`.
-    pub price_matrix_usd: Option<BTreeMap<String, QualityPrices>>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+/// The admin key: the secret itself or its SHA-256 (hex), as for client keys. It opens `/admin/*`
+/// and nothing else; client keys never open `/admin/*`.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct QualityPrices {
-    pub low: f64,
-    pub medium: f64,
-    pub high: f64,
+pub struct AdminConfig {
+    pub key: Option<String>,
+    pub key_sha256: Option<String>,
 }
 
-impl ModelConfig {
-    /// Defaults from the platform's documented latencies and prices.
-    pub fn defaults(id: ModelId) -> Self {
-        let secs = Duration::from_secs;
-        let base = Self {
-            enabled: true,
-            deadline: secs(240),
-            first_poll_delay: secs(5),
-            poll_interval: secs(3),
-            price_usd: None,
-            edit_price_usd: None,
-            price_matrix_usd: None,
-        };
-        match id {
-            // Synchronous task envelope: the create call already carries the result.
-            ModelId::Lite => Self {
-                deadline: secs(180),
-                price_usd: Some(0.04),
-                ..base
-            },
-            // low ≈ 40 s, medium 60–90 s, high ≈ 2 min.
-            ModelId::All => Self {
-                deadline: secs(240),
-                first_poll_delay: secs(10),
-                poll_interval: secs(3),
-                price_matrix_usd: Some(default_all_matrix()),
-                ..base
-            },
-            // Typical 15–40 s; price is not documented: set it in config.
-            ModelId::Beta => Self {
-                deadline: secs(120),
-                first_poll_delay: secs(5),
-                poll_interval: secs(2),
-                price_usd: Some(0.03),
-                ..base
-            },
-            // Sub-second sync endpoints.
-            ModelId::SparkPix => Self {
-                deadline: secs(30),
-                price_usd: Some(0.010),
-                edit_price_usd: Some(0.013),
-                ..base
-            },
-        }
-    }
-}
-
-fn default_all_matrix() -> BTreeMap<String, QualityPrices> {
-    let row = |low, medium, high| QualityPrices { low, medium, high };
-    BTreeMap::from([
-        ("1K".to_owned(), row(0.005, 0.025, 0.07)),
-        ("2K".to_owned(), row(0.01, 0.04, 0.10)),
-        ("4K".to_owned(), row(0.015, 0.06, 0.23)),
-    ])
-}
-
-/// Model tables are partial in files: unknown keys are rejected, missing keys take the model's
-/// defaults. This wrapper merges a file table over the defaults before validation.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModelConfig {
-    enabled: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    deadline: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    first_poll_delay: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    poll_interval: Option<Duration>,
-    price_usd: Option<f64>,
-    edit_price_usd: Option<f64>,
-    price_matrix_usd: Option<BTreeMap<String, QualityPrices>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModels {
-    #[serde(rename = "gpt-image-2-lite", default)]
-    lite: RawModelConfig,
-    #[serde(rename = "gpt-image-2-all", default)]
-    all: RawModelConfig,
-    #[serde(rename = "gpt-image-2-beta", default)]
-    beta: RawModelConfig,
-    #[serde(default)]
-    sparkpix: RawModelConfig,
-}
-
-impl RawModelConfig {
-    fn over(self, d: ModelConfig) -> ModelConfig {
-        ModelConfig {
-            enabled: self.enabled.unwrap_or(d.enabled),
-            deadline: self.deadline.unwrap_or(d.deadline),
-            first_poll_delay: self.first_poll_delay.unwrap_or(d.first_poll_delay),
-            poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
-            price_usd: self.price_usd.or(d.price_usd),
-            edit_price_usd: self.edit_price_usd.or(d.edit_price_usd),
-            price_matrix_usd: self.price_matrix_usd.or(d.price_matrix_usd),
-        }
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field(
+                "configured",
+                &(self.key.is_some() || self.key_sha256.is_some()),
+            )
+            .finish()
     }
 }
 
@@ -312,6 +181,8 @@ struct RawConfig {
     logging: LoggingConfig,
     #[serde(default)]
     keys: Vec<ClientKeyConfig>,
+    #[serde(default)]
+    admin: AdminConfig,
     #[serde(default)]
     models: RawModels,
 }
@@ -354,6 +225,7 @@ impl Config {
             results: raw.results,
             logging: raw.logging,
             keys: raw.keys,
+            admin: raw.admin,
             models: ModelsConfig {
                 lite: lite.over(ModelConfig::defaults(ModelId::Lite)),
                 all: all.over(ModelConfig::defaults(ModelId::All)),
@@ -415,33 +287,17 @@ impl Config {
                 )),
             }
         }
-        for id in ModelId::ALL {
-            let m = self.models.get(id);
-            let at = format!("models.{}", id.as_str());
-            if m.poll_interval < Duration::from_secs(1) {
-                problems.push(format!("{at}.poll_interval: must be at least 1s"));
+        match (&self.admin.key, &self.admin.key_sha256) {
+            (None, None) => {}
+            (Some(key), None) if key.len() >= 16 => {}
+            (Some(_), None) => problems.push("admin.key: at least 16 characters".to_owned()),
+            (None, Some(h)) if h.len() == 64 && hex::decode(h).is_ok() => {}
+            (None, Some(_)) => {
+                problems.push("admin.key_sha256: must be 64 hex characters".to_owned());
             }
-            if m.deadline < Duration::from_secs(1) {
-                problems.push(format!("{at}.deadline: must be at least 1s"));
-            }
-            for (name, p) in [
-                ("price_usd", m.price_usd),
-                ("edit_price_usd", m.edit_price_usd),
-            ] {
-                if p.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
-                    problems.push(format!("{at}.{name}: must be a non-negative number"));
-                }
-            }
-            if let Some(matrix) = &m.price_matrix_usd {
-                for tier in matrix.keys() {
-                    if !matches!(tier.as_str(), "1K" | "2K" | "4K") {
-                        problems.push(format!(
-                            "{at}.price_matrix_usd.{tier}: tiers are 1K, 2K, 4K"
-                        ));
-                    }
-                }
-            }
+            _ => problems.push("admin: set exactly one of `key` or `key_sha256`".to_owned()),
         }
+        self.models.check(&mut problems);
         if !self.models.get(self.server.default_model).enabled {
             problems.push(format!(
                 "server.default_model: `{}` is disabled",
@@ -505,97 +361,4 @@ fn expand(s: &str, at: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Str
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: &str = r#"
-        [upstream]
-        base_url = "http://127.0.0.1:9"
-        api_key = "${UP_KEY}"
-        [[keys]]
-        id = "alice"
-        key = "sk-alice-123"
-    "#;
-
-    fn env(name: &str) -> Option<String> {
-        (name == "UP_KEY").then(|| "up-secret".to_owned())
-    }
-
-    #[test]
-    fn interpolates_and_fills_model_defaults() {
-        let c = Config::from_toml(MIN, &env).unwrap();
-        assert_eq!(c.upstream.api_key, "up-secret");
-        assert_eq!(c.models.all.poll_interval, Duration::from_secs(3));
-        assert_eq!(c.models.lite.price_usd, Some(0.04));
-    }
-
-    #[test]
-    fn partial_model_table_keeps_other_defaults() {
-        let text = format!("{MIN}\n[models.gpt-image-2-beta]\nprice_usd = 0.05\n");
-        let c = Config::from_toml(&text, &env).unwrap();
-        assert_eq!(c.models.beta.price_usd, Some(0.05));
-        assert_eq!(c.models.beta.deadline, Duration::from_secs(120));
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let text = format!("{MIN}\n[models.gpt-image-2-all]\npoll_intervall = \"2s\"\n");
-        let e = Config::from_toml(&text, &env).unwrap_err().to_string();
-        assert!(
-            e.contains("models.gpt-image-2-all") && e.contains("poll_intervall"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn invalid_value_is_named() {
-        let text = format!("{MIN}\n[models.gpt-image-2-all]\npoll_interval = \"200ms\"\n");
-        let e = Config::from_toml(&text, &env).unwrap_err().to_string();
-        assert!(e.contains("models.gpt-image-2-all.poll_interval"), "{e}");
-    }
-
-    #[test]
-    fn missing_env_var_is_named() {
-        let e = Config::from_toml(MIN, &|_| None).unwrap_err().to_string();
-        assert!(
-            e.contains("upstream.api_key") && e.contains("UP_KEY"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn env_overrides_win() {
-        let env = |name: &str| match name {
-            "UP_KEY" => Some("a".to_owned()),
-            "IMAGEGATE_LISTEN" => Some("127.0.0.1:9999".to_owned()),
-            "IMAGEGATE_UPSTREAM_BASE_URL" => Some("http://upstream.test".to_owned()),
-            "IMAGEGATE_UPSTREAM_API_KEY" => Some("override".to_owned()),
-            _ => None,
-        };
-        let c = Config::from_toml(MIN, &env).unwrap();
-        assert_eq!(c.server.listen.port(), 9999);
-        assert_eq!(c.upstream.base_url, "http://upstream.test");
-        assert_eq!(c.upstream.api_key, "override");
-    }
-
-    #[test]
-    fn example_config_parses() {
-        let text = include_str!("../config/imagegate.example.toml");
-        let env = |name: &str| match name {
-            "IMAGEGATE_UPSTREAM_KEY" => Some("k".to_owned()),
-            "IMAGEGATE_CI_KEY" => Some("sk-ci-0123456789".to_owned()),
-            _ => None,
-        };
-        Config::from_toml(text, &env).unwrap();
-    }
-
-    #[test]
-    fn debug_never_shows_secrets() {
-        let c = Config::from_toml(MIN, &env).unwrap();
-        let dbg = format!("{c:?}");
-        assert!(
-            !dbg.contains("up-secret") && !dbg.contains("sk-alice-123"),
-            "{dbg}"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,230 @@
+//! Per-model settings: switches, timings and prices, one table per public model id. Missing keys
+//! take the model's own defaults (the platform's documented latencies and prices).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::ModelId;
+
+/// Per-model settings, one table per public model id.
+#[derive(Debug, Clone)]
+pub struct ModelsConfig {
+    pub lite: ModelConfig,
+    pub all: ModelConfig,
+    pub beta: ModelConfig,
+    pub sparkpix: ModelConfig,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            lite: ModelConfig::defaults(ModelId::Lite),
+            all: ModelConfig::defaults(ModelId::All),
+            beta: ModelConfig::defaults(ModelId::Beta),
+            sparkpix: ModelConfig::defaults(ModelId::SparkPix),
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// Adds every problem with the model tables to `problems`.
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        for id in ModelId::ALL {
+            let m = self.get(id);
+            let at = format!("models.{}", id.as_str());
+            if m.poll_interval < Duration::from_secs(1) {
+                problems.push(format!("{at}.poll_interval: must be at least 1s"));
+            }
+            if m.deadline < Duration::from_secs(1) {
+                problems.push(format!("{at}.deadline: must be at least 1s"));
+            }
+            let prices = [
+                ("price_usd", m.price_usd),
+                ("edit_price_usd", m.edit_price_usd),
+            ];
+            for (name, p) in prices {
+                if p.is_some_and(|p| !(p.is_finite() && (0.0..=1000.0).contains(&p))) {
+                    problems.push(format!("{at}.{name}: must be a number from 0 to 1000"));
+                }
+            }
+            // Every request must have an exact price: the model's own price keys must be set.
+            let needed: &[(&str, bool)] = match id {
+                ModelId::All => &[("price_matrix_usd", m.price_matrix_usd.is_some())],
+                ModelId::SparkPix => &[
+                    ("price_usd", m.price_usd.is_some()),
+                    ("edit_price_usd", m.edit_price_usd.is_some()),
+                ],
+                ModelId::Lite | ModelId::Beta => &[("price_usd", m.price_usd.is_some())],
+            };
+            for (name, set) in needed {
+                if !set {
+                    problems.push(format!("{at}.{name}: must be set"));
+                }
+            }
+            if let Some(matrix) = &m.price_matrix_usd {
+                for tier in matrix.keys() {
+                    if !TIERS.contains(&tier.as_str()) {
+                        problems.push(format!(
+                            "{at}.price_matrix_usd.{tier}: tiers are 1K, 2K, 4K"
+                        ));
+                    }
+                }
+                for tier in TIERS {
+                    match matrix.get(tier) {
+                        None => problems.push(format!("{at}.price_matrix_usd.{tier}: missing")),
+                        Some(q)
+                            if ![q.low, q.medium, q.high]
+                                .iter()
+                                .all(|p| p.is_finite() && (0.0..=1000.0).contains(p)) =>
+                        {
+                            problems.push(format!(
+                                "{at}.price_matrix_usd.{tier}: prices must be numbers from 0 to 1000"
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, id: ModelId) -> &ModelConfig {
+        match id {
+            ModelId::Lite => &self.lite,
+            ModelId::All => &self.all,
+            ModelId::Beta => &self.beta,
+            ModelId::SparkPix => &self.sparkpix,
+        }
+    }
+}
+
+/// The price tiers of `price_matrix_usd`, by the longest side of the image.
+pub const TIERS: [&str; 3] = ["1K", "2K", "4K"];
+
+/// One model's switches, timings and prices. Missing keys take the model's own defaults.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub enabled: bool,
+    /// Whole budget for one request on this model: create, polls and the sync call itself.
+    pub deadline: Duration,
+    /// Wait before the first poll of an async task.
+    pub first_poll_delay: Duration,
+    /// Wait between polls (at least 1 s: the platform asks for 2–3 s).
+    pub poll_interval: Duration,
+    /// USD per image (gpt-image-2-lite, gpt-image-2-beta, SparkPix generate).
+    pub price_usd: Option<f64>,
+    /// USD per edited image (SparkPix Image Edit).
+    pub edit_price_usd: Option<f64>,
+    /// USD per image by tier and quality (gpt-image-2-all): `{"1K" = {low, medium, high}, …}`.
+    pub price_matrix_usd: Option<BTreeMap<String, QualityPrices>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QualityPrices {
+    pub low: f64,
+    pub medium: f64,
+    pub high: f64,
+}
+
+impl ModelConfig {
+    /// Defaults from the platform's documented latencies and prices.
+    pub fn defaults(id: ModelId) -> Self {
+        let secs = Duration::from_secs;
+        let base = Self {
+            enabled: true,
+            deadline: secs(240),
+            first_poll_delay: secs(5),
+            poll_interval: secs(3),
+            price_usd: None,
+            edit_price_usd: None,
+            price_matrix_usd: None,
+        };
+        match id {
+            // Synchronous task envelope: the create call already carries the result.
+            ModelId::Lite => Self {
+                deadline: secs(180),
+                price_usd: Some(0.04),
+                ..base
+            },
+            // low ≈ 40 s, medium 60–90 s, high ≈ 2 min.
+            ModelId::All => Self {
+                deadline: secs(240),
+                first_poll_delay: secs(10),
+                poll_interval: secs(3),
+                price_matrix_usd: Some(default_all_matrix()),
+                ..base
+            },
+            // Typical 15–40 s; price is not documented: set it in config.
+            ModelId::Beta => Self {
+                deadline: secs(120),
+                first_poll_delay: secs(5),
+                poll_interval: secs(2),
+                price_usd: Some(0.03),
+                ..base
+            },
+            // Sub-second sync endpoints.
+            ModelId::SparkPix => Self {
+                deadline: secs(30),
+                price_usd: Some(0.010),
+                edit_price_usd: Some(0.013),
+                ..base
+            },
+        }
+    }
+}
+
+fn default_all_matrix() -> BTreeMap<String, QualityPrices> {
+    let row = |low, medium, high| QualityPrices { low, medium, high };
+    BTreeMap::from([
+        ("1K".to_owned(), row(0.005, 0.025, 0.07)),
+        ("2K".to_owned(), row(0.01, 0.04, 0.10)),
+        ("4K".to_owned(), row(0.015, 0.06, 0.23)),
+    ])
+}
+
+/// Model tables are partial in files: unknown keys are rejected, missing keys take the model's
+/// defaults. This wrapper merges a file table over the defaults before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModelConfig {
+    enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    first_poll_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    price_usd: Option<f64>,
+    edit_price_usd: Option<f64>,
+    price_matrix_usd: Option<BTreeMap<String, QualityPrices>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModels {
+    #[serde(rename = "gpt-image-2-lite", default)]
+    pub lite: RawModelConfig,
+    #[serde(rename = "gpt-image-2-all", default)]
+    pub all: RawModelConfig,
+    #[serde(rename = "gpt-image-2-beta", default)]
+    pub beta: RawModelConfig,
+    #[serde(default)]
+    pub sparkpix: RawModelConfig,
+}
+
+impl RawModelConfig {
+    pub(super) fn over(self, d: ModelConfig) -> ModelConfig {
+        ModelConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            deadline: self.deadline.unwrap_or(d.deadline),
+            first_poll_delay: self.first_poll_delay.unwrap_or(d.first_poll_delay),
+            poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
+            price_usd: self.price_usd.or(d.price_usd),
+            edit_price_usd: self.edit_price_usd.or(d.edit_price_usd),
+            price_matrix_usd: self.price_matrix_usd.or(d.price_matrix_usd),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The exact price of a request on one upstream model, from the platform's tables
+//! (`models.<id>` in the config, whose defaults are the documented prices).
+//!
+//! | model | price per image |
+//! |---|---|
+//! | gpt-image-2-lite | flat `price_usd` ($0.04) |
+//! | gpt-image-2-all | `price_matrix_usd[tier][quality]`: tier by the longest side (1K ≤ 1536 < 2K ≤ 2048 < 4K), `auto` quality priced as `medium` |
+//! | gpt-image-2-beta | `price_usd` (not documented by the platform: set it in config) |
+//! | sparkpix | `price_usd` ($0.010) to generate, `edit_price_usd` ($0.013) to edit |
+//!
+//! Every price is × `n`. Amounts are integer micro-dollars ([`Usd`]) so sums over a ledger are
+//! exact.
+
+use std::fmt;
+
+use crate::config::{ModelConfig, ModelsConfig};
+use crate::model::{ModelId, Quality, Size};
+use crate::request::{ImageRequest, Operation};
+
+/// An amount of US dollars, in micro-dollars (1 USD = 1,000,000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Usd(pub u64);
+
+impl Usd {
+    pub const ZERO: Usd = Usd(0);
+
+    /// From a configured dollar amount (validated finite and non-negative at startup).
+    pub fn from_dollars(d: f64) -> Self {
+        Self((d * 1_000_000.0).round().max(0.0) as u64)
+    }
+
+    pub fn micros(self) -> u64 {
+        self.0
+    }
+
+    pub fn as_dollars(self) -> f64 {
+        self.0 as f64 / 1_000_000.0
+    }
+}
+
+impl std::ops::Add for Usd {
+    type Output = Usd;
+    fn add(self, rhs: Usd) -> Usd {
+        Usd(self.0.saturating_add(rhs.0))
+    }
+}
+
+impl std::ops::Mul<u64> for Usd {
+    type Output = Usd;
+    fn mul(self, rhs: u64) -> Usd {
+        Usd(self.0.saturating_mul(rhs))
+    }
+}
+
+/// Shortest exact decimal: `0.04`, `0.005`, `1.2`, `0`.
+impl fmt::Display for Usd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.0 / 1_000_000, self.0 % 1_000_000);
+        if frac == 0 {
+            return write!(f, "{whole}");
+        }
+        let digits = format!("{frac:06}");
+        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// gpt-image-2-all's billing tier for an image of `size` (by its longest side).
+pub fn tier(size: Size) -> &'static str {
+    match size.longest() {
+        0..=1536 => "1K",
+        1537..=2048 => "2K",
+        _ => "4K",
+    }
+}
+
+/// What the upstream will charge for `req` (all `n` images) on `model`.
+pub fn cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
+    per_image(models.get(model), model, req) * u64::from(req.n)
+}
+
+fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
+    let flat = |p: Option<f64>| Usd::from_dollars(p.unwrap_or_default());
+    match model {
+        ModelId::Lite | ModelId::Beta => flat(m.price_usd),
+        // The edit endpoint serves edits and generations with reference images.
+        ModelId::SparkPix if req.op == Operation::Edit || !req.images.is_empty() => {
+            flat(m.edit_price_usd)
+        }
+        ModelId::SparkPix => flat(m.price_usd),
+        ModelId::All => {
+            let Some(matrix) = &m.price_matrix_usd else {
+                return Usd::ZERO;
+            };
+            let tier = all_tier(req);
+            let Some(row) = matrix.get(tier) else {
+                return Usd::ZERO;
+            };
+            Usd::from_dollars(match req.quality {
+                Quality::Low => row.low,
+                Quality::Medium | Quality::Auto => row.medium,
+                Quality::High => row.high,
+            })
+        }
+    }
+}
+
+/// The tier gpt-image-2-all bills: the size's, or the async mode's `resolution`, or 1K (its
+/// default size, 1024x1024).
+fn all_tier(req: &ImageRequest) -> &'static str {
+    if let Some(size) = req.size {
+        return tier(size);
+    }
+    match req.extras.get("resolution").and_then(|v| v.as_str()) {
+        Some("2K") => "2K",
+        Some("4K") => "4K",
+        _ => "1K",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::request::ImageRef;
+
+    fn req(fields: Value) -> ImageRequest {
+        let mut map = fields.as_object().cloned().unwrap_or_default();
+        map.entry("prompt").or_insert(json!("a cat"));
+        ImageRequest::from_fields(Operation::Generate, &map, Vec::new(), None, &|_| {
+            Ok(ModelId::All)
+        })
+        .unwrap()
+    }
+
+    fn cost_of(model: ModelId, fields: Value) -> String {
+        cost(&ModelsConfig::default(), model, &req(fields)).to_string()
+    }
+
+    #[test]
+    fn every_cell_of_the_all_matrix() {
+        let sizes = [
+            ("1K", "1024x1024"),
+            ("2K", "2048x2048"),
+            ("4K", "3840x2160"),
+        ];
+        let table = [
+            ("1K", "low", "0.005"),
+            ("1K", "medium", "0.025"),
+            ("1K", "auto", "0.025"),
+            ("1K", "high", "0.07"),
+            ("2K", "low", "0.01"),
+            ("2K", "medium", "0.04"),
+            ("2K", "auto", "0.04"),
+            ("2K", "high", "0.1"),
+            ("4K", "low", "0.015"),
+            ("4K", "medium", "0.06"),
+            ("4K", "auto", "0.06"),
+            ("4K", "high", "0.23"),
+        ];
+        for (tier, quality, want) in table {
+            let size = sizes.iter().find(|s| s.0 == tier).unwrap().1;
+            let got = cost_of(ModelId::All, json!({"size": size, "quality": quality}));
+            assert_eq!(got, want, "{tier} {quality}");
+            // The async mode's `resolution` bills the same tier.
+            let got = cost_of(
+                ModelId::All,
+                json!({"resolution": tier, "aspect_ratio": "1:1", "quality": quality}),
+            );
+            assert_eq!(got, want, "resolution {tier} {quality}");
+        }
+    }
+
+    #[test]
+    fn tier_boundaries_on_the_longest_side() {
+        let table = [
+            ("1536x1024", "1K"),
+            ("1024x1536", "1K"),
+            ("1537x1024", "2K"),
+            ("1024x1537", "2K"),
+            ("2048x1152", "2K"),
+            ("2048x2048", "2K"),
+            ("2049x1024", "4K"),
+            ("1024x2049", "4K"),
+            ("3840x2160", "4K"),
+        ];
+        for (size, want) in table {
+            assert_eq!(tier(Size::parse(size).unwrap()), want, "{size}");
+        }
+        assert_eq!(
+            cost_of(
+                ModelId::All,
+                json!({"size": "1536x1024", "quality": "high"})
+            ),
+            "0.07"
+        );
+        assert_eq!(
+            cost_of(
+                ModelId::All,
+                json!({"size": "1552x1024", "quality": "high"})
+            ),
+            "0.1"
+        );
+        assert_eq!(
+            cost_of(
+                ModelId::All,
+                json!({"size": "2048x1152", "quality": "high"})
+            ),
+            "0.1"
+        );
+        assert_eq!(
+            cost_of(
+                ModelId::All,
+                json!({"size": "2064x1152", "quality": "high"})
+            ),
+            "0.23"
+        );
+    }
+
+    #[test]
+    fn flat_prices_and_n() {
+        let table = [
+            (ModelId::Lite, json!({}), "0.04"),
+            (
+                ModelId::Lite,
+                json!({"size": "3840x2160", "quality": "high"}),
+                "0.04",
+            ),
+            (ModelId::Lite, json!({"n": 3}), "0.12"),
+            (ModelId::Beta, json!({"n": 2}), "0.06"),
+            (ModelId::SparkPix, json!({}), "0.01"),
+            (ModelId::SparkPix, json!({"n": 10}), "0.1"),
+            (ModelId::All, json!({}), "0.025"),
+            (
+                ModelId::All,
+                json!({"n": 4, "quality": "high", "size": "2048x2048"}),
+                "0.4",
+            ),
+        ];
+        for (model, fields, want) in table {
+            assert_eq!(cost_of(model, fields.clone()), want, "{model} {fields}");
+        }
+    }
+
+    #[test]
+    fn sparkpix_edits_use_the_edit_price() {
+        let map = json!({"prompt": "x", "n": 2}).as_object().cloned().unwrap();
+        let url = ImageRef::Url("https://example.com/a.png".to_owned());
+        let r = ImageRequest::from_fields(Operation::Edit, &map, vec![url], None, &|_| {
+            Ok(ModelId::SparkPix)
+        })
+        .unwrap();
+        assert_eq!(
+            cost(&ModelsConfig::default(), ModelId::SparkPix, &r).to_string(),
+            "0.026"
+        );
+    }
+
+    #[test]
+    fn configured_prices_win_and_usd_prints_exactly() {
+        let mut models = ModelsConfig::default();
+        models.beta.price_usd = Some(0.0333);
+        assert_eq!(
+            cost(&models, ModelId::Beta, &req(json!({"n": 3}))),
+            Usd(99_900)
+        );
+        assert_eq!(Usd(0).to_string(), "0");
+        assert_eq!(Usd(1_500_000).to_string(), "1.5");
+        assert_eq!(Usd(1).to_string(), "0.000001");
+        assert_eq!(Usd::from_dollars(0.07), Usd(70_000));
+    }
+}
