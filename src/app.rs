@@ -35,6 +35,8 @@ use crate::auth::{ClientKey, KeyStore};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::model::ModelId;
+use crate::pricing::Usd;
+use crate::routing::{Route, Routing};
 use crate::upstream::Upstream;
 
 /// Everything a handler needs, shared behind one `Arc`.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub upstream: Upstream,
     /// Client keys by digest.
     pub keys: KeyStore,
+    /// Public names, upstream health and the choice of model.
+    pub routing: Routing,
 }
 
 impl AppState {
@@ -52,26 +56,31 @@ impl AppState {
         Ok(Self {
             upstream: Upstream::new(&config)?,
             keys: KeyStore::new(&config.keys, &config.admin),
+            routing: Routing::new(config.routing.clone()),
             config,
         })
     }
 
-    /// The public model a request asked for (or the default), if it exists and is enabled.
-    pub fn resolve_model(&self, requested: Option<&str>) -> Result<ModelId, ApiError> {
-        let Some(name) = requested else {
-            return Ok(self.config.server.default_model);
-        };
-        match name.parse::<ModelId>() {
-            Ok(m) if self.config.models.get(m).enabled => Ok(m),
-            _ => Err(ApiError::model_not_found(name)),
-        }
+    /// The public model a request asked for (or the default): a model id, group or alias with
+    /// at least one enabled model.
+    pub fn resolve_model(&self, requested: Option<&str>) -> Result<Route, ApiError> {
+        let name = requested.unwrap_or(&self.config.server.default_model);
+        self.routing.resolve(&self.config.models, name)
     }
 }
 
 /// What a handler tells the access log about the request it served.
 #[derive(Debug, Clone)]
 pub struct RequestLog {
+    /// The model the request was planned for (the served one once routing picked).
     pub model: Option<ModelId>,
+    /// The name the caller asked for: a model id, group or alias.
+    pub public_model: Option<Arc<str>>,
+    /// The upstream model that served (or last failed) the request.
+    pub upstream_model: Option<ModelId>,
+    pub cost: Option<Usd>,
+    /// Upstream models tried.
+    pub attempts: u32,
     pub n: u8,
     pub task_ids: String,
 }
@@ -130,7 +139,10 @@ async fn access_log(req: Request, next: Next) -> Response {
         status = res.status().as_u16(),
         latency_ms = start.elapsed().as_millis() as u64,
         key_id = key.as_deref().unwrap_or("-"),
-        model = log.and_then(|l| l.model).map_or("-", ModelId::as_str),
+        model = log.and_then(|l| l.public_model.as_deref()).unwrap_or("-"),
+        upstream = log.and_then(|l| l.upstream_model).map_or("-", ModelId::as_str),
+        cost_usd = %log.and_then(|l| l.cost).unwrap_or_default(),
+        attempts = log.map_or(0, |l| l.attempts),
         n = log.map_or(0, |l| l.n),
         task_ids = log.map_or("", |l| l.task_ids.as_str()),
         error_code = error.map_or("", |e| e.code),

@@ -127,6 +127,29 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// 400: no model of the requested group can serve this request as asked (capabilities,
+    /// the caller's cost ceiling).
+    pub fn no_eligible_model(param: &str, message: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "no_eligible_model",
+            message,
+        )
+        .with_param(param)
+    }
+
+    /// 503: every model that could serve the request is out of rotation (circuit open) or too
+    /// slow for the caller's latency budget right now.
+    pub fn no_healthy_model(message: String) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_error",
+            "no_healthy_upstream",
+            message,
+        )
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

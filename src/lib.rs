@@ -22,6 +22,7 @@ pub mod error;
 pub mod model;
 pub mod pricing;
 pub mod request;
+pub mod routing;
 pub mod sim;
 pub mod upstream;
 

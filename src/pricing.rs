@@ -75,7 +75,12 @@ pub fn tier(size: Size) -> &'static str {
 
 /// What the upstream will charge for `req` (all `n` images) on `model`.
 pub fn cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
-    per_image(models.get(model), model, req) * u64::from(req.n)
+    unit_cost(models, model, req) * u64::from(req.n)
+}
+
+/// The price of one image of `req` on `model`.
+pub fn unit_cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
+    per_image(models.get(model), model, req)
 }
 
 fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
@@ -123,12 +128,13 @@ mod tests {
 
     use super::*;
     use crate::request::ImageRef;
+    use crate::routing::Route;
 
     fn req(fields: Value) -> ImageRequest {
         let mut map = fields.as_object().cloned().unwrap_or_default();
         map.entry("prompt").or_insert(json!("a cat"));
         ImageRequest::from_fields(Operation::Generate, &map, Vec::new(), None, &|_| {
-            Ok(ModelId::All)
+            Ok(Route::pinned(ModelId::All))
         })
         .unwrap()
     }
@@ -247,7 +253,7 @@ mod tests {
         let map = json!({"prompt": "x", "n": 2}).as_object().cloned().unwrap();
         let url = ImageRef::Url("https://example.com/a.png".to_owned());
         let r = ImageRequest::from_fields(Operation::Edit, &map, vec![url], None, &|_| {
-            Ok(ModelId::SparkPix)
+            Ok(Route::pinned(ModelId::SparkPix))
         })
         .unwrap();
         assert_eq!(

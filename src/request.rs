@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::model::{ImageFormat, ModelId, Quality, Size};
+use crate::routing::Route;
 
 /// Longest prompt OpenAI accepts.
 const MAX_PROMPT_CHARS: usize = 32_000;
@@ -59,6 +60,9 @@ impl ImageRef {
 #[derive(Debug, Clone)]
 pub struct ImageRequest {
     pub op: Operation,
+    /// The public name asked for and the models it stands for.
+    pub route: Route,
+    /// The upstream model being planned or tried (the route's first member until routing picks).
     pub model: ModelId,
     pub prompt: String,
     pub n: u8,
@@ -84,7 +88,7 @@ impl ImageRequest {
         fields: &Map<String, Value>,
         mut images: Vec<ImageRef>,
         mask: Option<ImageRef>,
-        resolve_model: &dyn Fn(Option<&str>) -> Result<ModelId, ApiError>,
+        resolve_model: &dyn Fn(Option<&str>) -> Result<Route, ApiError>,
     ) -> Result<Self, ApiError> {
         let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
 
@@ -103,11 +107,15 @@ impl ImageRequest {
             Some(_) => return Err(ApiError::invalid("prompt", "The prompt must be a string.")),
         };
 
-        let model = resolve_model(match get("model") {
+        let route = resolve_model(match get("model") {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => return Err(ApiError::invalid("model", "The model must be a string.")),
         })?;
+        let model = *route
+            .members
+            .first()
+            .ok_or_else(|| ApiError::model_not_found(&route.public))?;
 
         let n = match get("n") {
             None => 1,
@@ -272,6 +280,7 @@ impl ImageRequest {
 
         Ok(Self {
             op,
+            route,
             model,
             prompt,
             n,
@@ -372,9 +381,10 @@ mod tests {
 
     fn build(v: Value) -> Result<ImageRequest, ApiError> {
         let map = v.as_object().cloned().unwrap_or_default();
-        ImageRequest::from_fields(Operation::Generate, &map, vec![], None, &|m| match m {
-            None => Ok(ModelId::All),
-            Some(m) => m.parse().map_err(|_| ApiError::model_not_found(m)),
+        ImageRequest::from_fields(Operation::Generate, &map, vec![], None, &|m| {
+            let name = m.unwrap_or("gpt-image-2-all");
+            let model: ModelId = name.parse().map_err(|_| ApiError::model_not_found(name))?;
+            Ok(Route::pinned(model))
         })
     }
 

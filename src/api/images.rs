@@ -1,13 +1,14 @@
 //! `POST /v1/images/generations` and `POST /v1/images/edits`: parse → normalise
-//! ([`ImageRequest`]) → plan (model checks, no I/O) → execute upstream → answer as OpenAI's
-//! `ImagesResponse`, or as an SSE stream with keepalives when the client asked for `stream`.
+//! ([`ImageRequest`]) → choose candidate models (`routing`) → plan (model checks, no I/O) →
+//! execute upstream with failover → answer as OpenAI's `ImagesResponse` with the
+//! `x-imagegate-*` headers, or as an SSE stream with keepalives when the client asked for `stream`.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{header::CONTENT_TYPE, HeaderMap, StatusCode};
+use axum::http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,12 +20,26 @@ use tokio::time::Instant;
 use super::edits::{self, EditParts};
 use crate::app::{AppState, RequestLog};
 use crate::error::ApiError;
-use crate::model::{image_dimensions, ImageFormat, Quality};
+use crate::model::{image_dimensions, ImageFormat, ModelId, Quality};
+use crate::pricing::Usd;
 use crate::request::{ImageRequest, Operation, ResponseFormat};
-use crate::upstream::{self, CallCtx, Image};
+use crate::routing::failover::{self, Failed};
+use crate::routing::{Candidate, Constraints};
+use crate::upstream::{CallCtx, Image, Plan};
+
+/// Response header: the upstream model that served the request.
+pub const UPSTREAM_HEADER: &str = "x-imagegate-upstream";
+/// Response header: what the request cost upstream, in USD.
+pub const COST_HEADER: &str = "x-imagegate-cost-usd";
+/// Response header: upstream models tried (1 when the first one served it).
+pub const ATTEMPTS_HEADER: &str = "x-imagegate-attempts";
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let id = request_id(request.headers());
+    let limits = match Constraints::from_headers(request.headers()) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
     let limit = state.config.server.max_body_bytes;
     let result = match Bytes::from_request(request, &()).await {
         Ok(body) => json_object(&body),
@@ -36,15 +51,19 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         })
     });
     match result {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, req, limits, id).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let id = request_id(request.headers());
+    let limits = match Constraints::from_headers(request.headers()) {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
     match edit_request(&state, request).await {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, req, limits, id).await,
         Err(e) => e.into_response(),
     }
 }
@@ -108,49 +127,87 @@ fn request_id(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Plans (refusing bad input before any upstream call), then runs and answers.
-async fn answer(state: Arc<AppState>, req: ImageRequest, request_id: String) -> Response {
-    let plan = match upstream::plan(&req) {
-        Ok(p) => p,
-        Err(e) => return with_log(e.into_response(), &req, &[]),
+/// Chooses the candidates (refusing what no model can do before any upstream call), then runs
+/// them in order and answers. The served model, its cost and the number of attempts are
+/// returned as `x-imagegate-*` headers.
+async fn answer(
+    state: Arc<AppState>,
+    req: ImageRequest,
+    limits: Constraints,
+    request_id: String,
+) -> Response {
+    let candidates = match state
+        .routing
+        .candidates(&state.config.models, &req, &req.route, limits)
+    {
+        Ok(c) => c,
+        Err(e) => return with_log(e.into_response(), &req, None),
     };
-    let deadline = Instant::now() + state.upstream.model_config(req.model).deadline;
-    let ctx = CallCtx {
-        deadline,
-        request_id,
+    let mut req = req;
+    let (plan, candidates) = match failover::prepare(&mut req, &candidates) {
+        Ok((plan, rest)) => (plan, rest.to_vec()),
+        Err(e) => return with_log(e.into_response(), &req, None),
     };
     if req.stream {
-        return stream(state, req, plan, ctx);
+        return stream(state, req, candidates, plan, request_id);
     }
-    match run(&state, &req, plan, &ctx).await {
-        Ok((body, task_ids)) => with_log(Json(body).into_response(), &req, &task_ids),
-        Err((e, task_ids)) => with_log(e.into_response(), &req, &task_ids),
+    match run(&state, &mut req, &candidates, plan, &request_id).await {
+        Ok((body, served)) => with_log(Json(body).into_response(), &req, Some(&served)),
+        Err(failed) => {
+            let res = failed.error.clone().into_response();
+            with_log(res, &req, Some(&failed.into()))
+        }
     }
 }
 
-type RunError = (ApiError, Vec<String>);
+/// What the answer says about how it was served (headers and the access log).
+#[derive(Debug, Clone, Default)]
+pub struct ServedBy {
+    pub model: Option<ModelId>,
+    pub cost: Option<Usd>,
+    pub attempts: u32,
+    pub task_ids: Vec<String>,
+}
+
+impl From<Failed> for ServedBy {
+    fn from(f: Failed) -> Self {
+        Self {
+            model: f.model,
+            cost: None,
+            attempts: f.attempts,
+            task_ids: f.task_ids,
+        }
+    }
+}
 
 async fn run(
     state: &AppState,
-    req: &ImageRequest,
-    plan: upstream::Plan,
-    ctx: &CallCtx,
-) -> Result<(Value, Vec<String>), RunError> {
-    let out = upstream::execute(&state.upstream, plan, ctx)
-        .await
-        .map_err(|e| {
-            let ids = e.task_id.iter().cloned().collect();
-            (ApiError::from(e), ids)
-        })?;
+    req: &mut ImageRequest,
+    candidates: &[Candidate],
+    plan: Plan,
+    request_id: &str,
+) -> Result<(Value, ServedBy), Failed> {
+    let served = failover::run(state, req, candidates, plan, request_id).await?;
+    let by = ServedBy {
+        model: Some(served.model),
+        cost: Some(served.cost),
+        attempts: served.attempts,
+        task_ids: served.output.task_ids.clone(),
+    };
     let format = if req.stream {
         ResponseFormat::B64Json
     } else {
         req.response_format
     };
-    let body = materialize(state, req, out.images, format, &ctx.request_id)
-        .await
-        .map_err(|e| (e, out.task_ids.clone()))?;
-    Ok((body, out.task_ids))
+    match materialize(state, req, served.output.images, format, request_id).await {
+        Ok(body) => Ok((body, by)),
+        Err(error) => Err(Failed {
+            error,
+            model: by.model,
+            attempts: by.attempts,
+            task_ids: by.task_ids,
+        }),
+    }
 }
 
 /// Builds the `ImagesResponse`. `b64_json` is taken as the upstream sent it when it sent one;
@@ -245,7 +302,13 @@ fn peek_b64(b64: &str) -> Vec<u8> {
 /// `stream: true`: the status is decided now (200), the image follows as one
 /// `image_generation.completed` / `image_edit.completed` event per image, with `: keepalive`
 /// comments while the upstream works (a 2-minute generation keeps the connection alive).
-fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: CallCtx) -> Response {
+fn stream(
+    state: Arc<AppState>,
+    req: ImageRequest,
+    candidates: Vec<Candidate>,
+    plan: Plan,
+    request_id: String,
+) -> Response {
     let keepalive = state.config.server.keepalive_interval;
     let prefix = match req.op {
         Operation::Generate => "image_generation",
@@ -253,16 +316,19 @@ fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: Ca
     };
     let log_req = req.clone();
     let events = futures_util::stream::once(async move {
-        match run(&state, &req, plan, &ctx).await {
+        let mut req = req;
+        match run(&state, &mut req, &candidates, plan, &request_id).await {
             Ok((body, _)) => completed_events(prefix, body),
-            Err((e, _)) => vec![Event::default().event("error").data(e.body().to_string())],
+            Err(failed) => vec![Event::default()
+                .event("error")
+                .data(failed.error.body().to_string())],
         }
     })
     .flat_map(|events| {
         futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"));
-    with_log(sse.into_response(), &log_req, &[])
+    with_log(sse.into_response(), &log_req, None)
 }
 
 fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
@@ -291,11 +357,28 @@ fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
     events
 }
 
-fn with_log(mut res: Response, req: &ImageRequest, task_ids: &[String]) -> Response {
+fn with_log(mut res: Response, req: &ImageRequest, by: Option<&ServedBy>) -> Response {
+    if let Some(by) = by {
+        let headers = res.headers_mut();
+        if let Some(m) = by.model {
+            headers.insert(UPSTREAM_HEADER, HeaderValue::from_static(m.as_str()));
+        }
+        if let Some(cost) = by
+            .cost
+            .and_then(|c| HeaderValue::from_str(&c.to_string()).ok())
+        {
+            headers.insert(COST_HEADER, cost);
+        }
+        headers.insert(ATTEMPTS_HEADER, HeaderValue::from(by.attempts));
+    }
     res.extensions_mut().insert(RequestLog {
         model: Some(req.model),
+        public_model: Some(req.route.public.clone()),
+        upstream_model: by.and_then(|b| b.model),
+        cost: by.and_then(|b| b.cost),
+        attempts: by.map_or(0, |b| b.attempts),
         n: req.n,
-        task_ids: task_ids.join(","),
+        task_ids: by.map(|b| b.task_ids.join(",")).unwrap_or_default(),
     });
     res
 }

@@ -1,9 +1,11 @@
 //! The OpenAI-compatible surface. Every route is served with and without the `/v1` prefix,
-//! because the SDKs append paths to whatever `base_url` the user gave.
+//! because the SDKs append paths to whatever `base_url` the user gave. `/admin/*` is the
+//! operator's (admin key, see `auth`).
 
 mod edits;
 mod images;
 mod models;
+mod upstreams;
 
 use std::sync::Arc;
 
@@ -18,5 +20,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/images/edits", post(images::edits))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve));
-    Router::new().nest("/v1", api.clone()).merge(api)
+    Router::new()
+        .nest("/v1", api.clone())
+        .merge(api)
+        .route("/admin/upstreams", get(upstreams::list))
 }

@@ -1,4 +1,5 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the enabled public model ids in OpenAI's shape.
+//! `GET /v1/models` and `GET /v1/models/{id}`: every public name in OpenAI's shape — the pinned
+//! model ids, the groups and the aliases — that has at least one enabled model behind it.
 
 use std::sync::Arc;
 
@@ -8,28 +9,34 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::app::AppState;
-use crate::error::ApiError;
 use crate::model::ModelId;
 
 /// 2026-04-21, the gpt-image-2 release: a stable `created` for every listed model.
 const CREATED: u64 = 1_776_729_600;
 
-fn model_object(id: ModelId) -> Value {
-    json!({"id": id.as_str(), "object": "model", "created": CREATED, "owned_by": "imagegate"})
+fn model_object(id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": CREATED, "owned_by": "imagegate"})
+}
+
+/// Public names in listing order: pinned ids, groups, aliases.
+fn public_names(state: &AppState) -> impl Iterator<Item = &str> {
+    let routing = &state.config.routing;
+    ModelId::ALL
+        .iter()
+        .map(|m| m.as_str())
+        .chain(routing.groups.keys().map(String::as_str))
+        .chain(routing.aliases.keys().map(String::as_str))
+        .filter(|name| state.resolve_model(Some(name)).is_ok())
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = ModelId::ALL
-        .into_iter()
-        .filter(|m| state.config.models.get(*m).enabled)
-        .map(model_object)
-        .collect();
+    let data: Vec<Value> = public_names(&state).map(model_object).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match id.parse::<ModelId>() {
-        Ok(m) if state.config.models.get(m).enabled => Json(model_object(m)).into_response(),
-        _ => ApiError::model_not_found(&id).into_response(),
+    match state.resolve_model(Some(&id)) {
+        Ok(_) => Json(model_object(&id)).into_response(),
+        Err(e) => e.into_response(),
     }
 }

@@ -14,9 +14,12 @@ use serde::Deserialize;
 use crate::model::ModelId;
 
 mod models;
+mod routing;
 
 use models::RawModels;
-pub use models::{ModelConfig, ModelsConfig, QualityPrices};
+pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};
+use routing::RawRouting;
+pub use routing::{CircuitConfig, RoutingConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -30,6 +33,7 @@ pub struct Config {
     /// The operator's key for `/admin/*`; without one the admin API refuses every call.
     pub admin: AdminConfig,
     pub models: ModelsConfig,
+    pub routing: RoutingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,8 +45,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Largest accepted request body (multipart edits carry up to 16 images).
     pub max_body_bytes: usize,
-    /// Public model used when a request names none.
-    pub default_model: ModelId,
+    /// Public model (a model id, group or alias) used when a request names none.
+    pub default_model: String,
     /// Interval of `: keepalive` comments on streamed (`stream: true`) responses.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -54,7 +58,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain_timeout: Duration::from_secs(150),
             max_body_bytes: 64 * 1024 * 1024,
-            default_model: ModelId::All,
+            default_model: ModelId::All.as_str().to_owned(),
             keepalive_interval: Duration::from_secs(15),
         }
     }
@@ -185,6 +189,8 @@ struct RawConfig {
     admin: AdminConfig,
     #[serde(default)]
     models: RawModels,
+    #[serde(default)]
+    routing: RawRouting,
 }
 
 /// A configuration problem, naming the key.
@@ -226,6 +232,7 @@ impl Config {
             logging: raw.logging,
             keys: raw.keys,
             admin: raw.admin,
+            routing: raw.routing.merged(),
             models: ModelsConfig {
                 lite: lite.over(ModelConfig::defaults(ModelId::Lite)),
                 all: all.over(ModelConfig::defaults(ModelId::All)),
@@ -298,11 +305,19 @@ impl Config {
             _ => problems.push("admin: set exactly one of `key` or `key_sha256`".to_owned()),
         }
         self.models.check(&mut problems);
-        if !self.models.get(self.server.default_model).enabled {
-            problems.push(format!(
-                "server.default_model: `{}` is disabled",
-                self.server.default_model.as_str()
-            ));
+        self.routing.check(&mut problems);
+        match self.routing.members(&self.server.default_model) {
+            None => problems.push(format!(
+                "server.default_model: `{}` is not a model id, group or alias",
+                self.server.default_model
+            )),
+            Some(members) if !members.iter().any(|m| self.models.get(*m).enabled) => {
+                problems.push(format!(
+                    "server.default_model: every model of `{}` is disabled",
+                    self.server.default_model
+                ));
+            }
+            Some(_) => {}
         }
         if problems.is_empty() {
             Ok(())

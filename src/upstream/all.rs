@@ -117,6 +117,12 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
             "gpt-image-2-all cannot mix uploaded images with image URLs in one edit.",
         ));
     }
+    if matches!(req.mask, Some(ImageRef::Url(_))) {
+        return Err(ApiError::unsupported(
+            "mask",
+            "gpt-image-2-all takes a mask URL only with image URLs; upload the mask with uploaded images.",
+        ));
+    }
     let mut text: Vec<(&'static str, String)> = vec![
         ("model", ModelId::All.as_str().to_owned()),
         ("prompt", req.prompt.clone()),
@@ -258,7 +264,7 @@ fn openai_images(mut answer: Value) -> Result<Output, UpstreamError> {
     }
     Ok(Output {
         images,
-        task_ids: Vec::new(),
+        ..Output::default()
     })
 }
 

@@ -59,6 +59,38 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::ServerError => "server_error",
+            Self::Unauthorized => "unauthorized",
+            Self::OutOfCredits => "out_of_credits",
+            Self::RateLimited => "rate_limited",
+            Self::Rejected => "rejected",
+            Self::PolicyRejected => "policy_rejected",
+            Self::Malformed => "malformed",
+            Self::TaskFailed => "task_failed",
+            Self::Download => "download",
+        }
+    }
+
+    /// Failures that cost nothing and say nothing about the request: another model may serve
+    /// it. Never a content-policy refusal (the prompt, not the model), a request the upstream
+    /// rejected, our own key refused (every model shares it), a deadline (the task may still
+    /// run and be billed) or a result download (the image was made and billed).
+    pub fn fails_over(self) -> bool {
+        matches!(
+            self,
+            Self::Connect
+                | Self::ServerError
+                | Self::RateLimited
+                | Self::OutOfCredits
+                | Self::Malformed
+                | Self::TaskFailed
+        )
+    }
+
     /// Failures worth another poll of the same task rather than giving up on it.
     fn is_transient(self) -> bool {
         matches!(
@@ -319,6 +351,8 @@ fn is_policy_message(message: &str) -> bool {
 pub struct Output {
     pub images: Vec<Image>,
     pub task_ids: Vec<String>,
+    /// Calls that succeeded when `n` was fanned out into single-image calls (each billed once).
+    pub calls_ok: u32,
 }
 
 /// A validated, translated request for one model: built before any upstream call.
@@ -365,6 +399,7 @@ where
             Ok(o) => {
                 out.images.extend(o.images);
                 out.task_ids.extend(o.task_ids);
+                out.calls_ok += 1;
             }
             Err(e) => {
                 tracing::warn!(kind = ?e.kind, error = %e.message, "one of a fanned-out set of upstream calls failed");
@@ -536,14 +571,14 @@ mod tests {
             match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 {
                 0 => Ok(Output {
                     images: vec![Image::url("u".to_owned())],
-                    task_ids: vec![],
+                    ..Output::default()
                 }),
                 _ => Err(UpstreamError::new(FailureKind::ServerError, String::new())),
             }
         })
         .await
         .unwrap();
-        assert_eq!(out.images.len(), 2);
+        assert_eq!((out.images.len(), out.calls_ok), (2, 2));
         let all_fail = fan_out(3, || async {
             Err(UpstreamError::new(FailureKind::Connect, String::new()))
         });

@@ -149,7 +149,7 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
         }
         Ok(Output {
             images: urls.into_iter().map(Image::url).collect(),
-            task_ids: Vec::new(),
+            ..Output::default()
         })
     })
     .await

@@ -13,4 +13,5 @@ mod failures;
 mod generate;
 mod lifecycle;
 mod models;
+mod routing;
 mod support;

@@ -14,6 +14,18 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 MODELS = ["gpt-image-2-lite", "gpt-image-2-all", "gpt-image-2-beta", "sparkpix"]
+# Groups and OpenAI's own names, routed to the cheapest healthy model that can serve a request.
+ROUTED_NAMES = [
+    "auto",
+    "gpt-image-2",
+    "chatgpt-image-latest",
+    "dall-e-2",
+    "dall-e-3",
+    "gpt-image-1",
+    "gpt-image-1-mini",
+    "gpt-image-1.5",
+    "gpt-image-2-2026-04-21",
+]
 DEFAULT_MODEL = "gpt-image-2-all"
 
 # Every call is bounded; the simulator runs at 1/100 of real latency.

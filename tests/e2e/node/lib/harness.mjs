@@ -15,6 +15,18 @@ import zlib from 'node:zlib';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
 export const MODELS = ['gpt-image-2-lite', 'gpt-image-2-all', 'gpt-image-2-beta', 'sparkpix'];
+// Groups and OpenAI's own names, routed to the cheapest healthy model that can serve a request.
+export const ROUTED_NAMES = [
+  'auto',
+  'gpt-image-2',
+  'chatgpt-image-latest',
+  'dall-e-2',
+  'dall-e-3',
+  'gpt-image-1',
+  'gpt-image-1-mini',
+  'gpt-image-1.5',
+  'gpt-image-2-2026-04-21',
+];
 export const DEFAULT_MODEL = 'gpt-image-2-all';
 export const PNG_MAGIC = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 export const JPEG_MAGIC = Buffer.from([0xff, 0xd8, 0xff]);

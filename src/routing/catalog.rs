@@ -1,0 +1,236 @@
+//! What each upstream model can do, from the platform's docs: the routing filter reads this
+//! table, `GET /admin/upstreams` shows it, and a test keeps it in step with the adapters' own
+//! checks (`upstream::plan` must accept exactly what [`Capabilities::check`] accepts).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{ModelId, Quality, Size};
+use crate::request::{ImageRef, ImageRequest};
+
+/// How a model takes a mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSupport {
+    None,
+    /// An uploaded PNG only.
+    Upload,
+    /// An uploaded PNG, or a URL when no image is uploaded.
+    UploadOrUrl,
+}
+
+/// Which output sizes a model makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeRule {
+    /// gpt-image-2: sides multiples of 16, longest ≤ 3840, ratio ≤ 3:1, 655,360–8,294,400 px.
+    GptImage2,
+    /// Any `WxH`: the nearest supported aspect ratio is sent.
+    NearestRatio,
+    /// Each side from `min` to `max` in steps of 16.
+    Sides { min: u32, max: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Sync,
+    Async,
+    /// Sync for `WxH` sizes, async tasks for `aspect_ratio`/`resolution`.
+    SyncOrAsync,
+}
+
+/// One upstream model's capabilities.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub model: ModelId,
+    pub generate: bool,
+    pub edit: bool,
+    /// Most uploaded (byte) reference images; 0: URLs only.
+    pub max_uploads: usize,
+    /// Whether reference URLs are accepted.
+    pub urls: bool,
+    /// Whether uploads and URLs can be mixed in one request.
+    pub mix_uploads_and_urls: bool,
+    /// Most reference images of any kind.
+    pub max_references: usize,
+    pub mask: MaskSupport,
+    pub transparent_background: bool,
+    pub sizes: SizeRule,
+    /// `n` in one call; otherwise `n` independent calls.
+    pub native_n: bool,
+    pub mode: Mode,
+    /// Typical latency (seconds) by quality `[low, medium, high]`: the routing prior until real
+    /// traffic has been observed.
+    pub typical_latency_s: [f64; 3],
+}
+
+const CATALOG: [Capabilities; 4] = [
+    Capabilities {
+        model: ModelId::Lite,
+        generate: true,
+        edit: true,
+        max_uploads: 1,
+        urls: true,
+        mix_uploads_and_urls: true,
+        max_references: 16,
+        mask: MaskSupport::Upload,
+        transparent_background: false,
+        sizes: SizeRule::GptImage2,
+        native_n: true,
+        mode: Mode::Sync,
+        typical_latency_s: [10.0, 15.0, 25.0],
+    },
+    Capabilities {
+        model: ModelId::All,
+        generate: true,
+        edit: true,
+        max_uploads: 16,
+        urls: true,
+        mix_uploads_and_urls: false,
+        max_references: 16,
+        mask: MaskSupport::UploadOrUrl,
+        transparent_background: true,
+        sizes: SizeRule::GptImage2,
+        native_n: true,
+        mode: Mode::SyncOrAsync,
+        typical_latency_s: [40.0, 90.0, 120.0],
+    },
+    Capabilities {
+        model: ModelId::Beta,
+        generate: true,
+        edit: true,
+        max_uploads: 0,
+        urls: true,
+        mix_uploads_and_urls: false,
+        max_references: 16,
+        mask: MaskSupport::None,
+        transparent_background: false,
+        sizes: SizeRule::NearestRatio,
+        native_n: false,
+        mode: Mode::Async,
+        typical_latency_s: [40.0, 40.0, 40.0],
+    },
+    Capabilities {
+        model: ModelId::SparkPix,
+        generate: true,
+        edit: true,
+        max_uploads: 0,
+        urls: true,
+        mix_uploads_and_urls: false,
+        max_references: 16,
+        mask: MaskSupport::None,
+        transparent_background: false,
+        sizes: SizeRule::Sides {
+            min: 256,
+            max: 1440,
+        },
+        native_n: false,
+        mode: Mode::Sync,
+        typical_latency_s: [1.0, 1.0, 1.0],
+    },
+];
+
+/// The catalog entry of `model`.
+pub fn capabilities(model: ModelId) -> &'static Capabilities {
+    match model {
+        ModelId::Lite => &CATALOG[0],
+        ModelId::All => &CATALOG[1],
+        ModelId::Beta => &CATALOG[2],
+        ModelId::SparkPix => &CATALOG[3],
+    }
+}
+
+impl Capabilities {
+    /// Whether this model can serve `req` as asked; `Err` says why not, in a few words.
+    pub fn check(&self, req: &ImageRequest) -> Result<(), String> {
+        let uploads = req.images.iter().filter(|r| r.is_bytes()).count();
+        let urls = req.images.len() - uploads;
+        if uploads > self.max_uploads {
+            return Err(if self.max_uploads == 0 {
+                "takes reference images as URLs only".to_owned()
+            } else {
+                format!("takes at most {} uploaded image(s)", self.max_uploads)
+            });
+        }
+        if urls > 0 && !self.urls {
+            return Err("does not take reference URLs".to_owned());
+        }
+        // gpt-image-2-all's async (task envelope) mode takes one upload beside URLs.
+        let task_mode = self.mode == Mode::SyncOrAsync && self.async_mode(req);
+        if task_mode && uploads > 1 {
+            return Err("takes one uploaded image in aspect_ratio mode".to_owned());
+        }
+        if uploads > 0 && urls > 0 && !self.mix_uploads_and_urls && !task_mode {
+            return Err("cannot mix uploaded images with image URLs".to_owned());
+        }
+        if req.images.len() > self.max_references {
+            return Err(format!(
+                "takes at most {} reference images",
+                self.max_references
+            ));
+        }
+        match (&req.mask, self.mask) {
+            (None, _) => {}
+            (Some(_), MaskSupport::None) => return Err("does not support masks".to_owned()),
+            (Some(ImageRef::Url(_)), MaskSupport::Upload) => {
+                return Err("takes the mask as an upload only".to_owned())
+            }
+            (Some(ImageRef::Url(_)), MaskSupport::UploadOrUrl) if uploads > 0 && !task_mode => {
+                return Err("takes a mask URL only without uploads".to_owned())
+            }
+            (Some(_), _) => {}
+        }
+        if req.transparent() && !self.transparent_background {
+            return Err("cannot make transparent backgrounds".to_owned());
+        }
+        if let Some(size) = req.size {
+            self.check_size(size)?;
+        }
+        Ok(())
+    }
+
+    /// gpt-image-2-all's async mode: no `WxH` size, but `aspect_ratio` or `resolution`.
+    fn async_mode(&self, req: &ImageRequest) -> bool {
+        req.size.is_none()
+            && (req.extras.contains_key("aspect_ratio") || req.extras.contains_key("resolution"))
+    }
+
+    fn check_size(&self, s: Size) -> Result<(), String> {
+        match self.sizes {
+            SizeRule::NearestRatio => Ok(()),
+            SizeRule::Sides { min, max } => {
+                let ok = |v: u32| (min..=max).contains(&v) && v % 16 == 0;
+                if ok(s.width) && ok(s.height) {
+                    Ok(())
+                } else {
+                    Err(format!("makes {min}–{max} px sides only, not {s}"))
+                }
+            }
+            SizeRule::GptImage2 => {
+                let (long, short) = (s.longest(), s.width.min(s.height));
+                let ok = s.width % 16 == 0
+                    && s.height % 16 == 0
+                    && long <= 3840
+                    && long <= short * 3
+                    && (655_360..=8_294_400).contains(&s.pixels());
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("cannot make {s}"))
+                }
+            }
+        }
+    }
+
+    /// The catalog's typical latency for `quality` (`auto` counts as medium).
+    pub fn typical_latency(&self, quality: Quality) -> Duration {
+        let i = match quality {
+            Quality::Low => 0,
+            Quality::Medium | Quality::Auto => 1,
+            Quality::High => 2,
+        };
+        Duration::from_secs_f64(self.typical_latency_s[i])
+    }
+}

@@ -1,0 +1,164 @@
+//! Trying candidates in order until one serves the request.
+//!
+//! Each attempt takes an [`Admission`](super::health::Admission) from the health table (an open
+//! circuit is skipped; after its cooldown one request is the probe), runs the model's plan and
+//! reports the outcome. A failure moves on to the next candidate only when it cost nothing
+//! ([`FailureKind::fails_over`](crate::upstream::FailureKind::fails_over)), at most `routing.max_attempts` attempts, all within one
+//! `routing.request_deadline`.
+
+use tokio::time::Instant;
+
+use super::health::Outcome;
+use super::Candidate;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::model::ModelId;
+use crate::pricing::{self, Usd};
+use crate::request::ImageRequest;
+use crate::upstream::{self, CallCtx, Output, Plan, UpstreamError};
+
+/// A request served by `model`, for `cost`, after `attempts` tries.
+#[derive(Debug)]
+pub struct Served {
+    pub output: Output,
+    pub model: ModelId,
+    pub cost: Usd,
+    pub attempts: u32,
+}
+
+/// Why no candidate served the request. `model` is the last one tried, if any was.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ApiError,
+    pub model: Option<ModelId>,
+    pub attempts: u32,
+    pub task_ids: Vec<String>,
+}
+
+/// The first candidate whose adapter accepts `req`, with its plan and the candidates from it on:
+/// bad input is refused here, before any upstream call (and before a stream starts).
+pub fn prepare<'a>(
+    req: &mut ImageRequest,
+    candidates: &'a [Candidate],
+) -> Result<(Plan, &'a [Candidate]), ApiError> {
+    let mut first_refusal = None;
+    for (i, c) in candidates.iter().enumerate() {
+        req.model = c.model;
+        match upstream::plan(req) {
+            Ok(plan) => return Ok((plan, &candidates[i..])),
+            Err(e) => {
+                first_refusal.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_refusal.unwrap_or_else(|| {
+        ApiError::no_healthy_model(format!(
+            "No model of `{}` can take this request.",
+            req.route.public
+        ))
+    }))
+}
+
+/// Runs `req` on `candidates` in order (see the module docs), starting with `first`, the plan
+/// [`prepare`] made for `candidates[0]`. `req.model` is set to the model of each attempt, so the
+/// adapters see the model they serve.
+pub async fn run(
+    state: &AppState,
+    req: &mut ImageRequest,
+    candidates: &[Candidate],
+    first: Plan,
+    request_id: &str,
+) -> Result<Served, Failed> {
+    let routing = state.routing.config();
+    let overall = Instant::now() + routing.request_deadline;
+    let mut attempts = 0u32;
+    let mut tried = None;
+    let mut last_failure: Option<UpstreamError> = None;
+    let mut first = Some(first);
+    for candidate in candidates {
+        if attempts >= u32::from(routing.max_attempts) || Instant::now() >= overall {
+            break;
+        }
+        let model = candidate.model;
+        req.model = model;
+        let plan = match first.take() {
+            Some(plan) => plan,
+            // A later model's adapter may refuse what the first accepted (a vendor extra it
+            // does not take): it is skipped, not an attempt.
+            None => match upstream::plan(req) {
+                Ok(p) => p,
+                Err(_) => continue,
+            },
+        };
+        let Some(admission) = state.routing.health.admit(model) else {
+            continue;
+        };
+        attempts += 1;
+        tried = Some(model);
+        let deadline = overall.min(Instant::now() + state.upstream.model_config(model).deadline);
+        let ctx = CallCtx {
+            deadline,
+            request_id: request_id.to_owned(),
+        };
+        let started = Instant::now();
+        match upstream::execute(&state.upstream, plan, &ctx).await {
+            Ok(output) => {
+                admission.finish(req.quality, Outcome::Success, started.elapsed());
+                let cost = billed(state, model, req, &output);
+                return Ok(Served {
+                    output,
+                    model,
+                    cost,
+                    attempts,
+                });
+            }
+            Err(e) => {
+                admission.finish(req.quality, Outcome::of(e.kind), started.elapsed());
+                if !e.kind.fails_over() {
+                    return Err(failed(ApiError::from_upstream(&e), tried, attempts, &e));
+                }
+                tracing::warn!(
+                    request_id,
+                    model = %model,
+                    kind = e.kind.as_str(),
+                    attempt = attempts,
+                    "upstream attempt failed; trying the next model"
+                );
+                last_failure = Some(e);
+            }
+        }
+    }
+    Err(match last_failure {
+        Some(e) => failed(ApiError::from_upstream(&e), tried, attempts, &e),
+        None => Failed {
+            error: ApiError::no_healthy_model(format!(
+                "Every model of `{}` is out of rotation right now.",
+                req.route.public
+            )),
+            model: None,
+            attempts,
+            task_ids: Vec::new(),
+        },
+    })
+}
+
+fn failed(error: ApiError, model: Option<ModelId>, attempts: u32, e: &UpstreamError) -> Failed {
+    Failed {
+        error,
+        model,
+        attempts,
+        task_ids: e.task_id.iter().cloned().collect(),
+    }
+}
+
+/// What the upstream charged: every image of a native-`n` call, or one image per successful
+/// call when `n` was fanned out (calls that failed are not billed).
+fn billed(state: &AppState, model: ModelId, req: &ImageRequest, out: &Output) -> Usd {
+    let unit = pricing::unit_cost(&state.config.models, model, req);
+    let images = if super::catalog::capabilities(model).native_n {
+        out.images.len().min(usize::from(req.n))
+    } else {
+        out.calls_ok as usize
+    };
+    unit * images as u64
+}

@@ -1,0 +1,291 @@
+//! Choosing an upstream model for a request.
+//!
+//! A public name ([`Route`]) is a pinned model id, a group (`gpt-image-2`, `auto`) or an alias
+//! (OpenAI's own names). For a request, [`Routing::candidates`]:
+//!
+//! 1. keeps the members that can do this exact request ([`catalog`]),
+//! 2. drops those over the caller's cost ceiling (`x-imagegate-max-cost-usd`),
+//! 3. drops those whose circuit is open ([`health`]),
+//! 4. drops those whose p90 latency for this quality exceeds the caller's latency budget
+//!    (`x-imagegate-max-latency-s`; observed from traffic, the catalog's typical latency until
+//!    enough was seen),
+//! 5. orders the rest by this request's exact price ([`crate::pricing`]), breaking near-ties
+//!    (within `routing.tie_tolerance`) by health: success ratio, then latency EWMA.
+//!
+//! [`failover::run`] then tries them in that order on failures that cost nothing.
+
+pub mod catalog;
+pub mod failover;
+pub mod health;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+
+use crate::config::{ModelsConfig, RoutingConfig};
+use crate::error::ApiError;
+use crate::model::ModelId;
+use crate::pricing::{self, Usd};
+use crate::request::ImageRequest;
+use health::{Availability, Health};
+
+/// Caller header: the most this request may cost, in USD.
+pub const MAX_COST_HEADER: &str = "x-imagegate-max-cost-usd";
+/// Caller header: skip models whose p90 latency for this quality exceeds this many seconds.
+pub const MAX_LATENCY_HEADER: &str = "x-imagegate-max-latency-s";
+
+/// What a public model name stands for.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The name the caller used (or the default model's).
+    pub public: Arc<str>,
+    /// Enabled member models, in configuration order.
+    pub members: Vec<ModelId>,
+    /// A model id, not a group or alias: only that model, with its own error messages.
+    pub pinned: bool,
+}
+
+impl Route {
+    /// A route to exactly `model`.
+    pub fn pinned(model: ModelId) -> Self {
+        Self {
+            public: Arc::from(model.as_str()),
+            members: vec![model],
+            pinned: true,
+        }
+    }
+}
+
+/// The caller's optional limits for this request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Constraints {
+    pub max_cost: Option<Usd>,
+    pub max_latency: Option<Duration>,
+}
+
+impl Constraints {
+    /// Reads the routing headers; a malformed value is a 400 naming the header.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let read = |name: &str| -> Result<Option<f64>, ApiError> {
+            let Some(v) = headers.get(name) else {
+                return Ok(None);
+            };
+            match v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+                Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+                _ => Err(ApiError::invalid(
+                    name,
+                    format!("Header {name} must be a non-negative number."),
+                )),
+            }
+        };
+        Ok(Self {
+            max_cost: read(MAX_COST_HEADER)?.map(Usd::from_dollars),
+            max_latency: read(MAX_LATENCY_HEADER)?.map(Duration::from_secs_f64),
+        })
+    }
+}
+
+/// A model that may serve the request, at this price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub model: ModelId,
+    pub cost: Usd,
+}
+
+/// Why a member model was left out.
+#[derive(Debug, Clone, PartialEq)]
+enum Exclusion {
+    Capability(String),
+    Cost { cost: Usd, max: Usd },
+    CircuitOpen { retry_after: Duration },
+    Latency { p90: Duration, max: Duration },
+}
+
+impl Exclusion {
+    /// Circuit and latency exclusions pass with time; the others are the request's own.
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::CircuitOpen { .. } | Self::Latency { .. })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Capability(why) => why.clone(),
+            Self::Cost { cost, max } => {
+                format!("costs ${cost}, over {MAX_COST_HEADER} {max}")
+            }
+            Self::CircuitOpen { retry_after } => format!(
+                "is failing and out of rotation for {}s",
+                retry_after.as_secs().max(1)
+            ),
+            Self::Latency { p90, max } => format!(
+                "p90 latency {:.1}s is over {MAX_LATENCY_HEADER} {}",
+                p90.as_secs_f64(),
+                max.as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// Public names, the health table and the routing rules.
+pub struct Routing {
+    config: RoutingConfig,
+    pub health: Health,
+}
+
+impl Routing {
+    pub fn new(config: RoutingConfig) -> Self {
+        Self {
+            health: Health::new(config.circuit.clone()),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    /// The route for a public name; unknown names, and names whose models are all disabled,
+    /// are `model_not_found`.
+    pub fn resolve(&self, models: &ModelsConfig, name: &str) -> Result<Route, ApiError> {
+        let members: Vec<ModelId> = self
+            .config
+            .members(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| models.get(*m).enabled)
+            .collect();
+        if members.is_empty() {
+            return Err(ApiError::model_not_found(name));
+        }
+        Ok(Route {
+            public: Arc::from(name),
+            pinned: name.parse::<ModelId>().is_ok(),
+            members,
+        })
+    }
+
+    /// The models that may serve `req`, best first; an error says which constraint excluded
+    /// which model (400 when the request itself rules every model out, 503 when health does).
+    pub fn candidates(
+        &self,
+        models: &ModelsConfig,
+        req: &ImageRequest,
+        route: &Route,
+        limits: Constraints,
+    ) -> Result<Vec<Candidate>, ApiError> {
+        let mut kept = Vec::new();
+        let mut excluded = Vec::new();
+        for &model in &route.members {
+            match self.judge(models, req, route, limits, model) {
+                Ok(c) => kept.push(c),
+                Err(why) => excluded.push((model, why)),
+            }
+        }
+        if kept.is_empty() {
+            return Err(refusal(route, &excluded));
+        }
+        kept.sort_by_key(|c| c.cost);
+        self.break_ties(&mut kept, req);
+        Ok(kept)
+    }
+
+    fn judge(
+        &self,
+        models: &ModelsConfig,
+        req: &ImageRequest,
+        route: &Route,
+        limits: Constraints,
+        model: ModelId,
+    ) -> Result<Candidate, Exclusion> {
+        // A pinned model's own checks run in its adapter's `plan`, with its own messages.
+        if !route.pinned {
+            catalog::capabilities(model)
+                .check(req)
+                .map_err(Exclusion::Capability)?;
+        }
+        let cost = pricing::cost(models, model, req);
+        if let Some(max) = limits.max_cost {
+            if cost > max {
+                return Err(Exclusion::Cost { cost, max });
+            }
+        }
+        if let Availability::Unavailable { retry_after } = self.health.availability(model) {
+            return Err(Exclusion::CircuitOpen { retry_after });
+        }
+        if let Some(max) = limits.max_latency {
+            let p90 = self.p90(model, req);
+            if p90 > max {
+                return Err(Exclusion::Latency { p90, max });
+            }
+        }
+        Ok(Candidate { model, cost })
+    }
+
+    /// Observed p90 for the request's quality, or the catalog's typical latency.
+    fn p90(&self, model: ModelId, req: &ImageRequest) -> Duration {
+        self.health
+            .p90(model, req.quality, self.config.latency_min_samples)
+            .unwrap_or_else(|| catalog::capabilities(model).typical_latency(req.quality))
+    }
+
+    /// Within runs of near-equal prices, healthier models go first.
+    fn break_ties(&self, sorted: &mut [Candidate], req: &ImageRequest) {
+        let tol = self.config.tie_tolerance;
+        let mut start = 0;
+        while start < sorted.len() {
+            let base = sorted[start].cost.micros() as f64;
+            let end = start
+                + sorted[start..]
+                    .iter()
+                    .take_while(|c| c.cost.micros() as f64 <= base * (1.0 + tol))
+                    .count();
+            sorted[start..end].sort_by(|a, b| {
+                let (ok_a, lat_a) = self.health_key(a.model, req);
+                let (ok_b, lat_b) = self.health_key(b.model, req);
+                ok_b.total_cmp(&ok_a)
+                    .then(lat_a.total_cmp(&lat_b))
+                    .then(a.cost.cmp(&b.cost))
+            });
+            start = end;
+        }
+    }
+
+    fn health_key(&self, model: ModelId, req: &ImageRequest) -> (f64, f64) {
+        let (ok, ewma) = self.health.score(model, req.quality);
+        let latency = ewma.unwrap_or_else(|| {
+            catalog::capabilities(model)
+                .typical_latency(req.quality)
+                .as_secs_f64()
+        });
+        // Success ratios within 5 points are equal: latency decides.
+        ((ok * 20.0).round() / 20.0, latency)
+    }
+}
+
+fn refusal(route: &Route, excluded: &[(ModelId, Exclusion)]) -> ApiError {
+    let mut detail = String::new();
+    for (i, (m, why)) in excluded.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "; " };
+        let _ = write!(detail, "{sep}{m} {}", why.describe());
+    }
+    let name = &route.public;
+    if excluded.iter().any(|(_, why)| why.is_transient()) {
+        ApiError::no_healthy_model(format!(
+            "No model of `{name}` can take this request right now: {detail}."
+        ))
+    } else {
+        let param = match excluded.first() {
+            Some((_, Exclusion::Cost { .. })) => MAX_COST_HEADER,
+            _ => "model",
+        };
+        ApiError::no_eligible_model(
+            param,
+            format!("No model of `{name}` can serve this request: {detail}."),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

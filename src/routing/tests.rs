@@ -1,0 +1,534 @@
+//! Table-driven tests: the catalog against the adapters' own checks, candidate order for a grid
+//! of requests, constraints, and the circuit breaker.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::health::{Availability, CircuitState, Outcome};
+use super::*;
+use crate::config::{CircuitConfig, ModelsConfig, RoutingConfig};
+use crate::model::{ImageFormat, ModelId, Quality};
+use crate::request::{ImageRef, ImageRequest, Operation};
+use crate::upstream::{self, FailureKind};
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n0000";
+
+fn upload() -> ImageRef {
+    ImageRef::Bytes {
+        data: Bytes::from_static(PNG),
+        format: ImageFormat::Png,
+    }
+}
+
+fn url(i: usize) -> ImageRef {
+    ImageRef::Url(format!("https://example.com/{i}.png"))
+}
+
+/// A request for `route`, built the way the handlers build it.
+fn build(
+    route: &Route,
+    fields: Value,
+    images: Vec<ImageRef>,
+    mask: Option<ImageRef>,
+) -> ImageRequest {
+    let mut map: Map<String, Value> = fields.as_object().cloned().unwrap_or_default();
+    map.entry("prompt").or_insert(json!("a lighthouse"));
+    let op = if images.is_empty() {
+        Operation::Generate
+    } else {
+        Operation::Edit
+    };
+    ImageRequest::from_fields(op, &map, images, mask, &|_| Ok(route.clone())).unwrap()
+}
+
+fn routing() -> Routing {
+    Routing::new(RoutingConfig::default())
+}
+
+fn group(r: &Routing, name: &str) -> Route {
+    r.resolve(&ModelsConfig::default(), name).unwrap()
+}
+
+#[test]
+fn catalog_agrees_with_every_adapter() {
+    let sizes = [
+        json!(null),
+        json!("1024x1024"),
+        json!("1536x1024"),
+        json!("2048x2048"),
+        json!("3840x2160"),
+        json!("512x512"),
+        json!("1440x1440"),
+        json!("1000x1000"),
+    ];
+    type Refs = fn() -> (Vec<ImageRef>, Option<ImageRef>);
+    let refs: [(&str, Refs); 9] = [
+        ("none", || (vec![], None)),
+        ("1 url", || (vec![url(0)], None)),
+        ("3 urls", || (vec![url(0), url(1), url(2)], None)),
+        ("1 upload", || (vec![upload()], None)),
+        ("2 uploads", || (vec![upload(), upload()], None)),
+        ("upload+url", || (vec![upload(), url(0)], None)),
+        ("upload+mask", || (vec![upload()], Some(upload()))),
+        ("url+mask url", || (vec![url(0)], Some(url(9)))),
+        ("upload+mask url", || (vec![upload()], Some(url(9)))),
+    ];
+    let extras = [
+        json!({}),
+        json!({"background": "transparent"}),
+        json!({"resolution": "2K"}),
+        json!({"n": 3, "quality": "high"}),
+    ];
+    let mut checked = 0;
+    for model in ModelId::ALL {
+        let route = Route::pinned(model);
+        let caps = catalog::capabilities(model);
+        for size in &sizes {
+            for (refs_name, make) in &refs {
+                for extra in &extras {
+                    let mut fields = extra.clone();
+                    fields["size"] = size.clone();
+                    let (images, mask) = make();
+                    let req = build(&route, fields.clone(), images, mask);
+                    let by_catalog = caps.check(&req);
+                    let by_plan = upstream::plan(&req).map(|_| ()).map_err(|e| e.message);
+                    assert_eq!(
+                        by_catalog.is_ok(),
+                        by_plan.is_ok(),
+                        "{model} {refs_name} {fields}: catalog {by_catalog:?}, plan {by_plan:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 4 * 8 * 9 * 4);
+}
+
+struct Case {
+    name: &'static str,
+    group: &'static str,
+    fields: Value,
+    refs: fn() -> (Vec<ImageRef>, Option<ImageRef>),
+    want: &'static [(ModelId, &'static str)],
+}
+
+#[test]
+fn candidate_order_for_a_grid_of_requests() {
+    use ModelId::{All, Beta, Lite, SparkPix};
+    let none = || (vec![], None);
+    let cases = [
+        Case {
+            name: "auto 1K low: all's low tier is cheapest",
+            group: "auto",
+            fields: json!({"size": "1024x1024", "quality": "low"}),
+            refs: none,
+            want: &[
+                (All, "0.005"),
+                (SparkPix, "0.01"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+        Case {
+            name: "auto 1K medium",
+            group: "auto",
+            fields: json!({"size": "1024x1024", "quality": "medium"}),
+            refs: none,
+            want: &[
+                (SparkPix, "0.01"),
+                (All, "0.025"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+        Case {
+            name: "auto with no size or quality prices all at 1K medium",
+            group: "auto",
+            fields: json!({}),
+            refs: none,
+            want: &[
+                (SparkPix, "0.01"),
+                (All, "0.025"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+        Case {
+            name: "auto 1K high",
+            group: "auto",
+            fields: json!({"size": "1024x1024", "quality": "high"}),
+            refs: none,
+            want: &[
+                (SparkPix, "0.01"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+                (All, "0.07"),
+            ],
+        },
+        Case {
+            name: "auto 2K high: SparkPix cannot make 2048 px",
+            group: "auto",
+            fields: json!({"size": "2048x2048", "quality": "high"}),
+            refs: none,
+            want: &[(Beta, "0.03"), (Lite, "0.04"), (All, "0.1")],
+        },
+        Case {
+            name: "auto 4K low",
+            group: "auto",
+            fields: json!({"size": "3840x2160", "quality": "low"}),
+            refs: none,
+            want: &[(All, "0.015"), (Beta, "0.03"), (Lite, "0.04")],
+        },
+        Case {
+            name: "auto n=4 multiplies every price",
+            group: "auto",
+            fields: json!({"size": "1024x1024", "quality": "low", "n": 4}),
+            refs: none,
+            want: &[
+                (All, "0.02"),
+                (SparkPix, "0.04"),
+                (Beta, "0.12"),
+                (Lite, "0.16"),
+            ],
+        },
+        Case {
+            name: "auto transparent background: only all",
+            group: "auto",
+            fields: json!({"background": "transparent"}),
+            refs: none,
+            want: &[(All, "0.025")],
+        },
+        Case {
+            name: "auto edit with URLs: SparkPix's edit price",
+            group: "auto",
+            fields: json!({"quality": "medium"}),
+            refs: || (vec![url(0), url(1)], None),
+            want: &[
+                (SparkPix, "0.013"),
+                (All, "0.025"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+        Case {
+            name: "gpt-image-2 1K medium",
+            group: "gpt-image-2",
+            fields: json!({"size": "1024x1024"}),
+            refs: none,
+            want: &[(All, "0.025"), (Beta, "0.03"), (Lite, "0.04")],
+        },
+        Case {
+            name: "gpt-image-2 edit with one upload: beta takes URLs only",
+            group: "gpt-image-2",
+            fields: json!({}),
+            refs: || (vec![upload()], None),
+            want: &[(All, "0.025"), (Lite, "0.04")],
+        },
+        Case {
+            name: "gpt-image-2 edit with two uploads: lite takes one",
+            group: "gpt-image-2",
+            fields: json!({"quality": "high", "size": "1536x1024"}),
+            refs: || (vec![upload(), upload()], None),
+            want: &[(All, "0.07")],
+        },
+        Case {
+            name: "gpt-image-2 upload with a mask",
+            group: "gpt-image-2",
+            fields: json!({"quality": "low"}),
+            refs: || (vec![upload()], Some(upload())),
+            want: &[(All, "0.005"), (Lite, "0.04")],
+        },
+        Case {
+            name: "gpt-image-2 upload plus URL: all cannot mix them",
+            group: "gpt-image-2",
+            fields: json!({}),
+            refs: || (vec![upload(), url(0)], None),
+            want: &[(Lite, "0.04")],
+        },
+        Case {
+            name: "OpenAI alias dall-e-2 means auto",
+            group: "dall-e-2",
+            fields: json!({"size": "1024x1024", "quality": "low"}),
+            refs: none,
+            want: &[
+                (All, "0.005"),
+                (SparkPix, "0.01"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+    ];
+    let r = routing();
+    let models = ModelsConfig::default();
+    for case in cases {
+        let route = group(&r, case.group);
+        let (images, mask) = (case.refs)();
+        let req = build(&route, case.fields.clone(), images, mask);
+        let got: Vec<(ModelId, String)> = r
+            .candidates(&models, &req, &route, Constraints::default())
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.model, c.cost.to_string()))
+            .collect();
+        let want: Vec<(ModelId, String)> = case
+            .want
+            .iter()
+            .map(|(m, c)| (*m, (*c).to_owned()))
+            .collect();
+        assert_eq!(got, want, "{}", case.name);
+    }
+}
+
+#[test]
+fn near_ties_go_to_the_healthier_or_faster_model() {
+    let mut models = ModelsConfig::default();
+    models.beta.price_usd = Some(0.026);
+    let r = routing();
+    let route = group(&r, "gpt-image-2");
+    let req = build(&route, json!({"size": "1024x1024"}), vec![], None);
+    let order = |r: &Routing| -> Vec<ModelId> {
+        r.candidates(&models, &req, &route, Constraints::default())
+            .unwrap()
+            .iter()
+            .map(|c| c.model)
+            .collect()
+    };
+    // all $0.025 vs beta $0.026: a tie; beta's typical latency (40 s) beats all's (90 s).
+    assert_eq!(order(&r), [ModelId::Beta, ModelId::All, ModelId::Lite]);
+    // Failures make beta the less healthy of the two.
+    for _ in 0..3 {
+        let a = r.health.admit(ModelId::Beta).unwrap();
+        a.finish(
+            Quality::Auto,
+            Outcome::Failure(FailureKind::ServerError),
+            Duration::ZERO,
+        );
+    }
+    let a = r.health.admit(ModelId::All).unwrap();
+    a.finish(Quality::Auto, Outcome::Success, Duration::from_secs(50));
+    assert_eq!(order(&r), [ModelId::All, ModelId::Beta, ModelId::Lite]);
+}
+
+#[test]
+fn constraints_exclude_and_explain() {
+    let r = routing();
+    let models = ModelsConfig::default();
+    let route = group(&r, "gpt-image-2");
+    let req = build(&route, json!({"size": "1024x1024"}), vec![], None);
+
+    let limits = Constraints {
+        max_cost: Some(Usd::from_dollars(0.03)),
+        max_latency: None,
+    };
+    let got: Vec<ModelId> = r
+        .candidates(&models, &req, &route, limits)
+        .unwrap()
+        .iter()
+        .map(|c| c.model)
+        .collect();
+    assert_eq!(got, [ModelId::All, ModelId::Beta]);
+
+    let limits = Constraints {
+        max_cost: Some(Usd::from_dollars(0.02)),
+        max_latency: None,
+    };
+    let e = r.candidates(&models, &req, &route, limits).unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    assert_eq!(e.param.as_deref(), Some(MAX_COST_HEADER));
+    for m in [
+        "gpt-image-2-all costs $0.025",
+        "gpt-image-2-beta costs $0.03",
+        "gpt-image-2-lite costs $0.04",
+    ] {
+        assert!(e.message.contains(m), "{}", e.message);
+    }
+
+    // Latency budget with no traffic yet: the catalog's typical latencies decide.
+    let limits = Constraints {
+        max_cost: None,
+        max_latency: Some(Duration::from_secs(30)),
+    };
+    let got = r.candidates(&models, &req, &route, limits).unwrap();
+    assert_eq!(
+        got.iter().map(|c| c.model).collect::<Vec<_>>(),
+        [ModelId::Lite]
+    );
+    let limits = Constraints {
+        max_cost: None,
+        max_latency: Some(Duration::from_secs(5)),
+    };
+    let e = r.candidates(&models, &req, &route, limits).unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code), (503, "no_healthy_upstream"));
+    assert!(e.message.contains("p90 latency"), "{}", e.message);
+}
+
+#[test]
+fn capability_refusal_names_each_model() {
+    let r = routing();
+    let route = group(&r, "gpt-image-2");
+    let refs = vec![upload(), url(0)];
+    let req = build(&route, json!({"background": "transparent"}), refs, None);
+    let e = r
+        .candidates(
+            &ModelsConfig::default(),
+            &req,
+            &route,
+            Constraints::default(),
+        )
+        .unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    assert!(
+        e.message
+            .contains("gpt-image-2-all cannot mix uploaded images with image URLs")
+            && e.message
+                .contains("gpt-image-2-lite cannot make transparent backgrounds")
+            && e.message
+                .contains("gpt-image-2-beta takes reference images as URLs only"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn names_resolve_and_disabled_models_drop_out() {
+    let r = routing();
+    let mut models = ModelsConfig::default();
+    assert_eq!(
+        group(&r, "gpt-image-1").members,
+        [ModelId::All, ModelId::Lite, ModelId::Beta]
+    );
+    assert!(group(&r, "gpt-image-2-lite").pinned);
+    assert!(!group(&r, "auto").pinned);
+    models.all.enabled = false;
+    let route = r.resolve(&models, "gpt-image-2").unwrap();
+    assert_eq!(route.members, [ModelId::Lite, ModelId::Beta]);
+    let e = r.resolve(&models, "gpt-image-2-all").unwrap_err();
+    assert_eq!(e.code, "model_not_found");
+    assert_eq!(
+        r.resolve(&models, "dall-e-9").unwrap_err().code,
+        "model_not_found"
+    );
+}
+
+#[test]
+fn headers_parse_or_are_refused() {
+    let mut h = HeaderMap::new();
+    h.insert(MAX_COST_HEADER, "0.05".parse().unwrap());
+    h.insert(MAX_LATENCY_HEADER, "12.5".parse().unwrap());
+    let c = Constraints::from_headers(&h).unwrap();
+    assert_eq!(c.max_cost, Some(Usd(50_000)));
+    assert_eq!(c.max_latency, Some(Duration::from_millis(12_500)));
+    h.insert(MAX_COST_HEADER, "cheap".parse().unwrap());
+    let e = Constraints::from_headers(&h).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some(MAX_COST_HEADER));
+}
+
+fn breaker() -> health::Health {
+    health::Health::new(CircuitConfig {
+        consecutive_failures: 3,
+        error_ratio: 0.5,
+        window: Duration::from_secs(60),
+        min_requests: 6,
+        cooldown: Duration::from_secs(30),
+        out_of_credits_cooldown: Duration::from_secs(600),
+    })
+}
+
+fn fail(h: &health::Health, m: ModelId, kind: FailureKind) {
+    h.admit(m)
+        .unwrap()
+        .finish(Quality::Low, Outcome::of(kind), Duration::ZERO);
+}
+
+fn succeed(h: &health::Health, m: ModelId, secs: u64) {
+    h.admit(m)
+        .unwrap()
+        .finish(Quality::Low, Outcome::Success, Duration::from_secs(secs));
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_opens_half_opens_and_closes() {
+    let h = breaker();
+    let m = ModelId::Beta;
+    fail(&h, m, FailureKind::ServerError);
+    fail(&h, m, FailureKind::Connect);
+    assert_eq!(h.state(m), CircuitState::Closed);
+    fail(&h, m, FailureKind::Malformed);
+    assert_eq!(h.state(m), CircuitState::Open);
+    assert!(h.admit(m).is_none(), "open: nothing goes through");
+    assert!(matches!(
+        h.availability(m),
+        Availability::Unavailable { .. }
+    ));
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(h.availability(m), Availability::Available);
+    let probe = h.admit(m).unwrap();
+    assert!(probe.is_probe());
+    assert!(h.admit(m).is_none(), "one probe at a time");
+    // The probe fails: open again for another cooldown.
+    probe.finish(
+        Quality::Low,
+        Outcome::Failure(FailureKind::ServerError),
+        Duration::ZERO,
+    );
+    assert_eq!(h.state(m), CircuitState::Open);
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // A probe whose caller went away is given back.
+    drop(h.admit(m).unwrap());
+    let probe = h.admit(m).unwrap();
+    probe.finish(Quality::Low, Outcome::Success, Duration::from_secs(1));
+    assert_eq!(h.state(m), CircuitState::Closed);
+    assert!(!h.admit(m).unwrap().is_probe());
+    assert_eq!(h.snapshot(m).times_opened, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_ratio_and_out_of_credits() {
+    let h = breaker();
+    let m = ModelId::All;
+    for _ in 0..3 {
+        succeed(&h, m, 1);
+        fail(&h, m, FailureKind::TaskFailed);
+    }
+    assert_eq!(h.state(m), CircuitState::Open, "3 of 6 failed");
+
+    let m = ModelId::Lite;
+    // Neutral outcomes (the prompt's fault) never open a circuit.
+    for _ in 0..10 {
+        fail(&h, m, FailureKind::PolicyRejected);
+    }
+    assert_eq!(h.state(m), CircuitState::Closed);
+    fail(&h, m, FailureKind::OutOfCredits);
+    assert_eq!(h.state(m), CircuitState::Open);
+    tokio::time::advance(Duration::from_secs(300)).await;
+    assert_eq!(h.state(m), CircuitState::Open, "402 benches for longer");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_eq!(h.state(m), CircuitState::HalfOpen);
+    let snap = h.snapshot(m);
+    assert_eq!(snap.last_error.map(|e| e.kind), Some("out_of_credits"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn latency_percentiles_per_quality() {
+    let h = breaker();
+    let m = ModelId::SparkPix;
+    for s in 1..=10 {
+        succeed(&h, m, s);
+    }
+    assert_eq!(h.p90(m, Quality::Low, 3), Some(Duration::from_secs(9)));
+    assert_eq!(
+        h.p90(m, Quality::High, 3),
+        None,
+        "no high-quality traffic yet"
+    );
+    assert_eq!(h.p90(m, Quality::Low, 11), None, "not enough samples");
+    let snap = h.snapshot(m);
+    assert_eq!(snap.latency[0].p50_s, Some(5.0));
+    assert_eq!(snap.latency[0].p99_s, Some(10.0));
+}
