@@ -54,6 +54,11 @@ poll_interval = "1s"
 [models.gpt-image-2-beta]
 first_poll_delay = "300ms"
 poll_interval = "1s"
+
+# Fault directives in demo prompts (`[sim:500]`) fail one request; they should not take a
+# model out of rotation for the requests that follow.
+[routing.circuit]
+enabled = false
 "#
     );
     Ok(Config::from_toml(&text, &|_| None)?)

@@ -37,6 +37,8 @@ pub struct RoutingConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitConfig {
+    /// `false`: no model is ever taken out of rotation (health is still observed and shown).
+    pub enabled: bool,
     /// Consecutive failures that open the circuit.
     pub consecutive_failures: u32,
     /// Error ratio over `window` that opens the circuit (once `min_requests` were seen).
@@ -55,6 +57,7 @@ pub struct CircuitConfig {
 impl Default for CircuitConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             consecutive_failures: 5,
             error_ratio: 0.5,
             window: Duration::from_secs(60),

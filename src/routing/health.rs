@@ -210,6 +210,9 @@ impl Health {
 
     /// Whether `m` can be tried now (without taking the half-open probe).
     pub fn availability(&self, m: ModelId) -> Availability {
+        if !self.config.enabled {
+            return Availability::Available;
+        }
         let h = self.lock(m);
         let now = Instant::now();
         match h.circuit {
@@ -230,6 +233,7 @@ impl Health {
         let mut h = self.lock(m);
         let now = Instant::now();
         let probe = match h.circuit {
+            _ if !self.config.enabled => false,
             Circuit::Closed => false,
             Circuit::Open { until } if now >= until => true,
             Circuit::HalfOpen { probing: false } => true,
@@ -268,6 +272,9 @@ impl Health {
                     h.circuit = Circuit::Closed;
                 }
             }
+            Outcome::OutOfCredits if !c.enabled => {
+                h.last_error = Some((FailureKind::OutOfCredits, SystemTime::now()));
+            }
             Outcome::OutOfCredits => {
                 h.last_error = Some((FailureKind::OutOfCredits, SystemTime::now()));
                 h.times_opened += 1;
@@ -282,6 +289,7 @@ impl Health {
                 h.last_error = Some((kind, SystemTime::now()));
                 let ratio = h.error_ratio().unwrap_or_default();
                 let trip = match h.circuit {
+                    _ if !c.enabled => false,
                     Circuit::HalfOpen { .. } => true,
                     Circuit::Open { .. } => false,
                     Circuit::Closed => {

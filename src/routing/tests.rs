@@ -429,6 +429,7 @@ fn headers_parse_or_are_refused() {
 
 fn breaker() -> health::Health {
     health::Health::new(CircuitConfig {
+        enabled: true,
         consecutive_failures: 3,
         error_ratio: 0.5,
         window: Duration::from_secs(60),
@@ -512,6 +513,21 @@ async fn error_ratio_and_out_of_credits() {
     assert_eq!(h.state(m), CircuitState::HalfOpen);
     let snap = h.snapshot(m);
     assert_eq!(snap.last_error.map(|e| e.kind), Some("out_of_credits"));
+}
+
+#[test]
+fn a_disabled_breaker_never_opens() {
+    let h = health::Health::new(CircuitConfig {
+        enabled: false,
+        ..CircuitConfig::default()
+    });
+    for _ in 0..20 {
+        fail(&h, ModelId::All, FailureKind::ServerError);
+    }
+    fail(&h, ModelId::All, FailureKind::OutOfCredits);
+    assert_eq!(h.state(ModelId::All), CircuitState::Closed);
+    assert!(!h.admit(ModelId::All).unwrap().is_probe());
+    assert_eq!(h.snapshot(ModelId::All).error_ratio, Some(1.0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,13 +66,7 @@ const CASES: &[(&str, &str, u16, &str)] = &[
 
 #[tokio::test]
 async fn failure_classes_map_to_openai_errors() {
-    // Every class in a row on the same models: keep the circuits out of the way.
-    let env = start_with(|c| {
-        c.routing.circuit.consecutive_failures = 1000;
-        c.routing.circuit.min_requests = 1000;
-        c.routing.circuit.out_of_credits_cooldown = std::time::Duration::ZERO;
-    })
-    .await;
+    let env = start().await;
     for (model, directive, status, code) in CASES {
         let a = env
             .generate(json!({"model": model, "prompt": format!("a cat {directive}"), "size": "1024x1024"}))

@@ -163,6 +163,7 @@ async fn no_failover_on_a_content_policy_rejection() {
 async fn circuit_opens_stops_sending_half_opens_and_recovers() {
     let env = start_with(|c| {
         c.admin.key = Some(ADMIN_KEY.to_owned());
+        c.routing.circuit.enabled = true;
         c.routing.circuit.consecutive_failures = 2;
         c.routing.circuit.cooldown = Duration::from_millis(300);
     })

@@ -420,3 +420,32 @@ test('simulator stats are reachable', T, async () => {
   assert.equal(typeof stats, 'object');
   assert.ok(stats && Object.keys(stats).length > 0);
 });
+
+// ------------------------------------------------------------------------------------------------
+// Routing: groups and OpenAI's own model names.
+// ------------------------------------------------------------------------------------------------
+
+test('gpt-image-1 is routed to the cheapest gpt-image-2 model, with cost headers', T, async () => {
+  const { data, response } = await client.images
+    .generate({ model: 'gpt-image-1', prompt: prompt('a paper boat'), size: '1024x1024', quality: 'low' })
+    .withResponse();
+  assert.equal(response.headers.get('x-imagegate-upstream'), 'gpt-image-2-all');
+  assert.equal(response.headers.get('x-imagegate-cost-usd'), '0.005');
+  assert.equal(response.headers.get('x-imagegate-attempts'), '1');
+  assertPNG(decodeB64(data.data[0]));
+});
+
+test('a cost ceiling no model meets is a BadRequestError naming the models', T, async () => {
+  await assert.rejects(
+    client.images.generate(
+      { model: 'auto', prompt: prompt('a cloud'), size: '2048x2048' },
+      { headers: { 'x-imagegate-max-cost-usd': '0.001' } },
+    ),
+    (err) => {
+      assert.ok(err instanceof OpenAI.BadRequestError, String(err));
+      assert.equal(err.code, 'no_eligible_model');
+      assert.match(err.message, /gpt-image-2-beta costs \$0\.03/);
+      return true;
+    },
+  );
+});

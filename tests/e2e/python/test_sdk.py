@@ -594,3 +594,41 @@ def test_base_url_without_v1_prefix(demo):
     assert sorted(m.id for m in bare.models.list()) == sorted(MODELS + ROUTED_NAMES)
     res = bare.images.generate(model="gpt-image-2-lite", prompt=prompt("a kite"))
     assert_png(decode_b64(res.data[0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Routing: groups and OpenAI's own model names.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "quality", "upstream", "cost"),
+    [
+        ("gpt-image-1", "1024x1024", "low", "gpt-image-2-all", "0.005"),
+        ("dall-e-3", "1024x1024", "high", "gpt-image-2-beta", "0.03"),
+        ("auto", "512x512", "medium", "sparkpix", "0.01"),
+    ],
+)
+def test_routed_names_pick_the_cheapest_model(
+    client: OpenAI, model: str, size: str, quality: str, upstream: str, cost: str
+):
+    raw = client.images.with_raw_response.generate(
+        model=model, prompt=prompt("a paper boat"), size=size, quality=quality
+    )
+    assert raw.headers["x-imagegate-upstream"] == upstream
+    assert raw.headers["x-imagegate-cost-usd"] == cost
+    assert raw.headers["x-imagegate-attempts"] == "1"
+    res = raw.parse()
+    assert res.data and res.data[0].b64_json
+
+
+def test_group_refusal_names_every_model(client: OpenAI):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.images.generate(
+            model="gpt-image-2",
+            prompt=prompt("a cloud"),
+            size="1024x1024",
+            extra_headers={"x-imagegate-max-cost-usd": "0.001"},
+        )
+    assert exc.value.code == "no_eligible_model"
+    assert "gpt-image-2-lite costs $0.04" in exc.value.message
