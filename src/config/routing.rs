@@ -204,3 +204,79 @@ impl RoutingConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n[[keys]]\nid = \"a\"\nkey = \"sk-a-12345678\"\n{extra}"
+        );
+        crate::config::Config::from_toml(&text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn file_groups_and_aliases_merge_over_the_defaults() {
+        let c = parse(
+            "[routing.groups]\ncheap = [\"sparkpix\", \"gpt-image-2-lite\"]\n[routing.aliases]\n\"dall-e-3\" = \"cheap\"\n[routing.circuit]\ncooldown = \"5s\"\n",
+        )
+        .unwrap();
+        let r = &c.routing;
+        assert_eq!(
+            r.members("dall-e-3"),
+            Some(vec![ModelId::SparkPix, ModelId::Lite])
+        );
+        assert_eq!(
+            r.members("gpt-image-1").map(|m| m.len()),
+            Some(3),
+            "defaults kept"
+        );
+        assert_eq!(r.members("gpt-image-2-beta"), Some(vec![ModelId::Beta]));
+        assert_eq!(r.members("nope"), None);
+        assert_eq!(r.circuit.cooldown, Duration::from_secs(5));
+        assert_eq!(
+            r.circuit.consecutive_failures, 5,
+            "the rest of the table defaults"
+        );
+    }
+
+    #[test]
+    fn bad_names_and_values_are_named() {
+        let cases = [
+            (
+                "[routing.groups]\n\"gpt-image-2-all\" = [\"sparkpix\"]\n",
+                "routing.groups.gpt-image-2-all",
+            ),
+            (
+                "[routing.groups]\nempty = []\n",
+                "routing.groups.empty: needs at least one model",
+            ),
+            ("[routing.groups]\nx = [\"gpt-9\"]\n", "routing.groups.x"),
+            (
+                "[routing.aliases]\nfoo = \"bar\"\n",
+                "routing.aliases.foo: `bar` is neither",
+            ),
+            (
+                "[routing.aliases]\nauto = \"sparkpix\"\n",
+                "routing.aliases.auto: already",
+            ),
+            ("[routing]\nmax_attempts = 0\n", "routing.max_attempts"),
+            ("[routing]\ntie_tolerance = 2.0\n", "routing.tie_tolerance"),
+            (
+                "[routing.circuit]\nerror_ratio = 0\n",
+                "routing.circuit.error_ratio",
+            ),
+            ("[routing.circuit]\ncoldown = \"1s\"\n", "coldown"),
+            (
+                "[server]\ndefault_model = \"gpt-9\"\n",
+                "server.default_model",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = parse(extra).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        assert!(parse("[server]\ndefault_model = \"gpt-image-1\"\n").is_ok());
+    }
+}
