@@ -17,7 +17,9 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::edits::{self, EditParts};
+use super::gate::{self, Admitted};
 use crate::app::{AppState, RequestLog};
+use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::model::{image_dimensions, ImageFormat, Quality};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
@@ -25,6 +27,9 @@ use crate::upstream::{self, CallCtx, Image};
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let id = request_id(request.headers());
+    let Some(caller) = request.extensions().get::<ClientKey>().cloned() else {
+        return ApiError::unauthorized("No API key.").into_response();
+    };
     let limit = state.config.server.max_body_bytes;
     let result = match Bytes::from_request(request, &()).await {
         Ok(body) => json_object(&body),
@@ -36,15 +41,18 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         })
     });
     match result {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, caller, req, id).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let id = request_id(request.headers());
+    let Some(caller) = request.extensions().get::<ClientKey>().cloned() else {
+        return ApiError::unauthorized("No API key.").into_response();
+    };
     match edit_request(&state, request).await {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, caller, req, id).await,
         Err(e) => e.into_response(),
     }
 }
@@ -108,24 +116,65 @@ fn request_id(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Plans (refusing bad input before any upstream call), then runs and answers.
-async fn answer(state: Arc<AppState>, req: ImageRequest, request_id: String) -> Response {
+/// Plans (refusing bad input before any upstream call), admits (limits, budget), then runs and
+/// answers.
+async fn answer(
+    state: Arc<AppState>,
+    caller: ClientKey,
+    req: ImageRequest,
+    request_id: String,
+) -> Response {
+    let started = Instant::now();
     let plan = match upstream::plan(&req) {
         Ok(p) => p,
-        Err(e) => return with_log(e.into_response(), &req, &[]),
+        Err(e) => {
+            let result = Err((e, Vec::new()));
+            return finish(&state, &caller, &req, &request_id, started, None, result).await;
+        }
     };
+    // --- keys: model access, rate limits, budget reservation, upstream caps (api::gate) ---
+    let admitted = match gate::admit(&state, &caller, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            let result = Err((e, Vec::new()));
+            return finish(&state, &caller, &req, &request_id, started, None, result).await;
+        }
+    };
+    // --- end keys ---
     let deadline = Instant::now() + state.upstream.model_config(req.model).deadline;
     let ctx = CallCtx {
         deadline,
         request_id,
     };
     if req.stream {
-        return stream(state, req, plan, ctx);
+        return stream(state, caller, req, plan, ctx, admitted);
     }
-    match run(&state, &req, plan, &ctx).await {
-        Ok((body, task_ids)) => with_log(Json(body).into_response(), &req, &task_ids),
-        Err((e, task_ids)) => with_log(e.into_response(), &req, &task_ids),
+    let result = run(&state, &req, plan, &ctx).await;
+    let id = &ctx.request_id;
+    finish(&state, &caller, &req, id, started, Some(admitted), result).await
+}
+
+/// Settles the budget and writes the ledger row ([`gate::close`]), then answers.
+async fn finish(
+    state: &AppState,
+    caller: &ClientKey,
+    req: &ImageRequest,
+    request_id: &str,
+    started: Instant,
+    admitted: Option<Admitted>,
+    result: Result<(Value, Vec<String>), RunError>,
+) -> Response {
+    let headers = gate::close(state, caller, req, request_id, started, admitted, &result).await;
+    let (mut res, task_ids) = match result {
+        Ok((body, task_ids)) => (Json(body).into_response(), task_ids),
+        Err((e, task_ids)) => (e.into_response(), task_ids),
+    };
+    for (name, value) in headers {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
     }
+    with_log(res, req, &task_ids)
 }
 
 type RunError = (ApiError, Vec<String>);
@@ -245,7 +294,15 @@ fn peek_b64(b64: &str) -> Vec<u8> {
 /// `stream: true`: the status is decided now (200), the image follows as one
 /// `image_generation.completed` / `image_edit.completed` event per image, with `: keepalive`
 /// comments while the upstream works (a 2-minute generation keeps the connection alive).
-fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: CallCtx) -> Response {
+fn stream(
+    state: Arc<AppState>,
+    caller: ClientKey,
+    req: ImageRequest,
+    plan: upstream::Plan,
+    ctx: CallCtx,
+    admitted: Admitted,
+) -> Response {
+    let started = Instant::now();
     let keepalive = state.config.server.keepalive_interval;
     let prefix = match req.op {
         Operation::Generate => "image_generation",
@@ -253,7 +310,10 @@ fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: Ca
     };
     let log_req = req.clone();
     let events = futures_util::stream::once(async move {
-        match run(&state, &req, plan, &ctx).await {
+        let result = run(&state, &req, plan, &ctx).await;
+        let id = &ctx.request_id;
+        gate::close(&state, &caller, &req, id, started, Some(admitted), &result).await;
+        match result {
             Ok((body, _)) => completed_events(prefix, body),
             Err((e, _)) => vec![Event::default().event("error").data(e.body().to_string())],
         }

@@ -2,6 +2,7 @@
 //! because the SDKs append paths to whatever `base_url` the user gave.
 
 mod edits;
+mod gate;
 mod images;
 mod models;
 

@@ -7,10 +7,14 @@
 )]
 
 mod binary;
+mod budgets;
 mod edits;
 mod errors;
 mod failures;
 mod generate;
+mod keys;
 mod lifecycle;
+mod limits;
 mod models;
+mod pool;
 mod support;
