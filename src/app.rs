@@ -15,7 +15,13 @@
 //! | 8 | routes → handlers | `api::routes()` |
 //!
 //! Request/response extensions: `ClientKey` (auth → handlers, and on the response for the
-//! access log); `ApiError` and [`RequestLog`] (handlers → access log, on the response).
+//! access log; it carries the key's and team's settings); `ApiError` and [`RequestLog`]
+//! (handlers → access log, on the response).
+//!
+//! Per-key limits and budgets are not a layer: images/min needs the parsed `n` and the budget
+//! needs the priced request, so the image handlers run them (`api::gate`) after parsing and
+//! before any upstream call. Routes: `api::routes()` (the OpenAI surface) and
+//! [`admin::routes()`](crate::admin::routes) (`/admin/*`, admin key only, enforced at layer 6).
 
 use std::sync::Arc;
 use std::time::Instant;

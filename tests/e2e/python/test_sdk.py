@@ -22,6 +22,7 @@ from support import (
     JPEG_MAGIC,
     MODELS,
     PNG_MAGIC,
+    REQUEST_TIMEOUT_S,
     gradient_png,
     http,
     png_size,
@@ -593,3 +594,22 @@ def test_base_url_without_v1_prefix(demo):
     assert sorted(m.id for m in bare.models.list()) == sorted(MODELS)
     res = bare.images.generate(model="gpt-image-2-lite", prompt=prompt("a kite"))
     assert_png(decode_b64(res.data[0]))
+
+
+def test_rate_limit_is_rate_limit_error(demo):
+    """The demo's limited key allows one request per minute: the second is a 429 the SDK raises
+    as `openai.RateLimitError`, with the retry and rate-limit headers."""
+    limited = OpenAI(
+        api_key=demo.limited_api_key, base_url=demo.gateway_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
+    first = limited.images.generate(model="sparkpix", prompt="a cat", response_format="url")
+    assert first.data[0].url
+    with pytest.raises(openai.RateLimitError) as caught:
+        limited.images.generate(model="sparkpix", prompt="a cat", response_format="url")
+    e = caught.value
+    assert e.status_code == 429
+    assert e.code == "rate_limit_exceeded"
+    headers = e.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
