@@ -4,6 +4,8 @@
 //! [`ImageRequest`] — successes, refusals by a limit or a budget (status 429, cost 0), invalid
 //! requests for the model (400, cost 0) and upstream failures (cost 0: failed generations are not
 //! billed). Bodies that do not parse (400 `invalid_body`) and unauthenticated calls get none.
+//! A request dropped while the upstream worked (the client hung up) is booked in full with
+//! status 499, since the upstream may have billed it.
 //! A row never holds a prompt or image bytes.
 
 use std::time::SystemTime;

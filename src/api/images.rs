@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::edits::{self, EditParts};
-use super::gate::{self, Admitted};
+use super::gate::{self, Held};
 use crate::app::{AppState, RequestLog};
 use crate::auth::ClientKey;
 use crate::error::ApiError;
@@ -125,21 +125,26 @@ async fn answer(
     request_id: String,
 ) -> Response {
     let started = Instant::now();
+    let mut held = Held::default();
     let plan = match upstream::plan(&req) {
         Ok(p) => p,
         Err(e) => {
             let result = Err((e, Vec::new()));
-            return finish(&state, &caller, &req, &request_id, started, None, result).await;
+            return finish(&state, &caller, &req, &request_id, started, held, result).await;
         }
     };
-    // --- keys: model access, rate limits, budget reservation, upstream caps (api::gate) ---
-    let admitted = match gate::admit(&state, &caller, &req).await {
-        Ok(a) => a,
-        Err(e) => {
-            let result = Err((e, Vec::new()));
-            return finish(&state, &caller, &req, &request_id, started, None, result).await;
-        }
-    };
+    // --- keys: access + rate limits (per request), budget + upstream caps (per attempt) ---
+    let admitted: Result<(), ApiError> = async {
+        held.admission = Some(gate::admit(&state, &caller, &req)?);
+        let attempt = gate::reserve(&state, &caller, &req, req.model, &request_id).await?;
+        held.attempt = Some(attempt);
+        Ok(())
+    }
+    .await;
+    if let Err(e) = admitted {
+        let result = Err((e, Vec::new()));
+        return finish(&state, &caller, &req, &request_id, started, held, result).await;
+    }
     // --- end keys ---
     let deadline = Instant::now() + state.upstream.model_config(req.model).deadline;
     let ctx = CallCtx {
@@ -147,11 +152,11 @@ async fn answer(
         request_id,
     };
     if req.stream {
-        return stream(state, caller, req, plan, ctx, admitted);
+        return stream(state, caller, req, plan, ctx, held, started);
     }
     let result = run(&state, &req, plan, &ctx).await;
     let id = &ctx.request_id;
-    finish(&state, &caller, &req, id, started, Some(admitted), result).await
+    finish(&state, &caller, &req, id, started, held, result).await
 }
 
 /// Settles the budget and writes the ledger row ([`gate::close`]), then answers.
@@ -161,10 +166,10 @@ async fn finish(
     req: &ImageRequest,
     request_id: &str,
     started: Instant,
-    admitted: Option<Admitted>,
+    held: Held,
     result: Result<(Value, Vec<String>), RunError>,
 ) -> Response {
-    let headers = gate::close(state, caller, req, request_id, started, admitted, &result).await;
+    let headers = gate::close(state, caller, req, request_id, started, held, &result).await;
     let (mut res, task_ids) = match result {
         Ok((body, task_ids)) => (Json(body).into_response(), task_ids),
         Err((e, task_ids)) => (e.into_response(), task_ids),
@@ -300,9 +305,9 @@ fn stream(
     req: ImageRequest,
     plan: upstream::Plan,
     ctx: CallCtx,
-    admitted: Admitted,
+    held: Held,
+    started: Instant,
 ) -> Response {
-    let started = Instant::now();
     let keepalive = state.config.server.keepalive_interval;
     let prefix = match req.op {
         Operation::Generate => "image_generation",
@@ -312,7 +317,7 @@ fn stream(
     let events = futures_util::stream::once(async move {
         let result = run(&state, &req, plan, &ctx).await;
         let id = &ctx.request_id;
-        gate::close(&state, &caller, &req, id, started, Some(admitted), &result).await;
+        gate::close(&state, &caller, &req, id, started, held, &result).await;
         match result {
             Ok((body, _)) => completed_events(prefix, body),
             Err((e, _)) => vec![Event::default().event("error").data(e.body().to_string())],

@@ -115,3 +115,37 @@ async fn team_budget_applies_across_its_keys() {
         .unwrap()
         .contains("team `design`"));
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_is_still_charged() {
+    let env = start_with(|c| {
+        with_admin(c);
+        c.keys[0].total_budget_usd = Some(0.01);
+    })
+    .await;
+    let impatient = env
+        .post_raw("/v1/images/generations")
+        .timeout(std::time::Duration::from_millis(300))
+        .json(&json!({"model": "sparkpix", "prompt": "x [sim:slow=1]", "response_format": "url"}))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the client gave up first");
+    // The upstream may bill the generation: the budget counts it whether the gateway finished
+    // the request (200) or dropped it with the connection (499).
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..300 {
+        let usage = env
+            .admin(Method::GET, "/admin/usage?group_by=key", None)
+            .await;
+        if usage.body["rows"][0]["requests"] == json!(1) {
+            rows = usage.body["rows"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(rows[0]["cost_micros"], json!(10_000), "{rows}");
+    let next = env
+        .generate(json!({"model": "sparkpix", "prompt": "x", "response_format": "url"}))
+        .await;
+    assert_eq!(next.code(), "insufficient_quota");
+}
