@@ -10,6 +10,7 @@
 //! refused on its very next request. Teams are few and kept wholly in memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -106,6 +107,9 @@ impl TeamRecord {
 pub struct Registry {
     statics: HashMap<[u8; 32], Arc<KeyRecord>>,
     dynamic: Cache<[u8; 32], Arc<KeyRecord>>,
+    /// Bumped by every change: a lookup that read the database before a change does not cache
+    /// what it read.
+    epoch: AtomicU64,
     teams: RwLock<HashMap<String, Arc<TeamRecord>>>,
     pub store: Store,
 }
@@ -144,6 +148,7 @@ impl Registry {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            epoch: AtomicU64::new(0),
             teams: RwLock::new(teams),
             store,
         })
@@ -162,11 +167,14 @@ impl Registry {
         if !presented.starts_with(SECRET_PREFIX) {
             return Ok(None);
         }
+        let epoch = self.epoch.load(Ordering::Acquire);
         let Some(stored) = self.store.key_by_digest(hex::encode(d)).await? else {
             return Ok(None);
         };
         let record = Arc::new(KeyRecord::from_store(stored.spec, d, stored.created_at));
-        self.dynamic.insert(d, record.clone());
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            self.dynamic.insert(d, record.clone());
+        }
         Ok(Some(record))
     }
 
@@ -181,8 +189,10 @@ impl Registry {
         keys
     }
 
-    /// Forgets a cached dynamic key: its next request reads the database again.
+    /// Forgets a cached dynamic key after a change was written: its next request reads the
+    /// database again.
     pub fn invalidate(&self, digest: &[u8; 32]) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.dynamic.invalidate(digest);
     }
 
