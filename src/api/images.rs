@@ -174,11 +174,7 @@ async fn finish(
         Ok((body, task_ids)) => (Json(body).into_response(), task_ids),
         Err((e, task_ids)) => (e.into_response(), task_ids),
     };
-    for (name, value) in headers {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
-            res.headers_mut().insert(name, v);
-        }
-    }
+    add_headers(&mut res, headers);
     with_log(res, req, &task_ids)
 }
 
@@ -314,6 +310,11 @@ fn stream(
         Operation::Edit => "image_edit",
     };
     let log_req = req.clone();
+    let headers = held
+        .admission
+        .as_ref()
+        .map(crate::limits::Admission::headers)
+        .unwrap_or_default();
     let events = futures_util::stream::once(async move {
         let result = run(&state, &req, plan, &ctx).await;
         let id = &ctx.request_id;
@@ -327,7 +328,9 @@ fn stream(
         futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"));
-    with_log(sse.into_response(), &log_req, &[])
+    let mut res = sse.into_response();
+    add_headers(&mut res, headers);
+    with_log(res, &log_req, &[])
 }
 
 fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
@@ -354,6 +357,15 @@ fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
         .collect();
     events.push(Event::default().data("[DONE]"));
     events
+}
+
+/// The `x-ratelimit-*` headers of the request's admission.
+fn add_headers(res: &mut Response, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
+    }
 }
 
 fn with_log(mut res: Response, req: &ImageRequest, task_ids: &[String]) -> Response {

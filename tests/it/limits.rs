@@ -97,3 +97,34 @@ async fn upstream_model_cap_queues_briefly_then_refuses() {
     let (a, b) = tokio::join!(env.generate(fast.clone()), env.generate(fast));
     assert_eq!((a.status, b.status), (200, 200));
 }
+
+#[tokio::test]
+async fn team_limit_is_shared_by_its_keys() {
+    let env = start_with(|c| {
+        c.teams.push(imagegate::config::TeamSpec {
+            id: "design".into(),
+            requests_per_minute: Some(2),
+            ..Default::default()
+        });
+        c.keys[0].team = Some("design".into());
+        c.keys.push(imagegate::config::KeySpec {
+            id: "bob".into(),
+            key: Some("sk-bob-12345678".into()),
+            team: Some("design".into()),
+            ..Default::default()
+        });
+    })
+    .await;
+    assert_eq!(env.generate(sparkpix(1)).await.status, 200);
+    assert_eq!(
+        env.generate_as("sk-bob-12345678", sparkpix(1)).await.status,
+        200
+    );
+    let third = env.generate_as("sk-bob-12345678", sparkpix(1)).await;
+    assert_eq!((third.status, third.code()), (429, "rate_limit_exceeded"));
+    assert!(third.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("team `design`"));
+    assert_eq!(third.headers["x-ratelimit-limit-requests"], "2");
+}
