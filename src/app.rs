@@ -15,7 +15,13 @@
 //! | 8 | routes → handlers | `api::routes()` |
 //!
 //! Request/response extensions: `ClientKey` (auth → handlers, and on the response for the
-//! access log); `ApiError` and [`RequestLog`] (handlers → access log, on the response).
+//! access log; it carries the key's and team's settings); `ApiError` and [`RequestLog`]
+//! (handlers → access log, on the response).
+//!
+//! Per-key limits and budgets are not a layer: images/min needs the parsed `n` and the budget
+//! needs the priced request, so the image handlers run them (`api::gate`) after parsing and
+//! before any upstream call. Routes: `api::routes()` (the OpenAI surface) and
+//! [`admin::routes()`](crate::admin::routes) (`/admin/*`, admin key only, enforced at layer 6).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,34 +37,55 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::auth::{ClientKey, KeyStore};
+use crate::auth::{AdminKey, ClientKey};
+use crate::budget::Budgets;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::keys::Registry;
+use crate::limits::RateLimits;
 use crate::model::ModelId;
 use crate::pricing::Usd;
 use crate::routing::{Route, Routing};
+use crate::store::Store;
 use crate::upstream::Upstream;
 
 /// Everything a handler needs, shared behind one `Arc`.
 pub struct AppState {
     /// The validated configuration the process started with.
     pub config: Config,
-    /// The platform client; holds the upstream key, which nothing else sees.
+    /// The platform client; holds the upstream keys, which nothing else sees.
     pub upstream: Upstream,
-    /// Client keys by digest.
-    pub keys: KeyStore,
     /// Public names, upstream health and the choice of model.
     pub routing: Routing,
+    /// Client keys (static and dynamic) and teams; owns the database handle.
+    pub keys: Registry,
+    /// The admin key's digest.
+    pub admin: AdminKey,
+    /// Spend and reservations per key and team (the ledger is the durable truth).
+    pub budgets: Budgets,
+    /// Rate and concurrency limiters.
+    pub limits: RateLimits,
 }
 
 impl AppState {
+    /// Opens (creating and migrating) the database and loads keys, teams and spend.
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(config.data.dir.as_deref())?;
+        let month = crate::ledger::utc_month(std::time::SystemTime::now());
+        let (by_key, by_team) = store.spent_blocking(&month)?;
         Ok(Self {
             upstream: Upstream::new(&config)?,
-            keys: KeyStore::new(&config.keys, &config.admin),
             routing: Routing::new(config.routing.clone()),
+            keys: Registry::new(&config, store)?,
+            admin: AdminKey::new(&config.admin),
+            budgets: Budgets::load(by_key, by_team),
+            limits: RateLimits::new(&config.limits),
             config,
         })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.keys.store
     }
 
     /// The public model a request asked for (or the default): a model id, group or alias with
@@ -105,6 +132,7 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit));
     crate::api::routes()
+        .merge(crate::admin::routes())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -1,22 +1,23 @@
 //! Client authentication: `Authorization: Bearer <client key>`, deny by default.
 //! `/admin/*` takes the admin key (`[admin]` in the config) and only that key.
 //!
-//! Keys are kept only as SHA-256 digests; a presented key is hashed and looked up, so the
-//! comparison never touches a stored secret. The client's key is never forwarded upstream (the
+//! Keys are kept only as SHA-256 digests; a presented key is hashed and looked up (see
+//! [`keys`](crate::keys)), so the comparison never touches a stored secret. Disabled and expired
+//! keys are refused here with a 401. The client's key is never forwarded upstream (the
 //! upstream client injects the platform key instead).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
-use crate::config::{AdminConfig, ClientKeyConfig};
+use crate::config::AdminConfig;
 use crate::error::ApiError;
+pub use crate::keys::digest;
+use crate::keys::{KeyRecord, TeamRecord};
 
 /// Routes that need no key.
 pub const PUBLIC_ROUTES: [&str; 1] = ["/healthz"];
@@ -25,6 +26,16 @@ pub const PUBLIC_ROUTES: [&str; 1] = ["/healthz"];
 #[derive(Debug, Clone)]
 pub struct ClientKey {
     pub id: Arc<str>,
+    /// The key's settings as of this request.
+    pub record: Arc<KeyRecord>,
+    /// The key's team, when it has one (a team unknown to the gateway has no limits).
+    pub team: Option<Arc<TeamRecord>>,
+}
+
+impl ClientKey {
+    pub fn team_id(&self) -> Option<&str> {
+        self.record.spec.team.as_deref()
+    }
 }
 
 /// The prefix of the operator's routes.
@@ -34,47 +45,21 @@ pub const ADMIN_PREFIX: &str = "/admin";
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
-/// Known client keys by SHA-256 digest, and the admin key's digest.
-pub struct KeyStore {
-    by_digest: HashMap<[u8; 32], Arc<str>>,
-    admin: Option<[u8; 32]>,
-}
+/// The admin key's digest, if one is configured.
+pub struct AdminKey(Option<[u8; 32]>);
 
-impl KeyStore {
-    pub fn new(keys: &[ClientKeyConfig], admin: &AdminConfig) -> Self {
-        let admin = match (&admin.key, &admin.key_sha256) {
+impl AdminKey {
+    pub fn new(admin: &AdminConfig) -> Self {
+        Self(match (&admin.key, &admin.key_sha256) {
             (Some(secret), _) => Some(digest(secret)),
             (None, Some(h)) => hex::decode(h).ok().and_then(|d| d.try_into().ok()),
             (None, None) => None,
-        };
-        let by_digest = keys
-            .iter()
-            .filter_map(|k| {
-                let digest = match (&k.key, &k.key_sha256) {
-                    (Some(secret), _) => digest(secret),
-                    (None, Some(hex_digest)) => hex::decode(hex_digest).ok()?.try_into().ok()?,
-                    (None, None) => return None,
-                };
-                Some((digest, Arc::from(k.id.as_str())))
-            })
-            .collect();
-        Self { by_digest, admin }
+        })
     }
 
-    fn is_admin(&self, presented: &str) -> bool {
-        self.admin.is_some_and(|d| d == digest(presented))
+    fn matches(&self, presented: &str) -> bool {
+        self.0.is_some_and(|d| d == digest(presented))
     }
-
-    pub fn lookup(&self, presented: &str) -> Option<ClientKey> {
-        self.by_digest
-            .get(&digest(presented))
-            .map(|id| ClientKey { id: id.clone() })
-    }
-}
-
-/// SHA-256 of a key; `imagegate hash-key` prints the hex form for `key_sha256`.
-pub fn digest(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
 }
 
 pub async fn require_key(
@@ -97,7 +82,7 @@ pub async fn require_key(
     let path = req.uri().path();
     if path == ADMIN_PREFIX || path.starts_with("/admin/") {
         return match presented {
-            Some(k) if state.keys.is_admin(k) => {
+            Some(k) if state.admin.matches(k) => {
                 req.extensions_mut().insert(Admin);
                 next.run(req).await
             }
@@ -114,9 +99,19 @@ pub async fn require_key(
             )
             .into_response()
         }
-        Some(k) => match state.keys.lookup(k) {
-            Some(key) => key,
-            None => return ApiError::unauthorized("Incorrect API key provided.").into_response(),
+        Some(k) => match state.keys.lookup(k).await {
+            Ok(Some(record)) => match record.refusal() {
+                Some(why) => return ApiError::unauthorized(why).into_response(),
+                None => ClientKey {
+                    id: Arc::from(record.spec.id.as_str()),
+                    team: record.spec.team.as_deref().and_then(|t| state.keys.team(t)),
+                    record,
+                },
+            },
+            Ok(None) => {
+                return ApiError::unauthorized("Incorrect API key provided.").into_response()
+            }
+            Err(e) => return ApiError::from(e).into_response(),
         },
     };
     req.extensions_mut().insert(key.clone());

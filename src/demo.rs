@@ -2,7 +2,8 @@
 //! newcomer sees the whole path work with no upstream account.
 //!
 //! Prints a human example and one machine-readable line,
-//! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key"}`, that the SDK end-to-end tests read.
+//! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key","limited_api_key"}`, that the SDK
+//! end-to-end tests read (`limited_api_key` allows one request per minute).
 
 use std::future::Future;
 use std::io::Write as _;
@@ -16,6 +17,9 @@ use crate::sim::SimConfig;
 
 /// The client key the demo accepts.
 pub const DEMO_KEY: &str = "sk-imagegate-demo";
+
+/// A second demo key limited to one request per minute, to see a 429 (`rate_limit_exceeded`).
+pub const DEMO_LIMITED_KEY: &str = "sk-imagegate-demo-limited";
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -46,6 +50,11 @@ allowed_hosts = ["{sim}"]
 [[keys]]
 id = "demo"
 key = "{DEMO_KEY}"
+
+[[keys]]
+id = "demo-limited"
+key = "{DEMO_LIMITED_KEY}"
+requests_per_minute = 1
 
 [models.gpt-image-2-all]
 first_poll_delay = "300ms"
@@ -92,6 +101,7 @@ pub async fn run(
         "gateway_url": gateway_url,
         "simulator_url": format!("http://{sim_addr}"),
         "api_key": DEMO_KEY,
+        "limited_api_key": DEMO_LIMITED_KEY,
     });
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub message: String,
     /// `x-should-retry: false` for errors a retry cannot fix (and that could cost money again).
     pub no_retry: bool,
+    /// Extra response headers: `retry-after` and `x-ratelimit-*` on 429s.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -37,7 +39,13 @@ impl ApiError {
             param: None,
             message,
             no_retry: false,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -168,6 +176,71 @@ impl ApiError {
         )
     }
 
+    /// 403: the key may not use this model.
+    pub fn model_not_allowed(model: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "model_not_allowed",
+            format!("This API key does not have access to the model `{model}`."),
+        )
+        .with_param("model")
+    }
+
+    /// 429: a rate or concurrency limit. `headers` carry `retry-after` and `x-ratelimit-*`
+    /// (see [`limits`](crate::limits)); the SDKs retry after the pause.
+    pub fn rate_limited(message: impl Into<String>, headers: Vec<(&'static str, String)>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+            message.into(),
+        )
+        .with_headers(headers)
+    }
+
+    /// 429 `insufficient_quota`, as OpenAI answers an exhausted quota; retrying cannot help.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+            message.into(),
+        );
+        err.no_retry = true;
+        err
+    }
+
+    /// 400 on the admin API.
+    pub fn admin_invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+            message.into(),
+        )
+    }
+
+    /// 404 on the admin API.
+    pub fn admin_not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            format!("No {what} with id `{id}`."),
+        )
+    }
+
+    /// 409 on the admin API: the id exists, or the entry is defined in the config file.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
+            message.into(),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -275,6 +348,15 @@ impl ApiError {
     }
 }
 
+/// The client sees a generic 500. The database error itself is logged here, once, because the
+/// access log only sees the client-facing message.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "database call failed");
+        Self::internal("The gateway could not read or write its database.")
+    }
+}
+
 impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> Self {
         Self::from_upstream(&e)
@@ -291,6 +373,11 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("5"));
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                res.headers_mut().insert(*name, v);
+            }
         }
         // The access log reads the error from here: logged once, at the edge.
         res.extensions_mut().insert(self);

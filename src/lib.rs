@@ -10,20 +10,30 @@
 //! - [`upstream`]: the platform client, failure classification, one adapter per upstream shape,
 //!   the async task engine and result downloads.
 //! - [`error`]: the error policy and the OpenAI error envelope.
+//! - The team gateway: [`keys`] (client keys and teams), [`limits`] (rate and concurrency),
+//!   [`budget`] (reserve/settle), [`ledger`] (one row per request, usage reports), [`store`]
+//!   (SQLite), [`admin`] (`/admin/*` and the `keys`/`teams`/`usage` commands).
 //! - [`config`]: typed configuration; [`sim`]: the upstream simulator; [`demo`]: both together.
 
+pub mod admin;
 mod api;
 pub mod app;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod demo;
 mod drain;
 pub mod error;
+pub mod gate;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
 pub mod model;
 pub mod pricing;
 pub mod request;
 pub mod routing;
 pub mod sim;
+pub mod store;
 pub mod upstream;
 
 use std::future::Future;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use imagegate::admin::cli;
 use imagegate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +55,37 @@ enum Command {
     },
     /// Print the SHA-256 of a client key, for `key_sha256` in the config.
     HashKey { key: String },
+    /// Manage client keys through the running gateway's admin API.
+    Keys {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::KeysCommand,
+    },
+    /// Manage teams through the running gateway's admin API.
+    Teams {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::TeamsCommand,
+    },
+    /// Usage report from the spend ledger (JSON, or CSV with --csv).
+    Usage {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(flatten)]
+        args: cli::UsageArgs,
+    },
+    /// Current spend against budgets, per key and team.
+    Spend {
+        #[command(flatten)]
+        conn: cli::Connection,
+    },
+    /// The upstream key pool: ids, weights, benched or not.
+    UpstreamKeys {
+        #[command(flatten)]
+        conn: cli::Connection,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,7 +100,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let admin = |conn: cli::Connection, call: cli::CallSpec| -> anyhow::Result<()> {
+        let text = runtime()?.block_on(cli::run(&conn, call))?;
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, text.as_bytes())?;
+        Ok(())
+    };
     match cli.command {
+        Command::Keys { conn, command } => admin(conn, cli::keys(command)),
+        Command::Teams { conn, command } => admin(conn, cli::teams(command)),
+        Command::Usage { conn, args } => admin(conn, cli::usage(args)),
+        Command::Spend { conn } => admin(conn, cli::get("/admin/spend")),
+        Command::UpstreamKeys { conn } => admin(conn, cli::get("/admin/upstream-keys")),
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             eprintln!("{}: ok", config.display());

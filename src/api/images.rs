@@ -19,7 +19,11 @@ use tokio::time::Instant;
 
 use super::edits::{self, EditParts};
 use crate::app::{AppState, RequestLog};
+use crate::auth::ClientKey;
 use crate::error::ApiError;
+use crate::gate;
+use crate::ledger::Outcome;
+use crate::limits::Admission;
 use crate::model::{image_dimensions, ImageFormat, ModelId, Quality};
 use crate::pricing::Usd;
 use crate::request::{ImageRequest, Operation, ResponseFormat};
@@ -35,9 +39,8 @@ pub const COST_HEADER: &str = "x-imagegate-cost-usd";
 pub const ATTEMPTS_HEADER: &str = "x-imagegate-attempts";
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let id = request_id(request.headers());
-    let limits = match Constraints::from_headers(request.headers()) {
-        Ok(l) => l,
+    let call = match Call::from_request(&request) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let limit = state.config.server.max_body_bytes;
@@ -51,20 +54,41 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         })
     });
     match result {
-        Ok(req) => answer(state, req, limits, id).await,
+        Ok(req) => answer(state, call, req).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let id = request_id(request.headers());
-    let limits = match Constraints::from_headers(request.headers()) {
-        Ok(l) => l,
+    let call = match Call::from_request(&request) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     match edit_request(&state, request).await {
-        Ok(req) => answer(state, req, limits, id).await,
+        Ok(req) => answer(state, call, req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Who is calling and how: the authenticated key, the routing headers, the request id.
+struct Call {
+    caller: ClientKey,
+    limits: Constraints,
+    request_id: String,
+}
+
+impl Call {
+    fn from_request(request: &Request) -> Result<Self, ApiError> {
+        let caller = request
+            .extensions()
+            .get::<ClientKey>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("No API key."))?;
+        Ok(Self {
+            caller,
+            limits: Constraints::from_headers(request.headers())?,
+            request_id: request_id(request.headers()),
+        })
     }
 }
 
@@ -127,70 +151,104 @@ fn request_id(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Chooses the candidates (refusing what no model can do before any upstream call), then runs
-/// them in order and answers. The served model, its cost and the number of attempts are
-/// returned as `x-imagegate-*` headers.
-async fn answer(
-    state: Arc<AppState>,
-    req: ImageRequest,
-    limits: Constraints,
-    request_id: String,
-) -> Response {
-    let candidates = match state
-        .routing
-        .candidates(&state.config.models, &req, &req.route, limits)
-    {
+/// Routes, admits and runs a request, then answers.
+///
+/// Everything that can refuse it without spending runs first, before any upstream call: the
+/// candidates (no model fits → 400/503), the first candidate's plan (bad input → 400), the key's
+/// access and rate limits (403/429). Budgets are reserved per attempt by
+/// [`failover::run`]. The served model, its cost and the attempts are returned as
+/// `x-imagegate-*` headers; the key's limits as `x-ratelimit-*`.
+async fn answer(state: Arc<AppState>, call: Call, mut req: ImageRequest) -> Response {
+    let started = Instant::now();
+    let checked = (|| {
+        let candidates =
+            state
+                .routing
+                .candidates(&state.config.models, &req, &req.route, call.limits)?;
+        let (plan, rest) = failover::prepare(&mut req, &candidates)?;
+        let rest = rest.to_vec();
+        let admission = gate::admit(&state, &call.caller, &req)?;
+        Ok::<_, ApiError>((plan, rest, admission))
+    })();
+    let (plan, candidates, admission) = match checked {
         Ok(c) => c,
-        Err(e) => return with_log(e.into_response(), &req, None),
-    };
-    let mut req = req;
-    let (plan, candidates) = match failover::prepare(&mut req, &candidates) {
-        Ok((plan, rest)) => (plan, rest.to_vec()),
-        Err(e) => return with_log(e.into_response(), &req, None),
+        Err(e) => return finish(&state, &call, &req, started, None, Err(e.into())).await,
     };
     if req.stream {
-        return stream(state, req, candidates, plan, request_id);
+        return stream(state, call, req, candidates, plan, admission, started);
     }
-    match run(&state, &mut req, &candidates, plan, &request_id).await {
-        Ok((body, served)) => with_log(Json(body).into_response(), &req, Some(&served)),
-        Err(failed) => {
-            let res = failed.error.clone().into_response();
-            with_log(res, &req, Some(&failed.into()))
-        }
-    }
+    let result = run(&state, &call, &mut req, &candidates, plan).await;
+    finish(&state, &call, &req, started, Some(&admission), result).await
 }
 
-/// What the answer says about how it was served (headers and the access log).
+/// Writes the ledger row ([`gate::close`]), then answers with the routing and rate-limit headers.
+async fn finish(
+    state: &AppState,
+    call: &Call,
+    req: &ImageRequest,
+    started: Instant,
+    admission: Option<&Admission>,
+    result: Result<(Value, ServedBy), Failed>,
+) -> Response {
+    let (res, by) = match result {
+        Ok((body, by)) => (Json(body).into_response(), by),
+        Err(failed) => (
+            failed.error.clone().into_response(),
+            ServedBy::from_failed(&failed),
+        ),
+    };
+    let outcome = by.outcome(res.status().as_u16(), res.extensions().get::<ApiError>());
+    let id = &call.request_id;
+    let headers = gate::close(state, &call.caller, req, id, started, admission, outcome).await;
+    let mut res = with_log(res, req, Some(&by));
+    add_headers(&mut res, headers);
+    res
+}
+
+/// What the answer says about how it was served (headers, ledger row and the access log).
 #[derive(Debug, Clone, Default)]
 pub struct ServedBy {
     pub model: Option<ModelId>,
-    pub cost: Option<Usd>,
+    /// What the upstream billed (zero when nothing was made).
+    pub cost: Usd,
     pub attempts: u32,
     pub task_ids: Vec<String>,
 }
 
-impl From<Failed> for ServedBy {
-    fn from(f: Failed) -> Self {
+impl ServedBy {
+    fn from_failed(f: &Failed) -> Self {
         Self {
             model: f.model,
-            cost: None,
+            cost: f.cost,
             attempts: f.attempts,
-            task_ids: f.task_ids,
+            task_ids: f.task_ids.clone(),
+        }
+    }
+
+    fn outcome(&self, status: u16, error: Option<&ApiError>) -> Outcome {
+        Outcome {
+            status,
+            error_code: error.map(|e| e.code),
+            // A failure served nothing, unless the upstream made (and billed) images.
+            served: self.model.filter(|_| status < 400 || self.cost > Usd::ZERO),
+            cost: self.cost,
+            task_ids: self.task_ids.clone(),
         }
     }
 }
 
 async fn run(
     state: &AppState,
+    call: &Call,
     req: &mut ImageRequest,
     candidates: &[Candidate],
     plan: Plan,
-    request_id: &str,
 ) -> Result<(Value, ServedBy), Failed> {
-    let served = failover::run(state, req, candidates, plan, request_id).await?;
+    let id = &call.request_id;
+    let served = failover::run(state, &call.caller, req, candidates, plan, id).await?;
     let by = ServedBy {
         model: Some(served.model),
-        cost: Some(served.cost),
+        cost: served.cost,
         attempts: served.attempts,
         task_ids: served.output.task_ids.clone(),
     };
@@ -199,11 +257,12 @@ async fn run(
     } else {
         req.response_format
     };
-    match materialize(state, req, served.output.images, format, request_id).await {
+    match materialize(state, req, served.output.images, format, id).await {
         Ok(body) => Ok((body, by)),
         Err(error) => Err(Failed {
             error,
             model: by.model,
+            cost: by.cost,
             attempts: by.attempts,
             task_ids: by.task_ids,
         }),
@@ -304,10 +363,12 @@ fn peek_b64(b64: &str) -> Vec<u8> {
 /// comments while the upstream works (a 2-minute generation keeps the connection alive).
 fn stream(
     state: Arc<AppState>,
+    call: Call,
     req: ImageRequest,
     candidates: Vec<Candidate>,
     plan: Plan,
-    request_id: String,
+    admission: Admission,
+    started: Instant,
 ) -> Response {
     let keepalive = state.config.server.keepalive_interval;
     let prefix = match req.op {
@@ -315,9 +376,31 @@ fn stream(
         Operation::Edit => "image_edit",
     };
     let log_req = req.clone();
+    let headers = admission.headers();
     let events = futures_util::stream::once(async move {
         let mut req = req;
-        match run(&state, &mut req, &candidates, plan, &request_id).await {
+        let result = run(&state, &call, &mut req, &candidates, plan).await;
+        let (status, error, by) = match &result {
+            Ok((_, by)) => (200, None, by.clone()),
+            Err(f) => (
+                f.error.status.as_u16(),
+                Some(&f.error),
+                ServedBy::from_failed(f),
+            ),
+        };
+        let outcome = by.outcome(status, error);
+        let id = &call.request_id;
+        gate::close(
+            &state,
+            &call.caller,
+            &req,
+            id,
+            started,
+            Some(&admission),
+            outcome,
+        )
+        .await;
+        match result {
             Ok((body, _)) => completed_events(prefix, body),
             Err(failed) => vec![Event::default()
                 .event("error")
@@ -328,7 +411,9 @@ fn stream(
         futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"));
-    with_log(sse.into_response(), &log_req, None)
+    let mut res = with_log(sse.into_response(), &log_req, None);
+    add_headers(&mut res, headers);
+    res
 }
 
 fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
@@ -357,17 +442,23 @@ fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
     events
 }
 
+/// The `x-ratelimit-*` headers of the request's admission.
+fn add_headers(res: &mut Response, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            res.headers_mut().insert(name, v);
+        }
+    }
+}
+
 fn with_log(mut res: Response, req: &ImageRequest, by: Option<&ServedBy>) -> Response {
     if let Some(by) = by {
         let headers = res.headers_mut();
         if let Some(m) = by.model {
             headers.insert(UPSTREAM_HEADER, HeaderValue::from_static(m.as_str()));
-        }
-        if let Some(cost) = by
-            .cost
-            .and_then(|c| HeaderValue::from_str(&c.to_string()).ok())
-        {
-            headers.insert(COST_HEADER, cost);
+            if let Ok(cost) = HeaderValue::from_str(&by.cost.to_string()) {
+                headers.insert(COST_HEADER, cost);
+            }
         }
         headers.insert(ATTEMPTS_HEADER, HeaderValue::from(by.attempts));
     }
@@ -375,7 +466,7 @@ fn with_log(mut res: Response, req: &ImageRequest, by: Option<&ServedBy>) -> Res
         model: Some(req.model),
         public_model: Some(req.route.public.clone()),
         upstream_model: by.and_then(|b| b.model),
-        cost: by.and_then(|b| b.cost),
+        cost: by.map(|b| b.cost),
         attempts: by.map_or(0, |b| b.attempts),
         n: req.n,
         task_ids: by.map(|b| b.task_ids.join(",")).unwrap_or_default(),

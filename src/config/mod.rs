@@ -13,13 +13,20 @@ use serde::Deserialize;
 
 use crate::model::ModelId;
 
+mod keys;
 mod models;
 mod routing;
 
+pub use keys::{
+    Budget, DataConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec, UpstreamKeyConfig,
+};
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};
 use routing::RawRouting;
 pub use routing::{CircuitConfig, RoutingConfig};
+
+/// The pool id of the single `upstream.api_key`, when it is set.
+pub const DEFAULT_UPSTREAM_KEY_ID: &str = "default";
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -28,10 +35,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub results: ResultsConfig,
     pub logging: LoggingConfig,
-    /// Client keys allowed to call the gateway.
-    pub keys: Vec<ClientKeyConfig>,
+    /// Static client keys (more can be created through the admin API when `data.dir` is set).
+    pub keys: Vec<KeySpec>,
+    /// Static teams: limits and budgets shared by their keys.
+    pub teams: Vec<TeamSpec>,
     /// The operator's key for `/admin/*`; without one the admin API refuses every call.
     pub admin: AdminConfig,
+    pub data: DataConfig,
+    pub limits: LimitsConfig,
     pub models: ModelsConfig,
     pub routing: RoutingConfig,
 }
@@ -69,10 +80,35 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     /// The platform's base URL, e.g. `https://apimodels.app`.
     pub base_url: String,
-    /// The platform key, injected into every upstream call. Never logged or returned.
+    /// A platform key, injected into upstream calls (pool id `default`). Never logged or returned.
+    #[serde(default)]
     pub api_key: String,
+    /// More platform keys: the pool spreads calls by weight and benches refused keys.
+    #[serde(default)]
+    pub keys: Vec<UpstreamKeyConfig>,
+    /// How long a key answered with 401 stays out of the pool.
+    #[serde(default = "default_bench_unauthorized", with = "humantime_serde")]
+    pub bench_unauthorized: Duration,
+    /// How long a key answered with 402 (out of credits) stays out of the pool.
+    #[serde(default = "default_bench_out_of_credits", with = "humantime_serde")]
+    pub bench_out_of_credits: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// The key pool: `api_key` (as `default`, when set) then `[[upstream.keys]]`.
+    pub fn pool(&self) -> Vec<UpstreamKeyConfig> {
+        let single = (!self.api_key.trim().is_empty()).then(|| UpstreamKeyConfig {
+            id: DEFAULT_UPSTREAM_KEY_ID.to_owned(),
+            key: self.api_key.clone(),
+            weight: 1,
+        });
+        single
+            .into_iter()
+            .chain(self.keys.iter().cloned())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -80,6 +116,7 @@ impl std::fmt::Debug for UpstreamConfig {
         f.debug_struct("UpstreamConfig")
             .field("base_url", &self.base_url)
             .field("api_key", &"<redacted>")
+            .field("keys", &self.keys)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -87,6 +124,14 @@ impl std::fmt::Debug for UpstreamConfig {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_bench_unauthorized() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_bench_out_of_credits() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// How result images are fetched when the client wants `b64_json` and the upstream gave URLs.
@@ -136,23 +181,6 @@ impl Default for LoggingConfig {
     }
 }
 
-/// A client key: the secret itself or its SHA-256 (hex). Only the hash is kept in memory.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientKeyConfig {
-    pub id: String,
-    pub key: Option<String>,
-    pub key_sha256: Option<String>,
-}
-
-impl std::fmt::Debug for ClientKeyConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientKeyConfig")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The admin key: the secret itself or its SHA-256 (hex), as for client keys. It opens `/admin/*`
 /// and nothing else; client keys never open `/admin/*`.
 #[derive(Clone, Default, Deserialize)]
@@ -184,9 +212,15 @@ struct RawConfig {
     #[serde(default)]
     logging: LoggingConfig,
     #[serde(default)]
-    keys: Vec<ClientKeyConfig>,
+    keys: Vec<KeySpec>,
+    #[serde(default)]
+    teams: Vec<TeamSpec>,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    data: DataConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
     #[serde(default)]
     models: RawModels,
     #[serde(default)]
@@ -231,8 +265,11 @@ impl Config {
             results: raw.results,
             logging: raw.logging,
             keys: raw.keys,
+            teams: raw.teams,
             admin: raw.admin,
             routing: raw.routing.merged(),
+            data: raw.data,
+            limits: raw.limits,
             models: ModelsConfig {
                 lite: lite.over(ModelConfig::defaults(ModelId::Lite)),
                 all: all.over(ModelConfig::defaults(ModelId::All)),
@@ -265,35 +302,28 @@ impl Config {
                 self.upstream.base_url
             )),
         }
-        if self.upstream.api_key.trim().is_empty() {
-            problems.push("upstream.api_key: must not be empty".to_owned());
+        if self.upstream.pool().is_empty() {
+            problems
+                .push("upstream: set `api_key` or at least one [[upstream.keys]] entry".to_owned());
         }
         if self.server.max_body_bytes < 1024 {
             problems.push("server.max_body_bytes: must be at least 1024".to_owned());
         }
-        if self.keys.is_empty() {
-            problems.push("keys: at least one client key is required".to_owned());
+        if self.keys.is_empty() && self.data.dir.is_none() {
+            problems.push(
+                "keys: at least one client key is required (or set data.dir and create keys through the admin API)"
+                    .to_owned(),
+            );
         }
-        let mut ids = std::collections::HashSet::new();
-        for (i, k) in self.keys.iter().enumerate() {
-            if k.id.trim().is_empty() {
-                problems.push(format!("keys[{i}].id: must not be empty"));
-            }
-            if !ids.insert(k.id.as_str()) {
-                problems.push(format!("keys[{i}].id: duplicate id `{}`", k.id));
-            }
-            match (&k.key, &k.key_sha256) {
-                (Some(key), None) if key.len() >= 8 => {}
-                (Some(_), None) => problems.push(format!("keys[{i}].key: at least 8 characters")),
-                (None, Some(h)) if h.len() == 64 && hex::decode(h).is_ok() => {}
-                (None, Some(_)) => {
-                    problems.push(format!("keys[{i}].key_sha256: must be 64 hex characters"));
-                }
-                _ => problems.push(format!(
-                    "keys[{i}]: set exactly one of `key` or `key_sha256`"
-                )),
-            }
-        }
+        let known = |name: &str| self.routing.members(name).is_some();
+        keys::check(
+            &self.keys,
+            &self.teams,
+            &self.upstream.keys,
+            &known,
+            &mut problems,
+        );
+        self.limits.check(&mut problems);
         match (&self.admin.key, &self.admin.key_sha256) {
             (None, None) => {}
             (Some(key), None) if key.len() >= 16 => {}

@@ -92,3 +92,49 @@ fn debug_never_shows_secrets() {
         "{dbg}"
     );
 }
+
+#[test]
+fn key_and_team_problems_are_named() {
+    let text = format!(
+        "{MIN}requests_per_minute = 0\nmodels = [\"dall-e\"]\nexpires_at = \"soon\"\n\
+         [[teams]]\nid = \"a team\"\n[limits.models.nope]\nmax_concurrent = 1\n"
+    );
+    let e = Config::from_toml(&text, &env).unwrap_err().to_string();
+    for needle in [
+        "keys[0].requests_per_minute",
+        "keys[0].models: unknown model, group or alias `dall-e`",
+        "keys[0].expires_at",
+        "teams[0].id",
+        "limits.models.nope",
+    ] {
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    let text = format!("{MIN}budget = 3\n");
+    let e = Config::from_toml(&text, &env).unwrap_err().to_string();
+    assert!(e.contains("keys[0]") && e.contains("budget"), "{e}");
+}
+
+#[test]
+fn keys_may_be_absent_with_a_data_dir() {
+    let no_keys = "[upstream]\nbase_url = \"http://x\"\napi_key = \"k\"\n";
+    let e = Config::from_toml(no_keys, &env).unwrap_err().to_string();
+    assert!(e.contains("keys: at least one client key"), "{e}");
+    let with_dir = format!("{no_keys}[data]\ndir = \"/tmp/x\"\n");
+    Config::from_toml(&with_dir, &env).unwrap();
+}
+
+#[test]
+fn upstream_key_pool() {
+    let text = format!("{MIN}[[upstream.keys]]\nid = \"b\"\nkey = \"sk-b\"\nweight = 3\n");
+    let c = Config::from_toml(&text, &env).unwrap();
+    let pool = c.upstream.pool();
+    assert_eq!(pool.len(), 2);
+    assert_eq!((pool[0].id.as_str(), pool[1].weight), ("default", 3));
+    assert!(!format!("{c:?}").contains("sk-b"));
+    // Only a pool, no single key: fine. Neither: named.
+    let only_pool = text.replace("api_key = \"${UP_KEY}\"", "");
+    Config::from_toml(&only_pool, &env).unwrap();
+    let neither = MIN.replace("api_key = \"${UP_KEY}\"", "");
+    let e = Config::from_toml(&neither, &env).unwrap_err().to_string();
+    assert!(e.contains("upstream: set `api_key`"), "{e}");
+}

@@ -1,8 +1,9 @@
 //! Trying candidates in order until one serves the request.
 //!
 //! Each attempt takes an [`Admission`](super::health::Admission) from the health table (an open
-//! circuit is skipped; after its cooldown one request is the probe), runs the model's plan and
-//! reports the outcome. A failure moves on to the next candidate only when it cost nothing
+//! circuit is skipped; after its cooldown one request is the probe), reserves the attempt's exact
+//! cost against the caller's budgets ([`gate::reserve`]), runs the model's plan, reports the
+//! outcome, and settles (served) or releases (failed) the reservation. A failure moves on to the next candidate only when it cost nothing
 //! ([`FailureKind::fails_over`](crate::upstream::FailureKind::fails_over)), at most `routing.max_attempts` attempts, all within one
 //! `routing.request_deadline`.
 
@@ -11,13 +12,16 @@ use tokio::time::Instant;
 use super::health::Outcome;
 use super::Candidate;
 use crate::app::AppState;
+use crate::auth::ClientKey;
 use crate::error::ApiError;
+use crate::gate;
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
 use crate::upstream::{self, CallCtx, Output, Plan, UpstreamError};
 
-/// A request served by `model`, for `cost`, after `attempts` tries.
+/// A request served by `model`, for `cost` (already settled against the budgets), after
+/// `attempts` tries.
 #[derive(Debug)]
 pub struct Served {
     pub output: Output,
@@ -26,13 +30,27 @@ pub struct Served {
     pub attempts: u32,
 }
 
-/// Why no candidate served the request. `model` is the last one tried, if any was.
+/// Why the request was not answered. `model` is the last one tried, if any was; `cost` is what
+/// the upstream billed anyway (images made whose result files could not be fetched).
 #[derive(Debug)]
 pub struct Failed {
     pub error: ApiError,
     pub model: Option<ModelId>,
+    pub cost: Usd,
     pub attempts: u32,
     pub task_ids: Vec<String>,
+}
+
+impl From<ApiError> for Failed {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            model: None,
+            cost: Usd::ZERO,
+            attempts: 0,
+            task_ids: Vec::new(),
+        }
+    }
 }
 
 /// The first candidate whose adapter accepts `req`, with its plan and the candidates from it on:
@@ -64,6 +82,7 @@ pub fn prepare<'a>(
 /// adapters see the model they serve.
 pub async fn run(
     state: &AppState,
+    caller: &ClientKey,
     req: &mut ImageRequest,
     candidates: &[Candidate],
     first: Plan,
@@ -74,6 +93,7 @@ pub async fn run(
     let mut attempts = 0u32;
     let mut tried = None;
     let mut last_failure: Option<UpstreamError> = None;
+    let mut refused: Option<ApiError> = None;
     let mut first = Some(first);
     for candidate in candidates {
         if attempts >= u32::from(routing.max_attempts) || Instant::now() >= overall {
@@ -93,6 +113,15 @@ pub async fn run(
         let Some(admission) = state.routing.health.admit(model) else {
             continue;
         };
+        // Budget (429 insufficient_quota) or the model's upstream cap: a later candidate may
+        // still fit under its own cap; none fits a budget a cheaper one did not.
+        let reservation = match gate::reserve(state, caller, req, model, request_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                refused.get_or_insert(e);
+                continue;
+            }
+        };
         attempts += 1;
         tried = Some(model);
         let deadline = overall.min(Instant::now() + state.upstream.model_config(model).deadline);
@@ -105,6 +134,7 @@ pub async fn run(
             Ok(output) => {
                 admission.finish(req.quality, Outcome::Success, started.elapsed());
                 let cost = billed(state, model, req, &output);
+                reservation.settle(cost);
                 return Ok(Served {
                     output,
                     model,
@@ -114,6 +144,7 @@ pub async fn run(
             }
             Err(e) => {
                 admission.finish(req.quality, Outcome::of(e.kind), started.elapsed());
+                reservation.release();
                 if !e.kind.fails_over() {
                     return Err(failed(ApiError::from_upstream(&e), tried, attempts, &e));
                 }
@@ -128,17 +159,14 @@ pub async fn run(
             }
         }
     }
-    Err(match last_failure {
-        Some(e) => failed(ApiError::from_upstream(&e), tried, attempts, &e),
-        None => Failed {
-            error: ApiError::no_healthy_model(format!(
-                "Every model of `{}` is out of rotation right now.",
-                req.route.public
-            )),
-            model: None,
-            attempts,
-            task_ids: Vec::new(),
-        },
+    Err(match (last_failure, refused) {
+        (Some(e), _) => failed(ApiError::from_upstream(&e), tried, attempts, &e),
+        (None, Some(refusal)) => refusal.into(),
+        (None, None) => ApiError::no_healthy_model(format!(
+            "Every model of `{}` is out of rotation right now.",
+            req.route.public
+        ))
+        .into(),
     })
 }
 
@@ -146,6 +174,7 @@ fn failed(error: ApiError, model: Option<ModelId>, attempts: u32, e: &UpstreamEr
     Failed {
         error,
         model,
+        cost: Usd::ZERO,
         attempts,
         task_ids: e.task_id.iter().cloned().collect(),
     }

@@ -84,7 +84,9 @@ pub(crate) async fn gate(State(state): State<AppState>, req: Request, next: Next
         return ApiError::with(StatusCode::PAYLOAD_TOO_LARGE, 413, "request body too large")
             .into_response();
     };
-    let auth_ok = authorized(&parts.headers, &state.config.api_key);
+    let token = bearer(&parts.headers);
+    let account = lock(&state.accounts).get(token).copied();
+    let auth_ok = (!token.is_empty() && token == state.config.api_key) || account.is_some();
     let path = parts.uri.path().to_string();
     let is_multipart = content_type(&parts.headers).starts_with("multipart/form-data");
     let (json, multipart) = if is_multipart {
@@ -136,21 +138,30 @@ pub(crate) async fn gate(State(state): State<AppState>, req: Request, next: Next
     if !auth_ok {
         return ApiError::with(StatusCode::UNAUTHORIZED, 401, "Invalid API key").into_response();
     }
+    if account == Some(false) {
+        return ApiError::with(StatusCode::PAYMENT_REQUIRED, 402, "insufficient credits")
+            .into_response();
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
 
-fn authorized(headers: &HeaderMap, key: &str) -> bool {
+/// The bearer token, or `""`.
+fn bearer(headers: &HeaderMap) -> &str {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return "";
     };
     let mut it = value.trim().splitn(2, ' ');
     let scheme = it.next().unwrap_or_default();
     let token = it.next().unwrap_or_default().trim();
-    scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token == key
+    if scheme.eq_ignore_ascii_case("bearer") {
+        token
+    } else {
+        ""
+    }
 }
 
 pub(crate) fn content_type(headers: &HeaderMap) -> String {

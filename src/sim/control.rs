@@ -134,6 +134,18 @@ pub(crate) async fn set_faults(State(state): State<AppState>, body: Bytes) -> Re
     (StatusCode::OK, Json(table)).into_response()
 }
 
+/// `POST /_sim/accounts` `{"<key>": true|false}`: more accepted keys; `false` means the
+/// account is out of credits (every call answers 402).
+pub(crate) async fn set_accounts(State(state): State<AppState>, body: Bytes) -> Response {
+    match serde_json::from_slice::<std::collections::HashMap<String, bool>>(&body) {
+        Ok(accounts) => {
+            *lock(&state.accounts) = accounts;
+            StatusCode::OK.into_response()
+        }
+        Err(e) => ApiError::bad_request(format!("invalid accounts: {e}")).into_response(),
+    }
+}
+
 pub(crate) async fn requests(State(state): State<AppState>) -> Json<Vec<RequestRecord>> {
     Json(lock(&state.intro).log.iter().cloned().collect())
 }

@@ -135,6 +135,7 @@ fn build(shared: Arc<Shared>) -> Router {
             "/_sim/faults",
             get(control::get_faults).post(control::set_faults),
         )
+        .route("/_sim/accounts", post(control::set_accounts))
         .route("/_sim/requests", get(control::requests))
         .route("/_sim/stats", get(control::stats))
         .route("/_sim/reset", post(control::reset))

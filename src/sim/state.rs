@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     pub renders: RenderCache,
     pub intro: Mutex<Introspection>,
     pub faults: Mutex<FaultTable>,
+    /// More accepted keys (`POST /_sim/accounts`): `true` if the account has credits, `false`
+    /// if every call with that key answers 402.
+    pub accounts: Mutex<std::collections::HashMap<String, bool>>,
     /// Round-robin counter choosing how a failed task reports its (missing) result URLs.
     failed_shape: AtomicU64,
 }
@@ -54,6 +57,7 @@ impl Shared {
             renders: RenderCache::default(),
             intro: Mutex::new(Introspection::default()),
             faults: Mutex::new(FaultTable::default()),
+            accounts: Mutex::default(),
             failed_shape: AtomicU64::new(0),
         }
     }

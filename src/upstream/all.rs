@@ -33,7 +33,7 @@ pub enum Plan {
 
 /// The multipart edit, kept as parts so the form is built (and the bytes shared, not copied) at
 /// send time.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EditForm {
     text: Vec<(&'static str, String)>,
     images: Vec<(bytes::Bytes, &'static str)>,
@@ -191,7 +191,7 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
         }
         Plan::SyncEdit(form) => {
             let answer = up
-                .post_form("/api/v1/images/edits", form.into_form(), ctx)
+                .post_form("/api/v1/images/edits", &|| form.clone().into_form(), ctx)
                 .await?;
             openai_images(answer)
         }

@@ -12,6 +12,7 @@
 mod all;
 mod beta;
 mod lite;
+pub mod pool;
 pub mod results;
 mod sparkpix;
 mod task;
@@ -123,17 +124,18 @@ impl UpstreamError {
     }
 }
 
-/// Removes the upstream key from any text before it can reach a client, a log line or a metric.
+/// Removes every upstream key from any text before it can reach a client, a log line or a
+/// metric.
 #[derive(Clone)]
-pub struct Redactor(String);
+pub struct Redactor(Vec<String>);
 
 impl Redactor {
     pub fn redact(&self, text: &str) -> String {
-        if self.0.is_empty() {
-            text.to_owned()
-        } else {
-            text.replace(&self.0, "[redacted]")
+        let mut out = text.to_owned();
+        for secret in self.0.iter().filter(|s| !s.is_empty()) {
+            out = out.replace(secret.as_str(), "[redacted]");
         }
+        out
     }
 }
 
@@ -152,14 +154,15 @@ impl CallCtx {
     }
 }
 
-/// The platform: its base URL, the injected key and two HTTP clients.
+/// The platform: its base URL, the key pool and two HTTP clients.
 pub struct Upstream {
-    /// Calls to the platform API (carries the key).
+    /// Calls to the platform API (carries a key of the pool).
     http: reqwest::Client,
     /// Result downloads (never carries the key, never follows redirects off the allow-list).
     files: reqwest::Client,
     base: String,
-    auth: HeaderValue,
+    /// The platform keys; each call takes one (see [`pool`]).
+    pub pool: pool::KeyPool,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -167,8 +170,6 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.upstream.api_key))?;
-        auth.set_sensitive(true);
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -184,8 +185,8 @@ impl Upstream {
             http,
             files,
             base: config.upstream.base_url.trim_end_matches('/').to_owned(),
-            auth,
-            redactor: Redactor(config.upstream.api_key.clone()),
+            pool: pool::KeyPool::new(&config.upstream)?,
+            redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
         })
@@ -201,21 +202,21 @@ impl Upstream {
         body: &Value,
         ctx: &CallCtx,
     ) -> Result<Value, UpstreamError> {
-        let rb = self.http.post(format!("{}{path}", self.base)).json(body);
-        self.send(rb, ctx, ctx.remaining()).await
+        let url = format!("{}{path}", self.base);
+        let make = || self.http.post(&url).json(body);
+        self.send(&make, ctx, ctx.remaining()).await
     }
 
+    /// `form` is called once per attempt: a call refused for its key is sent again with another.
     async fn post_form(
         &self,
         path: &str,
-        form: Form,
+        form: &(dyn Fn() -> Form + Sync),
         ctx: &CallCtx,
     ) -> Result<Value, UpstreamError> {
-        let rb = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .multipart(form);
-        self.send(rb, ctx, ctx.remaining()).await
+        let url = format!("{}{path}", self.base);
+        let make = || self.http.post(&url).multipart(form());
+        self.send(&make, ctx, ctx.remaining()).await
     }
 
     async fn get_json(
@@ -224,18 +225,57 @@ impl Upstream {
         ctx: &CallCtx,
         limit: Duration,
     ) -> Result<Value, UpstreamError> {
-        let rb = self.http.get(format!("{}{path}", self.base));
-        self.send(rb, ctx, ctx.remaining().min(limit)).await
+        let url = format!("{}{path}", self.base);
+        let make = || self.http.get(&url);
+        self.send(&make, ctx, ctx.remaining().min(limit)).await
     }
 
+    /// Sends one call with a key of the pool. A 401/402 benches that key and sends the same call
+    /// with the next one, until a key works or every key was tried.
     async fn send(
         &self,
-        rb: reqwest::RequestBuilder,
+        make: &(dyn Fn() -> reqwest::RequestBuilder + Sync),
         ctx: &CallCtx,
         limit: Duration,
     ) -> Result<Value, UpstreamError> {
+        let until = Instant::now() + limit;
+        let mut tried = Vec::new();
+        loop {
+            let Some((key, auth)) = self.pool.pick(&tried) else {
+                return Err(UpstreamError::new(
+                    FailureKind::Unauthorized,
+                    "no upstream key left to try".to_owned(),
+                ));
+            };
+            tried.push(key);
+            let result = self.send_once(make(), auth, ctx, until).await;
+            match result {
+                Err(e) if self.pool.refused(key, e.kind) && self.pool.pick_possible(&tried) => {
+                    tracing::warn!(
+                        request_id = %ctx.request_id,
+                        upstream_key = self.pool.id(key),
+                        kind = ?e.kind,
+                        "upstream refused a key; retrying the call with another key"
+                    );
+                }
+                Ok(v) => {
+                    self.pool.succeeded(key);
+                    return Ok(v);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        rb: reqwest::RequestBuilder,
+        auth: HeaderValue,
+        ctx: &CallCtx,
+        until: Instant,
+    ) -> Result<Value, UpstreamError> {
         let rb = rb
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, auth)
             .header("x-request-id", &ctx.request_id);
         let call = async {
             let res = rb.send().await?;
@@ -243,7 +283,7 @@ impl Upstream {
             let body = res.bytes().await?;
             Ok::<_, reqwest::Error>((status, body))
         };
-        let (status, body) = match tokio::time::timeout(limit, call).await {
+        let (status, body) = match tokio::time::timeout_at(until, call).await {
             Err(_) => return Err(UpstreamError::new(FailureKind::Timeout, String::new())),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
             Ok(Ok(v)) => v,
@@ -520,7 +560,7 @@ mod tests {
     use super::*;
 
     fn redactor() -> Redactor {
-        Redactor("sk-up-secret".to_owned())
+        Redactor(vec!["sk-up-secret".to_owned()])
     }
 
     #[test]

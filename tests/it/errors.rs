@@ -196,10 +196,10 @@ async fn auth_is_required_everywhere() {
 async fn hashed_client_keys_work() {
     let digest = hex::encode(imagegate::auth::digest("sk-hashed-client-key"));
     let env = start_with(|c| {
-        c.keys.push(imagegate::config::ClientKeyConfig {
+        c.keys.push(imagegate::config::KeySpec {
             id: "h".to_owned(),
-            key: None,
             key_sha256: Some(digest),
+            ..Default::default()
         });
     })
     .await;

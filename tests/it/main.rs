@@ -7,11 +7,15 @@
 )]
 
 mod binary;
+mod budgets;
 mod edits;
 mod errors;
 mod failures;
 mod generate;
+mod keys;
 mod lifecycle;
+mod limits;
 mod models;
+mod pool;
 mod routing;
 mod support;

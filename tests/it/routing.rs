@@ -6,9 +6,9 @@ use std::time::Duration;
 use imagegate::model::ModelId;
 use serde_json::{json, Value};
 
-use crate::support::{start, start_with, Env, KEY};
+use reqwest::Method;
 
-const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+use crate::support::{start, start_with, with_admin, Env, ADMIN_KEY, KEY};
 
 /// POST creates the simulator received for `model` (polls are GETs).
 async fn creates(env: &Env, model: &str) -> usize {
@@ -318,4 +318,42 @@ async fn admin_upstreams_needs_the_admin_key() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn failover_books_only_the_model_that_served_and_keys_may_name_groups() {
+    let env = start_with(|c| {
+        with_admin(c);
+        c.keys[0].models = Some(vec!["gpt-image-2".into()]);
+    })
+    .await;
+    env.set_faults(json!({"gpt-image-2-all": {"rate": 1.0, "kind": "500"}}))
+        .await;
+    let a = env
+        .generate(json!({"model": "gpt-image-2", "prompt": "p", "quality": "low", "response_format": "url"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(header(&a, "x-imagegate-upstream"), "gpt-image-2-beta");
+    let spend = env.admin(Method::GET, "/admin/spend", None).await;
+    let key = &spend.body["keys"][0];
+    assert_eq!(key["spend"]["month_spent_usd"], "0.03", "{}", spend.body);
+    assert_eq!(key["spend"]["reserved_usd"], "0");
+    let usage = env
+        .admin(
+            Method::GET,
+            "/admin/usage?group_by=model,served_model",
+            None,
+        )
+        .await;
+    let text = usage.body.to_string();
+    assert!(
+        text.contains("gpt-image-2-beta") && !text.contains("gpt-image-2-all"),
+        "{text}"
+    );
+
+    // The key names the group only: a pinned model outside its list is refused.
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!((a.status, a.code()), (403, "model_not_allowed"));
 }

@@ -11,6 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 pub const KEY: &str = imagegate::demo::DEMO_KEY;
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-7f3a9c";
+/// The admin key tests configure with [`with_admin`].
+pub const ADMIN_KEY: &str = "sk-admin-0123456789abcdef";
+
+/// Sets the admin key.
+pub fn with_admin(c: &mut Config) {
+    c.admin.key = Some(ADMIN_KEY.to_owned());
+}
 
 pub struct Env {
     pub gateway: String,
@@ -100,6 +107,31 @@ impl Env {
         self.http
             .post(format!("{}{path}", self.gateway))
             .bearer_auth(KEY)
+    }
+
+    /// A call to the admin API with the admin key.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Answer {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        Self::read(rb.send().await.unwrap()).await
+    }
+
+    /// A generation with another client key.
+    pub async fn generate_as(&self, key: &str, body: Value) -> Answer {
+        let res = self
+            .http
+            .post(format!("{}/v1/images/generations", self.gateway))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        Self::read(res).await
     }
 
     pub async fn generate(&self, body: Value) -> Answer {

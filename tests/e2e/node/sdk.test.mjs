@@ -449,3 +449,22 @@ test('a cost ceiling no model meets is a BadRequestError naming the models', T, 
     },
   );
 });
+
+test('a rate-limited key gets OpenAI.RateLimitError', T, async () => {
+  // The demo's limited key allows one request per minute.
+  const limited = new OpenAI({ apiKey: demo.limitedApiKey, baseURL: demo.gatewayURL, maxRetries: 0, timeout: 60_000 });
+  const first = await limited.images.generate({ model: 'sparkpix', prompt: prompt('a cat'), response_format: 'url' });
+  assert.ok(first.data[0].url);
+  await assert.rejects(
+    limited.images.generate({ model: 'sparkpix', prompt: prompt('a cat'), response_format: 'url' }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.RateLimitError, `not a RateLimitError: ${e}`);
+      assert.equal(e.status, 429);
+      assert.equal(e.code, 'rate_limit_exceeded');
+      const retry = Number(e.headers.get('retry-after'));
+      assert.ok(retry >= 1 && retry <= 60, `retry-after ${retry}`);
+      assert.equal(e.headers.get('x-ratelimit-limit-requests'), '1');
+      return true;
+    },
+  );
+});

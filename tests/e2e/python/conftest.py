@@ -42,6 +42,8 @@ class Demo:
     gateway_url: str
     simulator_url: str
     api_key: str
+    # A key limited to one request per minute.
+    limited_api_key: str
     log_path: Path
     process: subprocess.Popen
 
@@ -131,7 +133,7 @@ def demo(tmp_path_factory, pytestconfig) -> Demo:
             except json.JSONDecodeError as e:
                 abort(f"IMAGEGATE_READY line is not followed by JSON ({e}): {line!r}")
 
-    for key in ("gateway_url", "simulator_url", "api_key"):
+    for key in ("gateway_url", "simulator_url", "api_key", "limited_api_key"):
         if not isinstance(ready.get(key), str) or not ready[key]:
             abort(f"IMAGEGATE_READY JSON lacks a non-empty string {key!r}: {ready!r}")
 
@@ -139,6 +141,7 @@ def demo(tmp_path_factory, pytestconfig) -> Demo:
         gateway_url=ready["gateway_url"].rstrip("/"),
         simulator_url=ready["simulator_url"].rstrip("/"),
         api_key=ready["api_key"],
+        limited_api_key=ready["limited_api_key"],
         log_path=log_path,
         process=proc,
     )

@@ -23,6 +23,7 @@ from support import (
     MODELS,
     PNG_MAGIC,
     ROUTED_NAMES,
+    REQUEST_TIMEOUT_S,
     gradient_png,
     http,
     png_size,
@@ -632,3 +633,22 @@ def test_group_refusal_names_every_model(client: OpenAI):
         )
     assert exc.value.code == "no_eligible_model"
     assert "gpt-image-2-lite costs $0.04" in exc.value.message
+
+
+def test_rate_limit_is_rate_limit_error(demo):
+    """The demo's limited key allows one request per minute: the second is a 429 the SDK raises
+    as `openai.RateLimitError`, with the retry and rate-limit headers."""
+    limited = OpenAI(
+        api_key=demo.limited_api_key, base_url=demo.gateway_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
+    first = limited.images.generate(model="sparkpix", prompt="a cat", response_format="url")
+    assert first.data[0].url
+    with pytest.raises(openai.RateLimitError) as caught:
+        limited.images.generate(model="sparkpix", prompt="a cat", response_format="url")
+    e = caught.value
+    assert e.status_code == 429
+    assert e.code == "rate_limit_exceeded"
+    headers = e.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert headers["x-ratelimit-remaining-requests"] == "0"

@@ -47,7 +47,8 @@ function tail(text, lines = 80) {
 
 /**
  * Starts the demo and resolves once it printed its READY line:
- * `{ gatewayURL, simulatorURL, apiKey, logPath, stop() }`.
+ * `{ gatewayURL, simulatorURL, apiKey, limitedApiKey, logPath, stop() }` (`limitedApiKey`
+ * allows one request per minute).
  */
 export async function startDemo() {
   const bin = binaryPath();
@@ -111,7 +112,7 @@ export async function startDemo() {
         fail(`IMAGEGATE_READY line is not followed by JSON (${e.message}): ${line}`);
         return;
       }
-      for (const key of ['gateway_url', 'simulator_url', 'api_key']) {
+      for (const key of ['gateway_url', 'simulator_url', 'api_key', 'limited_api_key']) {
         if (typeof info[key] !== 'string' || info[key] === '') {
           fail(`IMAGEGATE_READY JSON lacks a non-empty string ${key}: ${line}`);
           return;
@@ -129,6 +130,7 @@ export async function startDemo() {
     gatewayURL: ready.gateway_url.replace(/\/+$/, ''),
     simulatorURL: ready.simulator_url.replace(/\/+$/, ''),
     apiKey: ready.api_key,
+    limitedApiKey: ready.limited_api_key,
     logPath,
     /** Stops the demo with SIGTERM; throws if it had died before, or does not exit in time. */
     async stop() {

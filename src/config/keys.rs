@@ -1,0 +1,359 @@
+//! Team-gateway settings: client keys and teams (their limits and budgets), the data directory,
+//! the upstream key pool and the per-upstream-model caps.
+//!
+//! [`KeySpec`] and [`TeamSpec`] are used twice: as `[[keys]]` / `[[teams]]` tables in the file
+//! (static, for GitOps) and as the JSON bodies of the admin API (dynamic, kept in the database).
+//! One [`KeySpec::check`] / [`TeamSpec::check`] validates both.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelId;
+use crate::pricing::Usd;
+
+/// A client key: who it is, what it may use, how fast and how much. Absent limits and budgets
+/// mean "none" (the team's still apply).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub id: String,
+    /// File only: the secret itself (at least 8 characters). The admin API generates secrets.
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+    /// File only: the secret's SHA-256 in hex (`imagegate hash-key SECRET`).
+    #[serde(default, skip_serializing)]
+    pub key_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The team whose limits and budget also apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Public model ids this key may request; absent: every enabled model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// Images per minute: a request counts its `n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_minute: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// USD per calendar month (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
+    /// USD over the key's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_budget_usd: Option<f64>,
+    /// RFC 3339 time after which the key is refused, e.g. `2026-12-31T23:59:59Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for KeySpec {
+    /// An enabled key with no limits, no budget and no secret.
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            key: None,
+            key_sha256: None,
+            name: None,
+            team: None,
+            models: None,
+            requests_per_minute: None,
+            images_per_minute: None,
+            max_concurrent: None,
+            monthly_budget_usd: None,
+            total_budget_usd: None,
+            expires_at: None,
+            enabled: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("id", &self.id)
+            .field("team", &self.team)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A team: limits and budgets checked independently of its keys'.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSpec {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_budget_usd: Option<f64>,
+}
+
+/// Rate and concurrency limits of a key or a team.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Limits {
+    pub requests_per_minute: Option<u32>,
+    pub images_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
+}
+
+/// Budgets of a key or a team, in exact micro-dollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub monthly: Option<Usd>,
+    pub total: Option<Usd>,
+}
+
+impl KeySpec {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            images_per_minute: self.images_per_minute,
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
+    pub fn budget(&self) -> Budget {
+        Budget {
+            monthly: self.monthly_budget_usd.map(Usd::from_dollars),
+            total: self.total_budget_usd.map(Usd::from_dollars),
+        }
+    }
+
+    /// The expiry as a time (validated by [`check`](Self::check)).
+    pub fn expiry(&self) -> Option<SystemTime> {
+        self.expires_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    }
+
+    /// Adds every problem with this key (at `at`, e.g. `keys[2]`) to `problems`. Secrets are
+    /// checked by the caller: the file needs one, the admin API refuses them.
+    /// `known` tells the public model names (model ids, groups, aliases).
+    pub fn check(&self, at: &str, known: &dyn Fn(&str) -> bool, problems: &mut Vec<String>) {
+        check_id(&self.id, &format!("{at}.id"), problems);
+        if let Some(models) = &self.models {
+            for m in models {
+                if !known(m) {
+                    problems.push(format!("{at}.models: unknown model, group or alias `{m}`"));
+                }
+            }
+        }
+        if let Some(team) = &self.team {
+            check_id(team, &format!("{at}.team"), problems);
+        }
+        check_limits(&self.limits(), at, problems);
+        check_budgets(self.monthly_budget_usd, self.total_budget_usd, at, problems);
+        if let Some(t) = &self.expires_at {
+            if humantime::parse_rfc3339_weak(t).is_err() {
+                problems.push(format!(
+                    "{at}.expires_at: `{t}` is not an RFC 3339 time like 2026-12-31T23:59:59Z"
+                ));
+            }
+        }
+    }
+}
+
+impl TeamSpec {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            requests_per_minute: self.requests_per_minute,
+            images_per_minute: self.images_per_minute,
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
+    pub fn budget(&self) -> Budget {
+        Budget {
+            monthly: self.monthly_budget_usd.map(Usd::from_dollars),
+            total: self.total_budget_usd.map(Usd::from_dollars),
+        }
+    }
+
+    pub fn check(&self, at: &str, problems: &mut Vec<String>) {
+        check_id(&self.id, &format!("{at}.id"), problems);
+        check_limits(&self.limits(), at, problems);
+        check_budgets(self.monthly_budget_usd, self.total_budget_usd, at, problems);
+    }
+}
+
+/// Ids appear in URLs, CSV and the ledger: letters, digits, `-`, `_`, `.`, 1–64 characters.
+fn check_id(id: &str, at: &str, problems: &mut Vec<String>) {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        problems.push(format!(
+            "{at}: `{id}` must be 1–64 letters, digits, `-`, `_` or `.`"
+        ));
+    }
+}
+
+fn check_limits(l: &Limits, at: &str, problems: &mut Vec<String>) {
+    let named = [
+        ("requests_per_minute", l.requests_per_minute),
+        ("images_per_minute", l.images_per_minute),
+        ("max_concurrent", l.max_concurrent),
+    ];
+    for (name, v) in named {
+        if v == Some(0) {
+            problems.push(format!(
+                "{at}.{name}: must be at least 1 (omit it for no limit)"
+            ));
+        }
+    }
+}
+
+fn check_budgets(monthly: Option<f64>, total: Option<f64>, at: &str, problems: &mut Vec<String>) {
+    for (name, v) in [("monthly_budget_usd", monthly), ("total_budget_usd", total)] {
+        if v.is_some_and(|d| !(d.is_finite() && (0.0..=1e9).contains(&d))) {
+            problems.push(format!("{at}.{name}: must be a number from 0 to 1e9"));
+        }
+    }
+}
+
+/// `[data]`: where the database (dynamic keys, teams, the spend ledger) lives.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Created if missing; holds `imagegate.sqlite3`. Absent: an in-memory database (the ledger
+    /// and admin-created keys are lost on restart).
+    pub dir: Option<PathBuf>,
+}
+
+/// One key of the upstream key pool. Identified everywhere by `id`, never by its secret.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamKeyConfig {
+    pub id: String,
+    pub key: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl std::fmt::Debug for UpstreamKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamKeyConfig")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// `[limits]`: caps that protect the upstream account.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Per upstream model (public model id): `[limits.models.sparkpix]`.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelLimits>,
+}
+
+/// Request rate and concurrency towards one upstream model. A request over a cap waits up to
+/// `queue_timeout` for room, then is refused with a 429.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    pub requests_per_minute: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl LimitsConfig {
+    pub fn get(&self, model: ModelId) -> Option<&ModelLimits> {
+        self.models.get(model.as_str())
+    }
+
+    pub(super) fn check(&self, problems: &mut Vec<String>) {
+        for (name, m) in &self.models {
+            let at = format!("limits.models.{name}");
+            if name.parse::<ModelId>().is_err() {
+                problems.push(format!("{at}: unknown model `{name}`"));
+            }
+            if m.requests_per_minute == Some(0) || m.max_concurrent == Some(0) {
+                problems.push(format!("{at}: limits must be at least 1 (omit for none)"));
+            }
+            if m.queue_timeout > Duration::from_secs(60) {
+                problems.push(format!("{at}.queue_timeout: at most 60s"));
+            }
+        }
+    }
+}
+
+/// Adds every problem with the key/team tables and the key pool to `problems`.
+pub(super) fn check(
+    keys: &[KeySpec],
+    teams: &[TeamSpec],
+    pool: &[UpstreamKeyConfig],
+    known: &dyn Fn(&str) -> bool,
+    problems: &mut Vec<String>,
+) {
+    let mut ids = std::collections::HashSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = format!("keys[{i}]");
+        k.check(&at, known, problems);
+        if !ids.insert(k.id.as_str()) {
+            problems.push(format!("{at}.id: duplicate id `{}`", k.id));
+        }
+        match (&k.key, &k.key_sha256) {
+            (Some(key), None) if key.len() >= 8 => {}
+            (Some(_), None) => problems.push(format!("{at}.key: at least 8 characters")),
+            (None, Some(h)) if h.len() == 64 && hex::decode(h).is_ok() => {}
+            (None, Some(_)) => problems.push(format!("{at}.key_sha256: must be 64 hex characters")),
+            _ => problems.push(format!("{at}: set exactly one of `key` or `key_sha256`")),
+        }
+    }
+    let mut team_ids = std::collections::HashSet::new();
+    for (i, t) in teams.iter().enumerate() {
+        t.check(&format!("teams[{i}]"), problems);
+        if !team_ids.insert(t.id.as_str()) {
+            problems.push(format!("teams[{i}].id: duplicate id `{}`", t.id));
+        }
+    }
+    let mut pool_ids = std::collections::HashSet::new();
+    for (i, k) in pool.iter().enumerate() {
+        let at = format!("upstream.keys[{i}]");
+        check_id(&k.id, &format!("{at}.id"), problems);
+        if !pool_ids.insert(k.id.as_str()) || k.id == super::DEFAULT_UPSTREAM_KEY_ID {
+            problems.push(format!("{at}.id: duplicate or reserved id `{}`", k.id));
+        }
+        if k.key.trim().is_empty() {
+            problems.push(format!("{at}.key: must not be empty"));
+        }
+        if k.weight == 0 || k.weight > 1000 {
+            problems.push(format!("{at}.weight: must be from 1 to 1000"));
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The spend ledger: one row per finished image request, and the usage reports built from it.
+//!
+//! A row is written for every image request that was authenticated and parsed into an
+//! [`ImageRequest`] — successes, refusals by a limit or a budget (status 429, cost 0), invalid
+//! requests for the model (400, cost 0) and upstream failures (cost 0: failed generations are not
+//! billed). Bodies that do not parse (400 `invalid_body`) and unauthenticated calls get none.
+//! A request dropped while the upstream worked (the client hung up) is booked in full with
+//! status 499, since the upstream may have billed it.
+//! A row never holds a prompt or image bytes.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::ModelId;
+use crate::pricing::Usd;
+use crate::request::ImageRequest;
+
+/// One finished request.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub ts_ms: i64,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub team: Option<String>,
+    /// The public model the client asked for (or the default).
+    pub model: String,
+    /// The upstream model that produced the images (none when nothing was produced).
+    pub served_model: Option<String>,
+    pub n: u8,
+    pub size: Option<String>,
+    pub quality: String,
+    pub cost: Usd,
+    pub status: u16,
+    pub error_code: Option<String>,
+    pub latency_ms: i64,
+    pub task_ids: String,
+}
+
+/// What a request's handler knows once it is finished.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    pub error_code: Option<&'static str>,
+    pub served: Option<ModelId>,
+    pub cost: Usd,
+    pub task_ids: Vec<String>,
+}
+
+impl Row {
+    pub fn new(
+        key_id: &str,
+        team: Option<&str>,
+        req: &ImageRequest,
+        request_id: &str,
+        latency_ms: u128,
+        outcome: Outcome,
+    ) -> Self {
+        let now = SystemTime::now();
+        Self {
+            ts_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default(),
+            day: utc_day(now),
+            request_id: request_id.to_owned(),
+            key_id: key_id.to_owned(),
+            team: team.map(str::to_owned),
+            model: req.route.public.to_string(),
+            served_model: outcome.served.map(|m| m.as_str().to_owned()),
+            n: req.n,
+            size: req.size.map(|s| s.to_string()),
+            quality: req.quality.as_str().to_owned(),
+            cost: outcome.cost,
+            status: outcome.status,
+            error_code: outcome.error_code.map(str::to_owned),
+            latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
+            task_ids: outcome.task_ids.join(","),
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of `t` in UTC.
+pub fn utc_day(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
+}
+
+/// `YYYY-MM` of `t` in UTC: the budget month.
+pub fn utc_month(t: SystemTime) -> String {
+    utc_day(t)[..7].to_owned()
+}
+
+/// A usage report's grouping column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Key,
+    Team,
+    Model,
+    ServedModel,
+    Day,
+    Month,
+}
+
+impl GroupBy {
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::Key => "key_id",
+            Self::Team => "team",
+            Self::Model => "model",
+            Self::ServedModel => "served_model",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Team => "team",
+            Self::Model => "model",
+            Self::ServedModel => "served_model",
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                serde_json::from_value(Value::String(p.trim().to_owned())).map_err(|_| {
+                    format!("unknown group `{p}`: use key, team, model, served_model, day, month")
+                })
+            })
+            .collect()
+    }
+}
+
+/// Filters and grouping of a usage report. Days are `YYYY-MM-DD`, inclusive.
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub group_by: Vec<GroupBy>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub key: Option<String>,
+    pub team: Option<String>,
+    pub model: Option<String>,
+}
+
+/// One line of a usage report: the group's values, then the sums.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    pub groups: Vec<String>,
+    pub requests: u64,
+    pub succeeded: u64,
+    pub images: u64,
+    pub cost_micros: u64,
+}
+
+/// The report as JSON: `{"group_by": [...], "rows": [{key, requests, …, cost_usd}], "total": …}`.
+pub fn usage_json(group_by: &[GroupBy], rows: &[UsageRow]) -> Value {
+    let mut total = Usd::ZERO;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            total = total + Usd(r.cost_micros);
+            let mut item = serde_json::Map::new();
+            for (g, v) in group_by.iter().zip(&r.groups) {
+                item.insert(g.name().to_owned(), json!(v));
+            }
+            item.insert("requests".into(), json!(r.requests));
+            item.insert("succeeded".into(), json!(r.succeeded));
+            item.insert("images".into(), json!(r.images));
+            item.insert("cost_usd".into(), json!(Usd(r.cost_micros).to_string()));
+            item.insert("cost_micros".into(), json!(r.cost_micros));
+            Value::Object(item)
+        })
+        .collect();
+    let names: Vec<&str> = group_by.iter().map(|g| g.name()).collect();
+    json!({ "group_by": names, "rows": items, "total_cost_usd": total.to_string() })
+}
+
+/// The report as CSV with a header line. Costs are exact decimal dollars.
+pub fn usage_csv(group_by: &[GroupBy], rows: &[UsageRow]) -> String {
+    let mut out = String::new();
+    for g in group_by {
+        out.push_str(g.name());
+        out.push(',');
+    }
+    out.push_str("requests,succeeded,images,cost_usd\n");
+    for r in rows {
+        for v in &r.groups {
+            out.push_str(&csv_field(v));
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            r.requests,
+            r.succeeded,
+            r.images,
+            Usd(r.cost_micros)
+        ));
+    }
+    out
+}
+
+/// Ids are restricted to safe characters, but quote anything that would break a CSV line.
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_day_and_month() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_day(t), "2023-11-14");
+        assert_eq!(utc_month(t), "2023-11");
+    }
+
+    #[test]
+    fn csv_renders_exact_costs() {
+        let rows = [UsageRow {
+            groups: vec!["alice".into()],
+            requests: 3,
+            succeeded: 2,
+            images: 2,
+            cost_micros: 50_000,
+        }];
+        assert_eq!(
+            usage_csv(&[GroupBy::Key], &rows),
+            "key,requests,succeeded,images,cost_usd\nalice,3,2,2,0.05\n"
+        );
+        assert!(GroupBy::parse_list("key,day").is_ok());
+        assert!(GroupBy::parse_list("nope").is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! The embedded database (SQLite): dynamic client keys, dynamic teams and the spend ledger.
+//!
+//! It lives in `data.dir/imagegate.sqlite3`, created and migrated at startup (`PRAGMA
+//! user_version` counts the migrations applied). Without `data.dir` it is an in-memory database,
+//! so the ledger and the admin API still work, but nothing survives a restart.
+//!
+//! Every call runs on the blocking pool ([`Store::call`]) behind one connection: the gateway
+//! writes one small row per request, far below what one SQLite connection sustains.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension as _};
+
+use crate::config::{KeySpec, TeamSpec};
+use crate::ledger::{Row, UsageQuery, UsageRow};
+
+/// The database file inside `data.dir`.
+pub const DB_FILE: &str = "imagegate.sqlite3";
+
+/// Migrations, applied in order; the index + 1 is the `user_version` after it.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE teams (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    month TEXT NOT NULL,
+    day TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    team TEXT,
+    model TEXT NOT NULL,
+    served_model TEXT,
+    n INTEGER NOT NULL,
+    size TEXT,
+    quality TEXT NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error_code TEXT,
+    latency_ms INTEGER NOT NULL,
+    task_ids TEXT NOT NULL
+);
+CREATE INDEX ledger_key ON ledger (key_id, month);
+CREATE INDEX ledger_team ON ledger (team, month);
+CREATE INDEX ledger_day ON ledger (day);
+"];
+
+/// A database failure. Clients see a generic 500; the detail goes to the access log.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database: stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("database: the blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("database: lock poisoned")]
+    Poisoned,
+}
+
+/// A dynamic key as stored: its settings, digest (hex) and creation time (unix seconds).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub spec: KeySpec,
+    pub digest: String,
+    pub created_at: i64,
+}
+
+/// Spend per key or team: this month's and all-time, in micro-dollars.
+#[derive(Debug, Clone, Default)]
+pub struct Spent {
+    pub month: u64,
+    pub total: u64,
+}
+
+/// Spend per key or team id.
+pub type SpendBy = Vec<(String, Spent)>;
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating the directory and file) and migrates the database.
+    pub fn open(dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut conn = match dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("data.dir: cannot create {}: {e}", dir.display())
+                })?;
+                let conn = Connection::open(dir.join(DB_FILE))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "NORMAL")?;
+                conn
+            }
+            None => Connection::open_in_memory()?,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    // === keys ===
+
+    pub async fn insert_key(&self, spec: KeySpec, digest: String) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO keys (id, digest, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![spec.id, digest, serde_json::to_string(&spec)?, now_secs()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces a key's settings; false when there is no such key.
+    pub async fn update_key(&self, spec: KeySpec) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE keys SET spec = ?2 WHERE id = ?1",
+                params![spec.id, serde_json::to_string(&spec)?],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub async fn delete_key(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM keys WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    pub async fn key(&self, id: String) -> Result<Option<StoredKey>, StoreError> {
+        self.call(move |c| {
+            let sql = "SELECT spec, digest, created_at FROM keys WHERE id = ?1";
+            c.query_row(sql, [id], stored_key).optional()?.transpose()
+        })
+        .await
+    }
+
+    pub async fn key_by_digest(&self, digest: String) -> Result<Option<StoredKey>, StoreError> {
+        self.call(move |c| {
+            let sql = "SELECT spec, digest, created_at FROM keys WHERE digest = ?1";
+            c.query_row(sql, [digest], stored_key)
+                .optional()?
+                .transpose()
+        })
+        .await
+    }
+
+    pub async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT spec, digest, created_at FROM keys ORDER BY id")?;
+            let rows = stmt.query_map([], stored_key)?;
+            rows.map(|r| r?).collect()
+        })
+        .await
+    }
+
+    // === teams ===
+
+    /// Inserts or replaces a team.
+    pub async fn put_team(&self, spec: TeamSpec) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO teams (id, spec, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec",
+                params![spec.id, serde_json::to_string(&spec)?, now_secs()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_team(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |c| Ok(c.execute("DELETE FROM teams WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    pub fn teams_blocking(&self) -> Result<Vec<TeamSpec>, StoreError> {
+        let c = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = c.prepare("SELECT spec FROM teams ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| Ok(serde_json::from_str(&r?)?)).collect()
+    }
+
+    // === ledger ===
+
+    pub async fn insert_row(&self, row: Row) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
+                    served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
+                    task_ids)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![
+                    row.ts_ms,
+                    &row.day[..7],
+                    row.day,
+                    row.request_id,
+                    row.key_id,
+                    row.team,
+                    row.model,
+                    row.served_model,
+                    row.n,
+                    row.size,
+                    row.quality,
+                    i64::try_from(row.cost.micros()).unwrap_or(i64::MAX),
+                    row.status,
+                    row.error_code,
+                    row.latency_ms,
+                    row.task_ids,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Spend by key and by team, for `month` (`YYYY-MM`) and all-time. Read at startup.
+    pub fn spent_blocking(&self, month: &str) -> Result<(SpendBy, SpendBy), StoreError> {
+        let c = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let by = |column: &str| -> Result<SpendBy, StoreError> {
+            let sql = format!(
+                "SELECT {column}, SUM(CASE WHEN month = ?1 THEN cost_micros ELSE 0 END),
+                        SUM(cost_micros)
+                 FROM ledger WHERE {column} IS NOT NULL GROUP BY {column}"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map([month], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Spent {
+                        month: r.get::<_, i64>(1)?.max(0) as u64,
+                        total: r.get::<_, i64>(2)?.max(0) as u64,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        Ok((by("key_id")?, by("team")?))
+    }
+
+    /// Aggregates the ledger by the query's grouping columns.
+    pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.call(move |c| {
+            let cols: Vec<&str> = q.group_by.iter().map(|g| g.column()).collect();
+            let select = if cols.is_empty() {
+                String::new()
+            } else {
+                format!("{}, ", cols.join(", "))
+            };
+            let group = if cols.is_empty() {
+                String::new()
+            } else {
+                format!("GROUP BY {0} ORDER BY {0}", cols.join(", "))
+            };
+            let sql = format!(
+                "SELECT {select} COUNT(*), SUM(status < 400), SUM(CASE WHEN status < 400 THEN n ELSE 0 END),
+                        COALESCE(SUM(cost_micros), 0)
+                 FROM ledger
+                 WHERE (?1 IS NULL OR day >= ?1) AND (?2 IS NULL OR day <= ?2)
+                   AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR team = ?4)
+                   AND (?5 IS NULL OR model = ?5)
+                 {group}"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let k = cols.len();
+            let rows = stmt.query_map(params![q.from, q.to, q.key, q.team, q.model], |r| {
+                let mut groups = Vec::with_capacity(k);
+                for i in 0..k {
+                    groups.push(r.get::<_, Option<String>>(i)?.unwrap_or_default());
+                }
+                Ok(UsageRow {
+                    groups,
+                    requests: r.get::<_, i64>(k)?.max(0) as u64,
+                    succeeded: r.get::<_, Option<i64>>(k + 1)?.unwrap_or(0).max(0) as u64,
+                    images: r.get::<_, Option<i64>>(k + 2)?.unwrap_or(0).max(0) as u64,
+                    cost_micros: r.get::<_, i64>(k + 3)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+fn stored_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredKey, StoreError>> {
+    let spec: String = r.get(0)?;
+    let digest: String = r.get(1)?;
+    let created_at: i64 = r.get(2)?;
+    Ok(serde_json::from_str(&spec)
+        .map(|spec| StoredKey {
+            spec,
+            digest,
+            created_at,
+        })
+        .map_err(StoreError::from))
+}
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(version).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database schema (version {version}) is newer than this imagegate understands"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
