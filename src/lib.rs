@@ -10,6 +10,7 @@
 //! - [`upstream`]: the platform client, failure classification, one adapter per upstream shape,
 //!   the async task engine and result downloads.
 //! - [`error`]: the error policy and the OpenAI error envelope.
+//! - [`metrics`]: every Prometheus series, declared in one file; the HTTP metrics middleware.
 //! - [`config`]: typed configuration; [`sim`]: the upstream simulator; [`demo`]: both together.
 
 mod api;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 mod drain;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod pricing;
 pub mod request;

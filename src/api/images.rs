@@ -15,16 +15,20 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::edits::{self, EditParts};
 use crate::app::{AppState, RequestLog};
+use crate::auth::ClientKey;
 use crate::error::ApiError;
-use crate::model::{image_dimensions, ImageFormat, Quality};
+use crate::metrics::{Fault, Outcome, UpstreamWait};
+use crate::model::{image_dimensions, ImageFormat, ModelId, Quality};
+use crate::pricing::{self, Usd};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
-use crate::upstream::{self, CallCtx, Image};
+use crate::upstream::{self, CallCtx, Image, UpstreamError};
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let id = request_id(request.headers());
+    let caller = Caller::of(&request);
     let limit = state.config.server.max_body_bytes;
     let result = match Bytes::from_request(request, &()).await {
         Ok(body) => json_object(&body),
@@ -36,15 +40,15 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         })
     });
     match result {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, req, caller).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let id = request_id(request.headers());
+    let caller = Caller::of(&request);
     match edit_request(&state, request).await {
-        Ok(req) => answer(state, req, id).await,
+        Ok(req) => answer(state, req, caller).await,
         Err(e) => e.into_response(),
     }
 }
@@ -100,54 +104,129 @@ fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+/// Who is asking, read before the body: the request id (header), the client key's id and the
+/// upstream clock (extensions) — what the upstream calls and the metrics need beyond the body.
+#[derive(Debug, Clone)]
+struct Caller {
+    request_id: String,
+    /// The configured id of the client key (never the key).
+    key_id: Arc<str>,
+    wait: UpstreamWait,
+}
+
+impl Caller {
+    fn of(request: &Request) -> Self {
+        let headers: &HeaderMap = request.headers();
+        Self {
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+            key_id: request
+                .extensions()
+                .get::<ClientKey>()
+                .map_or_else(|| Arc::from("-"), |k| k.id.clone()),
+            wait: request
+                .extensions()
+                .get::<UpstreamWait>()
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Plans (refusing bad input before any upstream call), then runs and answers.
-async fn answer(state: Arc<AppState>, req: ImageRequest, request_id: String) -> Response {
+async fn answer(state: Arc<AppState>, req: ImageRequest, caller: Caller) -> Response {
+    let log = request_log(&state, &req);
     let plan = match upstream::plan(&req) {
         Ok(p) => p,
-        Err(e) => return with_log(e.into_response(), &req, &[]),
+        Err(e) => return with_log(e.into_response(), log),
     };
     let deadline = Instant::now() + state.upstream.model_config(req.model).deadline;
     let ctx = CallCtx {
         deadline,
-        request_id,
+        request_id: caller.request_id.clone(),
+        model: req.model,
+        wait: caller.wait.clone(),
+    };
+    let log = RequestLog {
+        upstream_model: Some(ctx.model),
+        attempts: 1,
+        ..log
     };
     if req.stream {
-        return stream(state, req, plan, ctx);
+        return stream(state, req, plan, ctx, caller, log);
     }
-    match run(&state, &req, plan, &ctx).await {
-        Ok((body, task_ids)) => with_log(Json(body).into_response(), &req, &task_ids),
-        Err((e, task_ids)) => with_log(e.into_response(), &req, &task_ids),
+    match run(&state, &req, plan, &ctx, &caller).await {
+        Ok(done) => with_log(
+            Json(done.body).into_response(),
+            RequestLog {
+                task_ids: done.task_ids.join(","),
+                cost: Some(done.cost),
+                ..log
+            },
+        ),
+        Err((e, task_ids)) => with_log(
+            e.into_response(),
+            RequestLog {
+                task_ids: task_ids.join(","),
+                ..log
+            },
+        ),
     }
 }
 
+/// A request answered by one upstream model.
+struct Done {
+    body: Value,
+    task_ids: Vec<String>,
+    cost: Usd,
+}
+
 type RunError = (ApiError, Vec<String>);
+
+/// What one upstream model made of a request: the answer body, or the failure; with task ids.
+type Attempt = Result<(Value, Vec<String>), (UpstreamError, Vec<String>)>;
 
 async fn run(
     state: &AppState,
     req: &ImageRequest,
     plan: upstream::Plan,
     ctx: &CallCtx,
-) -> Result<(Value, Vec<String>), RunError> {
+    caller: &Caller,
+) -> Result<Done, RunError> {
+    let started = Instant::now();
+    let result = execute_and_materialize(state, req, plan, ctx).await;
+    let cost = observe_attempt(state, req, ctx.model, caller, &result, started);
+    match result {
+        Ok((body, task_ids)) => Ok(Done {
+            body,
+            task_ids,
+            cost,
+        }),
+        Err((e, task_ids)) => Err((ApiError::from(e), task_ids)),
+    }
+}
+
+async fn execute_and_materialize(
+    state: &AppState,
+    req: &ImageRequest,
+    plan: upstream::Plan,
+    ctx: &CallCtx,
+) -> Attempt {
     let out = upstream::execute(&state.upstream, plan, ctx)
         .await
         .map_err(|e| {
             let ids = e.task_id.iter().cloned().collect();
-            (ApiError::from(e), ids)
+            (e, ids)
         })?;
     let format = if req.stream {
         ResponseFormat::B64Json
     } else {
         req.response_format
     };
-    let body = materialize(state, req, out.images, format, &ctx.request_id)
+    let body = materialize(state, req, out.images, format, ctx)
         .await
         .map_err(|e| (e, out.task_ids.clone()))?;
     Ok((body, out.task_ids))
@@ -160,8 +239,8 @@ async fn materialize(
     req: &ImageRequest,
     images: Vec<Image>,
     format: ResponseFormat,
-    request_id: &str,
-) -> Result<Value, ApiError> {
+    ctx: &CallCtx,
+) -> Result<Value, UpstreamError> {
     let mut data = Vec::with_capacity(images.len());
     let mut learned_format = None;
     let mut learned_size = None;
@@ -184,7 +263,7 @@ async fn materialize(
                 .collect();
             let ctx = CallCtx {
                 deadline: Instant::now() + state.config.results.timeout,
-                request_id: request_id.to_owned(),
+                ..ctx.clone()
             };
             // OpenAI's default output format is PNG.
             let wanted = req.output_format.unwrap_or(ImageFormat::Png);
@@ -245,24 +324,35 @@ fn peek_b64(b64: &str) -> Vec<u8> {
 /// `stream: true`: the status is decided now (200), the image follows as one
 /// `image_generation.completed` / `image_edit.completed` event per image, with `: keepalive`
 /// comments while the upstream works (a 2-minute generation keeps the connection alive).
-fn stream(state: Arc<AppState>, req: ImageRequest, plan: upstream::Plan, ctx: CallCtx) -> Response {
+fn stream(
+    state: Arc<AppState>,
+    req: ImageRequest,
+    plan: upstream::Plan,
+    ctx: CallCtx,
+    caller: Caller,
+    log: RequestLog,
+) -> Response {
     let keepalive = state.config.server.keepalive_interval;
     let prefix = match req.op {
         Operation::Generate => "image_generation",
         Operation::Edit => "image_edit",
     };
-    let log_req = req.clone();
-    let events = futures_util::stream::once(async move {
-        match run(&state, &req, plan, &ctx).await {
-            Ok((body, _)) => completed_events(prefix, body),
-            Err((e, _)) => vec![Event::default().event("error").data(e.body().to_string())],
+    let work = async move {
+        match run(&state, &req, plan, &ctx, &caller).await {
+            Ok(done) => completed_events(prefix, done.body),
+            Err((e, _)) => {
+                // The status went out as 200 before the failure: counted here, not by the middleware.
+                state.metrics.error(Fault::of(&e));
+                vec![Event::default().event("error").data(e.body().to_string())]
+            }
         }
-    })
-    .flat_map(|events| {
-        futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
-    });
+    };
+    let events =
+        futures_util::stream::once(work.instrument(tracing::Span::current())).flat_map(|events| {
+            futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
+        });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"));
-    with_log(sse.into_response(), &log_req, &[])
+    with_log(sse.into_response(), log)
 }
 
 fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
@@ -291,11 +381,46 @@ fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
     events
 }
 
-fn with_log(mut res: Response, req: &ImageRequest, task_ids: &[String]) -> Response {
-    res.extensions_mut().insert(RequestLog {
+/// The access log's view of a request before any upstream call.
+fn request_log(state: &AppState, req: &ImageRequest) -> RequestLog {
+    RequestLog {
         model: Some(req.model),
         n: req.n,
-        task_ids: task_ids.join(","),
-    });
+        prompt: state.config.logging.log_prompts.then(|| req.prompt.clone()),
+        ..RequestLog::default()
+    }
+}
+
+fn with_log(mut res: Response, log: RequestLog) -> Response {
+    res.extensions_mut().insert(log);
     res
+}
+
+// === observability ===
+
+/// Records one request's work on one upstream model: its duration and outcome, and on success
+/// the images produced and what they cost (charged to the caller's key). Returns the cost.
+fn observe_attempt(
+    state: &AppState,
+    req: &ImageRequest,
+    model: ModelId,
+    caller: &Caller,
+    result: &Attempt,
+    started: Instant,
+) -> Usd {
+    let m = &state.metrics;
+    let (outcome, images) = match result {
+        Ok((body, _)) => (Outcome::Ok, body["data"].as_array().map_or(0, Vec::len)),
+        Err((e, _)) => (Outcome::Failed(e.kind), 0),
+    };
+    m.task_done(model, req.quality, outcome, started.elapsed());
+    if images == 0 {
+        return Usd::ZERO;
+    }
+    m.images_produced(model, images);
+    // The price of all `n` images, for the ones produced (a fan-out may make fewer).
+    let all = pricing::cost(&state.config.models, model, req);
+    let cost = Usd(all.micros() / u64::from(req.n.max(1)) * images as u64);
+    m.cost(None, &caller.key_id, model, cost);
+    cost
 }

@@ -4,6 +4,7 @@
 mod edits;
 mod images;
 mod models;
+pub(crate) mod ops;
 
 use std::sync::Arc;
 

@@ -17,6 +17,7 @@ mod sparkpix;
 mod task;
 mod transcode;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header::AUTHORIZATION, HeaderValue};
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, ModelConfig, ModelsConfig, ResultsConfig};
 use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome, Phase, UpstreamWait};
 use crate::model::ModelId;
 use crate::request::{self, ImageRequest};
 
@@ -112,6 +114,11 @@ pub struct CallCtx {
     pub deadline: Instant,
     /// Sent upstream as `x-request-id`, so one id follows the request end to end.
     pub request_id: String,
+    /// The upstream model these calls are for (the metrics' `model` label).
+    pub model: ModelId,
+    /// The request's upstream clock: every wait on the platform is measured into it, so the
+    /// gateway's own overhead is the rest.
+    pub wait: UpstreamWait,
 }
 
 impl CallCtx {
@@ -131,10 +138,11 @@ pub struct Upstream {
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", config.upstream.api_key))?;
         auth.set_sensitive(true);
         let http = reqwest::Client::builder()
@@ -156,6 +164,7 @@ impl Upstream {
             redactor: Redactor(config.upstream.api_key.clone()),
             results: config.results.clone(),
             models: config.models.clone(),
+            metrics,
         })
     }
 
@@ -170,7 +179,7 @@ impl Upstream {
         ctx: &CallCtx,
     ) -> Result<Value, UpstreamError> {
         let rb = self.http.post(format!("{}{path}", self.base)).json(body);
-        self.send(rb, ctx, ctx.remaining()).await
+        self.send(rb, ctx, ctx.remaining(), Phase::Create).await
     }
 
     async fn post_form(
@@ -183,7 +192,7 @@ impl Upstream {
             .http
             .post(format!("{}{path}", self.base))
             .multipart(form);
-        self.send(rb, ctx, ctx.remaining()).await
+        self.send(rb, ctx, ctx.remaining(), Phase::Create).await
     }
 
     async fn get_json(
@@ -193,10 +202,29 @@ impl Upstream {
         limit: Duration,
     ) -> Result<Value, UpstreamError> {
         let rb = self.http.get(format!("{}{path}", self.base));
-        self.send(rb, ctx, ctx.remaining().min(limit)).await
+        self.send(rb, ctx, ctx.remaining().min(limit), Phase::Poll)
+            .await
     }
 
+    /// One call to the platform, timed into the request's upstream clock and counted by model,
+    /// phase and outcome.
     async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        ctx: &CallCtx,
+        limit: Duration,
+        phase: Phase,
+    ) -> Result<Value, UpstreamError> {
+        let _waiting = ctx.wait.enter();
+        let started = Instant::now();
+        let result = self.call(rb, ctx, limit).await;
+        let outcome = Outcome::of(&result);
+        self.metrics
+            .upstream_call(ctx.model, phase, outcome, started.elapsed());
+        result
+    }
+
+    async fn call(
         &self,
         rb: reqwest::RequestBuilder,
         ctx: &CallCtx,
