@@ -12,5 +12,6 @@ mod errors;
 mod failures;
 mod generate;
 mod lifecycle;
+mod metrics;
 mod models;
 mod support;
