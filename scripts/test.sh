@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# The project's test command: every Rust test, then the end-to-end tests with the OpenAI SDKs.
+# The project's test command: the alert rules (promtool, installed from Debian's prometheus
+# package when missing), every Rust test, then the end-to-end tests with the OpenAI SDKs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> promtool: alert rules and Prometheus config"
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "promtool not found: installing Debian's prometheus package"
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+promtool check config deploy/prometheus/prometheus.yml
 
 echo "==> cargo test --locked"
 cargo test --locked

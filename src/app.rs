@@ -8,20 +8,23 @@
 //! | 1 | `SetSensitiveRequestHeadersLayer(Authorization)` | keys never appear in traces |
 //! | 2 | `SetRequestIdLayer` | keeps the caller's `x-request-id` or makes one (UUID) |
 //! | 3 | `PropagateRequestIdLayer` | returns `x-request-id` on every response, errors included |
-//! | 4 | `access_log` | one line per request; sees 401s and every error |
-//! | 5 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
-//! | 6 | `auth::require_key` | deny by default; inserts [`ClientKey`](crate::auth::ClientKey) |
-//! | 7 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
-//! | 8 | routes → handlers | `api::routes()` |
+//! | 4 | `metrics::http::track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
+//! | 5 | `access_log` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
+//! | 6 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
+//! | 7 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts [`ClientKey`](crate::auth::ClientKey) |
+//! | 8 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
+//! | 9 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
 //!
-//! Request/response extensions: `ClientKey` (auth → handlers, and on the response for the
-//! access log; it carries the key's and team's settings); `ApiError` and [`RequestLog`]
-//! (handlers → access log, on the response).
+//! Request/response extensions: [`UpstreamWait`] (metrics → handlers → upstream client, and
+//! read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
+//! response for the access log; it carries the key's and team's settings); `ApiError` and
+//! [`RequestLog`] (handlers → access log and metrics, on the response).
 //!
 //! Per-key limits and budgets are not a layer: images/min needs the parsed `n` and the budget
-//! needs the priced request, so the image handlers run them (`api::gate`) after parsing and
-//! before any upstream call. Routes: `api::routes()` (the OpenAI surface) and
-//! [`admin::routes()`](crate::admin::routes) (`/admin/*`, admin key only, enforced at layer 6).
+//! needs the priced request, so the image handlers run them ([`gate`](crate::gate)) after
+//! parsing and before any upstream call. Routes: `api::routes()` (the OpenAI surface),
+//! `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) and
+//! [`admin::routes()`](crate::admin::routes) (`/admin/*`, admin key only, enforced by auth).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,12 +33,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tracing::Instrument as _;
 
 use crate::auth::{AdminKey, ClientKey};
 use crate::budget::Budgets;
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::keys::Registry;
 use crate::limits::RateLimits;
+use crate::metrics::{CircuitState, Fault, Metrics, UpstreamWait};
 use crate::model::ModelId;
 use crate::pricing::Usd;
 use crate::routing::{Route, Routing};
@@ -65,6 +69,8 @@ pub struct AppState {
     pub budgets: Budgets,
     /// Rate and concurrency limiters.
     pub limits: RateLimits,
+    /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -73,19 +79,36 @@ impl AppState {
         let store = Store::open(config.data.dir.as_deref())?;
         let month = crate::ledger::utc_month(std::time::SystemTime::now());
         let (by_key, by_team) = store.spent_blocking(&month)?;
+        let metrics = Arc::new(Metrics::new()?);
+        for m in ModelId::ALL {
+            if config.models.get(m).enabled {
+                metrics.circuit_state(m, CircuitState::Closed);
+            }
+        }
         Ok(Self {
-            upstream: Upstream::new(&config)?,
+            upstream: Upstream::new(&config, metrics.clone())?,
             routing: Routing::new(config.routing.clone()),
             keys: Registry::new(&config, store)?,
             admin: AdminKey::new(&config.admin),
             budgets: Budgets::load(by_key, by_team),
             limits: RateLimits::new(&config.limits),
+            metrics,
             config,
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.keys.store
+    }
+
+    /// The upstream models that can take a request now (enabled, circuit not open):
+    /// `GET /readyz` fails when there is none.
+    pub fn ready_models(&self) -> Vec<ModelId> {
+        ModelId::ALL
+            .into_iter()
+            .filter(|m| self.config.models.get(*m).enabled)
+            .filter(|m| self.routing.health.state(*m) != crate::routing::health::CircuitState::Open)
+            .collect()
     }
 
     /// The public model a request asked for (or the default): a model id, group or alias with
@@ -97,31 +120,41 @@ impl AppState {
 }
 
 /// What a handler tells the access log about the request it served.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestLog {
-    /// The model the request was planned for (the served one once routing picked).
+    /// The upstream model the request was planned for (the served one once routing picked).
     pub model: Option<ModelId>,
     /// The name the caller asked for: a model id, group or alias.
     pub public_model: Option<Arc<str>>,
-    /// The upstream model that served (or last failed) the request.
+    /// The upstream model that served the request (or the last one tried).
     pub upstream_model: Option<ModelId>,
-    pub cost: Option<Usd>,
-    /// Upstream models tried.
+    /// Upstream models tried (more than 1 after a failover).
     pub attempts: u32,
     pub n: u8,
     pub task_ids: String,
+    /// What the upstream charges for the images returned.
+    pub cost: Option<Usd>,
+    /// The prompt, only when `logging.log_prompts` is on.
+    pub prompt: Option<String>,
 }
 
 /// Builds the router with the full middleware stack (see the table above).
 pub fn build_router(state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
+    let panics = state.metrics.clone();
     let middleware = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(|_| {
+        .layer(CatchPanicLayer::custom(move |_| {
+            // Outside the metrics layer (a panic unwinds through it): counted here.
+            panics.error(Fault::GatewayPanic);
             ApiError::internal("The gateway hit an internal error.").into_response()
         }))
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::http::track,
+        ))
         .layer(middleware::from_fn(access_log))
         .layer(middleware::from_fn(move |req, next| {
             crate::drain::drain_unread_body(limit, req, next)
@@ -133,7 +166,7 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit));
     crate::api::routes()
         .merge(crate::admin::routes())
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::api::ops::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware)
@@ -144,8 +177,12 @@ async fn not_found(State(_): State<Arc<AppState>>, req: Request) -> ApiError {
     ApiError::not_found(req.uri().path())
 }
 
-/// One line per request: request id, key id, model, status, latency, task ids, error code.
-/// Never a secret, a prompt or image bytes.
+/// One line per request: request id, key id, public and upstream model, status, latency,
+/// upstream time, cost, attempts, task ids, error code. Never a secret or image bytes; the prompt
+/// only with `logging.log_prompts`.
+///
+/// The request runs inside a `request` span carrying its `request_id`, so every line logged
+/// while serving it (a failed fan-out call, an abandoned task) names the request.
 async fn access_log(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -156,7 +193,10 @@ async fn access_log(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let res = next.run(req).await;
+    let wait = req.extensions().get::<UpstreamWait>().cloned();
+    // At `error` level so it is enabled whenever any line inside it is.
+    let span = tracing::error_span!("request", request_id = request_id.as_str());
+    let res = next.run(req).instrument(span).await;
     let key = res.extensions().get::<ClientKey>().map(|k| k.id.clone());
     let log = res.extensions().get::<RequestLog>();
     let error = res.extensions().get::<ApiError>();
@@ -166,15 +206,17 @@ async fn access_log(req: Request, next: Next) -> Response {
         path,
         status = res.status().as_u16(),
         latency_ms = start.elapsed().as_millis() as u64,
+        upstream_ms = wait.map_or(0, |w| w.total().as_millis() as u64),
         key_id = key.as_deref().unwrap_or("-"),
         model = log.and_then(|l| l.public_model.as_deref()).unwrap_or("-"),
-        upstream = log.and_then(|l| l.upstream_model).map_or("-", ModelId::as_str),
-        cost_usd = %log.and_then(|l| l.cost).unwrap_or_default(),
+        upstream_model = log.and_then(|l| l.upstream_model).map_or("-", ModelId::as_str),
         attempts = log.map_or(0, |l| l.attempts),
         n = log.map_or(0, |l| l.n),
+        cost_usd = log.and_then(|l| l.cost).map(|c| c.to_string()),
         task_ids = log.map_or("", |l| l.task_ids.as_str()),
         error_code = error.map_or("", |e| e.code),
         error = error.map_or("", |e| e.message.as_str()),
+        prompt = log.and_then(|l| l.prompt.as_deref()),
         "request"
     );
     res

@@ -19,8 +19,8 @@ use crate::error::ApiError;
 pub use crate::keys::digest;
 use crate::keys::{KeyRecord, TeamRecord};
 
-/// Routes that need no key.
-pub const PUBLIC_ROUTES: [&str; 1] = ["/healthz"];
+/// Routes that need no key: the operator's probes and metrics (`api::ops`).
+pub const PUBLIC_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The authenticated caller, inserted into request (and response) extensions.
 #[derive(Debug, Clone)]

@@ -158,6 +158,28 @@ impl Budgets {
         })
     }
 
+    /// The largest share of a budget `payer` has spent (monthly or total), if it has one.
+    pub fn used_ratio(&self, payer: &Payer, budget: Budget) -> Option<f64> {
+        let month = utc_month(SystemTime::now());
+        let mut accounts = lock(&self.accounts);
+        let a = accounts.entry(payer.clone()).or_default();
+        a.roll(&month);
+        [
+            (budget.monthly, a.month_spent),
+            (budget.total, a.total_spent),
+        ]
+        .into_iter()
+        .filter_map(|(limit, spent)| {
+            let limit = limit?;
+            Some(if limit == Usd::ZERO {
+                1.0
+            } else {
+                spent.as_dollars() / limit.as_dollars()
+            })
+        })
+        .reduce(f64::max)
+    }
+
     /// Current spend of `payer` (zero when it never spent).
     pub fn view(&self, payer: &Payer) -> SpendView {
         let month = utc_month(SystemTime::now());

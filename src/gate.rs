@@ -20,10 +20,11 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::auth::ClientKey;
-use crate::budget::Reservation;
+use crate::budget::{Payer, Reservation};
 use crate::error::ApiError;
 use crate::ledger::{Outcome, Row};
 use crate::limits::{Admission, ModelPermit};
+use crate::metrics::RefusalReason;
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
@@ -40,7 +41,34 @@ pub fn admit(
     if !caller.record.allows(name) {
         return Err(ApiError::model_not_allowed(name));
     }
-    state.limits.admit(caller, req.n)
+    state
+        .limits
+        .admit(caller, req.n)
+        .inspect_err(|e| count_refusal(state, caller, e))
+}
+
+/// Counts a 429 of the gateway's own limits by reason (`imagegate_refusals_total`).
+fn count_refusal(state: &AppState, caller: &ClientKey, e: &ApiError) {
+    let header = |name: &str| e.headers.iter().any(|(h, _)| *h == name);
+    let reason = match e.code {
+        "insufficient_quota" => RefusalReason::Budget,
+        "rate_limit_exceeded" if header("x-ratelimit-limit-requests") => RefusalReason::RequestRate,
+        "rate_limit_exceeded" if header("x-ratelimit-limit-images") => RefusalReason::ImageRate,
+        "rate_limit_exceeded" => RefusalReason::Concurrency,
+        _ => return,
+    };
+    state.metrics.refused(caller.team_id(), &caller.id, reason);
+}
+
+/// Publishes how much of the caller's team budget is spent (`imagegate_budget_used_ratio`).
+pub fn publish_budget_use(state: &AppState, caller: &ClientKey) {
+    let (Some(team_id), Some(team)) = (caller.team_id(), caller.team.as_ref()) else {
+        return;
+    };
+    let payer = Payer::Team(team_id.to_owned());
+    if let Some(ratio) = state.budgets.used_ratio(&payer, team.budget) {
+        state.metrics.budget_used(team_id, ratio);
+    }
 }
 
 /// One upstream attempt: its budget reservation and its upstream slot.
@@ -62,7 +90,10 @@ pub async fn reserve(
     request_id: &str,
 ) -> Result<Attempt, ApiError> {
     let cost = pricing::cost(&state.config.models, model, req);
-    let reservation = state.budgets.reserve(caller, cost)?;
+    let reservation = state
+        .budgets
+        .reserve(caller, cost)
+        .inspect_err(|e| count_refusal(state, caller, e))?;
     let upstream = state.limits.upstream_permit(model).await?;
     let cancelled = Outcome {
         status: 499,

@@ -13,6 +13,7 @@
 //! - The team gateway: [`keys`] (client keys and teams), [`limits`] (rate and concurrency),
 //!   [`budget`] (reserve/settle), [`ledger`] (one row per request, usage reports), [`store`]
 //!   (SQLite), [`admin`] (`/admin/*` and the `keys`/`teams`/`usage` commands).
+//! - [`metrics`]: every Prometheus series, declared in one file; the HTTP metrics middleware.
 //! - [`config`]: typed configuration; [`sim`]: the upstream simulator; [`demo`]: both together.
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod gate;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod pricing;
 pub mod request;

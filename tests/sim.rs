@@ -503,7 +503,7 @@ async fn fault_table_and_introspection() {
     let redacted = format!("<base64 {} bytes>", big.len());
     assert_eq!(first["json"]["image_base64"].take(), json!(redacted));
     let want = json!({"method": "POST", "path": GEN, "query": null, "model": "gpt-image-2-lite",
-        "auth_ok": true, "multipart": null,
+        "auth_ok": true, "multipart": null, "request_id": null,
         "json": {"model": "gpt-image-2-lite", "prompt": "x", "image_base64": null}});
     assert_eq!(first, want);
     assert_eq!(log[1]["query"], format!("task_id={id}"));

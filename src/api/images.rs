@@ -16,6 +16,7 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::edits::{self, EditParts};
 use crate::app::{AppState, RequestLog};
@@ -24,10 +25,11 @@ use crate::error::ApiError;
 use crate::gate;
 use crate::ledger::Outcome;
 use crate::limits::Admission;
+use crate::metrics::{Fault, UpstreamWait};
 use crate::model::{image_dimensions, ImageFormat, ModelId, Quality};
 use crate::pricing::Usd;
 use crate::request::{ImageRequest, Operation, ResponseFormat};
-use crate::routing::failover::{self, Failed};
+use crate::routing::failover::{self, Caller, Failed};
 use crate::routing::{Candidate, Constraints};
 use crate::upstream::{CallCtx, Image, Plan};
 
@@ -70,11 +72,13 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
     }
 }
 
-/// Who is calling and how: the authenticated key, the routing headers, the request id.
+/// Who is calling and how: the authenticated key, the routing headers, the request id and the
+/// request's upstream clock (set by the metrics layer).
 struct Call {
     caller: ClientKey,
     limits: Constraints,
     request_id: String,
+    wait: UpstreamWait,
 }
 
 impl Call {
@@ -88,6 +92,11 @@ impl Call {
             caller,
             limits: Constraints::from_headers(request.headers())?,
             request_id: request_id(request.headers()),
+            wait: request
+                .extensions()
+                .get::<UpstreamWait>()
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }
@@ -200,7 +209,7 @@ async fn finish(
     let outcome = by.outcome(res.status().as_u16(), res.extensions().get::<ApiError>());
     let id = &call.request_id;
     let headers = gate::close(state, &call.caller, req, id, started, admission, outcome).await;
-    let mut res = with_log(res, req, Some(&by));
+    let mut res = with_log(state, res, req, Some(&by));
     add_headers(&mut res, headers);
     res
 }
@@ -245,7 +254,12 @@ async fn run(
     plan: Plan,
 ) -> Result<(Value, ServedBy), Failed> {
     let id = &call.request_id;
-    let served = failover::run(state, &call.caller, req, candidates, plan, id).await?;
+    let who = Caller {
+        key: &call.caller,
+        request_id: id,
+        wait: &call.wait,
+    };
+    let served = failover::run(state, &who, req, candidates, plan).await?;
     let by = ServedBy {
         model: Some(served.model),
         cost: served.cost,
@@ -257,7 +271,7 @@ async fn run(
     } else {
         req.response_format
     };
-    match materialize(state, req, served.output.images, format, id).await {
+    match materialize(state, call, req, served.output.images, format).await {
         Ok(body) => Ok((body, by)),
         Err(error) => Err(Failed {
             error,
@@ -273,10 +287,10 @@ async fn run(
 /// result URLs are downloaded concurrently otherwise. `url` answers the upstream URL as is.
 async fn materialize(
     state: &AppState,
+    call: &Call,
     req: &ImageRequest,
     images: Vec<Image>,
     format: ResponseFormat,
-    request_id: &str,
 ) -> Result<Value, ApiError> {
     let mut data = Vec::with_capacity(images.len());
     let mut learned_format = None;
@@ -300,7 +314,9 @@ async fn materialize(
                 .collect();
             let ctx = CallCtx {
                 deadline: Instant::now() + state.config.results.timeout,
-                request_id: request_id.to_owned(),
+                request_id: call.request_id.clone(),
+                model: req.model,
+                wait: call.wait.clone(),
             };
             // OpenAI's default output format is PNG.
             let wanted = req.output_format.unwrap_or(ImageFormat::Png);
@@ -376,42 +392,50 @@ fn stream(
         Operation::Edit => "image_edit",
     };
     let log_req = req.clone();
+    let state_for_log = state.clone();
     let headers = admission.headers();
-    let events = futures_util::stream::once(async move {
-        let mut req = req;
-        let result = run(&state, &call, &mut req, &candidates, plan).await;
-        let (status, error, by) = match &result {
-            Ok((_, by)) => (200, None, by.clone()),
-            Err(f) => (
-                f.error.status.as_u16(),
-                Some(&f.error),
-                ServedBy::from_failed(f),
-            ),
-        };
-        let outcome = by.outcome(status, error);
-        let id = &call.request_id;
-        gate::close(
-            &state,
-            &call.caller,
-            &req,
-            id,
-            started,
-            Some(&admission),
-            outcome,
-        )
-        .await;
-        match result {
-            Ok((body, _)) => completed_events(prefix, body),
-            Err(failed) => vec![Event::default()
-                .event("error")
-                .data(failed.error.body().to_string())],
+    let events = futures_util::stream::once(
+        async move {
+            let mut req = req;
+            let result = run(&state, &call, &mut req, &candidates, plan).await;
+            let (status, error, by) = match &result {
+                Ok((_, by)) => (200, None, by.clone()),
+                Err(f) => (
+                    f.error.status.as_u16(),
+                    Some(&f.error),
+                    ServedBy::from_failed(f),
+                ),
+            };
+            let outcome = by.outcome(status, error);
+            let id = &call.request_id;
+            gate::close(
+                &state,
+                &call.caller,
+                &req,
+                id,
+                started,
+                Some(&admission),
+                outcome,
+            )
+            .await;
+            match result {
+                Ok((body, _)) => completed_events(prefix, body),
+                Err(failed) => {
+                    // The status went out as 200 before the failure: counted here, not by the
+                    // metrics layer.
+                    state.metrics.error(Fault::of(&failed.error));
+                    let body = failed.error.body().to_string();
+                    vec![Event::default().event("error").data(body)]
+                }
+            }
         }
-    })
+        .instrument(tracing::Span::current()),
+    )
     .flat_map(|events| {
         futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"));
-    let mut res = with_log(sse.into_response(), &log_req, None);
+    let mut res = with_log(&state_for_log, sse.into_response(), &log_req, None);
     add_headers(&mut res, headers);
     res
 }
@@ -451,7 +475,12 @@ fn add_headers(res: &mut Response, headers: Vec<(&'static str, String)>) {
     }
 }
 
-fn with_log(mut res: Response, req: &ImageRequest, by: Option<&ServedBy>) -> Response {
+fn with_log(
+    state: &AppState,
+    mut res: Response,
+    req: &ImageRequest,
+    by: Option<&ServedBy>,
+) -> Response {
     if let Some(by) = by {
         let headers = res.headers_mut();
         if let Some(m) = by.model {
@@ -470,6 +499,7 @@ fn with_log(mut res: Response, req: &ImageRequest, by: Option<&ServedBy>) -> Res
         attempts: by.map_or(0, |b| b.attempts),
         n: req.n,
         task_ids: by.map(|b| b.task_ids.join(",")).unwrap_or_default(),
+        prompt: state.config.logging.log_prompts.then(|| req.prompt.clone()),
     });
     res
 }

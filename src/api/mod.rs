@@ -5,6 +5,7 @@
 mod edits;
 mod images;
 mod models;
+pub(crate) mod ops;
 mod upstreams;
 
 use std::sync::Arc;

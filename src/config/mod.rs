@@ -170,6 +170,9 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// `tracing` env-filter directives; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Put each request's prompt in its access-log line. Off by default: prompts are the
+    /// callers' data.
+    pub log_prompts: bool,
 }
 
 impl Default for LoggingConfig {
@@ -177,6 +180,7 @@ impl Default for LoggingConfig {
         Self {
             format: LogFormat::Human,
             filter: "info".to_owned(),
+            log_prompts: false,
         }
     }
 }

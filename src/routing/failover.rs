@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::gate;
+use crate::metrics::{self, UpstreamWait};
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
@@ -77,22 +78,30 @@ pub fn prepare<'a>(
     }))
 }
 
+/// Who a request runs for: the key (budgets, cost), the request id (sent upstream) and the
+/// request's upstream clock (the gateway's overhead is the time outside it).
+pub struct Caller<'a> {
+    pub key: &'a ClientKey,
+    pub request_id: &'a str,
+    pub wait: &'a UpstreamWait,
+}
+
 /// Runs `req` on `candidates` in order (see the module docs), starting with `first`, the plan
 /// [`prepare`] made for `candidates[0]`. `req.model` is set to the model of each attempt, so the
 /// adapters see the model they serve.
 pub async fn run(
     state: &AppState,
-    caller: &ClientKey,
+    who: &Caller<'_>,
     req: &mut ImageRequest,
     candidates: &[Candidate],
     first: Plan,
-    request_id: &str,
 ) -> Result<Served, Failed> {
+    let (caller, request_id) = (who.key, who.request_id);
     let routing = state.routing.config();
     let overall = Instant::now() + routing.request_deadline;
     let mut attempts = 0u32;
     let mut tried = None;
-    let mut last_failure: Option<UpstreamError> = None;
+    let mut last_failure: Option<(ModelId, UpstreamError)> = None;
     let mut refused: Option<ApiError> = None;
     let mut first = Some(first);
     for candidate in candidates {
@@ -122,19 +131,32 @@ pub async fn run(
                 continue;
             }
         };
+        if let Some((from, e)) = &last_failure {
+            state.metrics.failover(*from, model, e.kind);
+        }
         attempts += 1;
         tried = Some(model);
         let deadline = overall.min(Instant::now() + state.upstream.model_config(model).deadline);
         let ctx = CallCtx {
             deadline,
             request_id: request_id.to_owned(),
+            model,
+            wait: who.wait.clone(),
         };
         let started = Instant::now();
-        match upstream::execute(&state.upstream, plan, &ctx).await {
+        let result = upstream::execute(&state.upstream, plan, &ctx).await;
+        let took = started.elapsed();
+        let m = &state.metrics;
+        match result {
             Ok(output) => {
-                admission.finish(req.quality, Outcome::Success, started.elapsed());
+                admission.finish(req.quality, Outcome::Success, took);
+                m.circuit_state(model, state.routing.health.state(model).into());
                 let cost = billed(state, model, req, &output);
                 reservation.settle(cost);
+                gate::publish_budget_use(state, caller);
+                m.task_done(model, req.quality, metrics::Outcome::Ok, took);
+                m.images_produced(model, output.images.len());
+                m.cost(caller.team_id(), &caller.id, model, cost);
                 return Ok(Served {
                     output,
                     model,
@@ -143,7 +165,9 @@ pub async fn run(
                 });
             }
             Err(e) => {
-                admission.finish(req.quality, Outcome::of(e.kind), started.elapsed());
+                admission.finish(req.quality, Outcome::of(e.kind), took);
+                m.circuit_state(model, state.routing.health.state(model).into());
+                m.task_done(model, req.quality, metrics::Outcome::Failed(e.kind), took);
                 reservation.release();
                 if !e.kind.fails_over() {
                     return Err(failed(ApiError::from_upstream(&e), tried, attempts, &e));
@@ -155,12 +179,12 @@ pub async fn run(
                     attempt = attempts,
                     "upstream attempt failed; trying the next model"
                 );
-                last_failure = Some(e);
+                last_failure = Some((model, e));
             }
         }
     }
     Err(match (last_failure, refused) {
-        (Some(e), _) => failed(ApiError::from_upstream(&e), tried, attempts, &e),
+        (Some((_, e)), _) => failed(ApiError::from_upstream(&e), tried, attempts, &e),
         (None, Some(refusal)) => refusal.into(),
         (None, None) => ApiError::no_healthy_model(format!(
             "Every model of `{}` is out of rotation right now.",

@@ -46,6 +46,16 @@ impl CircuitState {
     }
 }
 
+impl From<CircuitState> for crate::metrics::CircuitState {
+    fn from(s: CircuitState) -> Self {
+        match s {
+            CircuitState::Closed => Self::Closed,
+            CircuitState::HalfOpen => Self::HalfOpen,
+            CircuitState::Open => Self::Open,
+        }
+    }
+}
+
 /// What one attempt on a model tells about the model's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

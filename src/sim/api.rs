@@ -116,6 +116,11 @@ pub(crate) async fn gate(State(state): State<AppState>, req: Request, next: Next
         path,
         query: parts.uri.query().map(str::to_string),
         model,
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         auth_ok,
         json,
         multipart,

@@ -36,6 +36,8 @@ pub(crate) struct RequestRecord {
     /// Raw query string, if any.
     pub query: Option<String>,
     pub model: Option<String>,
+    /// The caller's `x-request-id` header, if any.
+    pub request_id: Option<String>,
     pub auth_ok: bool,
     /// The JSON body (redacted), or `null` when the body was not JSON.
     pub json: Option<Value>,

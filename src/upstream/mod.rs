@@ -18,6 +18,7 @@ mod sparkpix;
 mod task;
 mod transcode;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header::AUTHORIZATION, HeaderValue};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, ModelConfig, ModelsConfig, ResultsConfig};
 use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome, Phase, UpstreamWait};
 use crate::model::ModelId;
 use crate::request::{self, ImageRequest};
 
@@ -146,6 +148,11 @@ pub struct CallCtx {
     pub deadline: Instant,
     /// Sent upstream as `x-request-id`, so one id follows the request end to end.
     pub request_id: String,
+    /// The upstream model these calls are for (the metrics' `model` label).
+    pub model: ModelId,
+    /// The request's upstream clock: every wait on the platform is measured into it, so the
+    /// gateway's own overhead is the rest.
+    pub wait: UpstreamWait,
 }
 
 impl CallCtx {
@@ -166,10 +173,11 @@ pub struct Upstream {
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -189,6 +197,7 @@ impl Upstream {
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
+            metrics,
         })
     }
 
@@ -204,7 +213,7 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).json(body);
-        self.send(&make, ctx, ctx.remaining()).await
+        self.send(&make, ctx, ctx.remaining(), Phase::Create).await
     }
 
     /// `form` is called once per attempt: a call refused for its key is sent again with another.
@@ -216,7 +225,7 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).multipart(form());
-        self.send(&make, ctx, ctx.remaining()).await
+        self.send(&make, ctx, ctx.remaining(), Phase::Create).await
     }
 
     async fn get_json(
@@ -227,12 +236,31 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.get(&url);
-        self.send(&make, ctx, ctx.remaining().min(limit)).await
+        self.send(&make, ctx, ctx.remaining().min(limit), Phase::Poll)
+            .await
+    }
+
+    /// One call to the platform, timed into the request's upstream clock and counted by model,
+    /// phase and outcome (once, whichever key of the pool answered it).
+    async fn send(
+        &self,
+        make: &(dyn Fn() -> reqwest::RequestBuilder + Sync),
+        ctx: &CallCtx,
+        limit: Duration,
+        phase: Phase,
+    ) -> Result<Value, UpstreamError> {
+        let _waiting = ctx.wait.enter();
+        let started = Instant::now();
+        let result = self.call(make, ctx, limit).await;
+        let outcome = Outcome::of(&result);
+        self.metrics
+            .upstream_call(ctx.model, phase, outcome, started.elapsed());
+        result
     }
 
     /// Sends one call with a key of the pool. A 401/402 benches that key and sends the same call
     /// with the next one, until a key works or every key was tried.
-    async fn send(
+    async fn call(
         &self,
         make: &(dyn Fn() -> reqwest::RequestBuilder + Sync),
         ctx: &CallCtx,

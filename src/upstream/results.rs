@@ -6,7 +6,10 @@ use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
+use tokio::time::Instant;
+
 use super::{CallCtx, FailureKind, Upstream, UpstreamError};
+use crate::metrics::{Outcome, Phase};
 use crate::model::{image_dimensions, ImageFormat, Size};
 
 /// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both.
@@ -63,7 +66,22 @@ impl Upstream {
         futures_util::future::try_join_all(fetches).await
     }
 
+    /// Downloads one result file, timed into the request's upstream clock and counted as a
+    /// `download` call of the context's model.
     async fn fetch(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
+        let _waiting = ctx.wait.enter();
+        let started = Instant::now();
+        let result = self.download(url, ctx).await;
+        let outcome = Outcome::of(&result);
+        self.metrics
+            .upstream_call(ctx.model, Phase::Download, outcome, started.elapsed());
+        if let Ok(bytes) = &result {
+            self.metrics.downloaded(ctx.model, bytes.len());
+        }
+        result
+    }
+
+    async fn download(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
         let err = |msg: String| UpstreamError::new(FailureKind::Download, msg);
         let parsed = reqwest::Url::parse(url).map_err(|_| err("invalid result URL".to_owned()))?;
         if !matches!(parsed.scheme(), "http" | "https") || !self.host_allowed(&parsed) {

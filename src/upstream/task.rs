@@ -120,7 +120,12 @@ pub(super) async fn wait(
         task_id,
         armed: true,
     };
-    let result = poll(up, model, task_id, ctx).await;
+    // The whole wait, sleeps between polls included, is time on the upstream.
+    let _waiting = ctx.wait.enter();
+    let _in_flight = up.metrics.task_in_flight(ctx.model);
+    let mut polls = 0;
+    let result = poll(up, model, task_id, ctx, &mut polls).await;
+    up.metrics.task_polls(ctx.model, polls);
     watch.armed = false;
     result
 }
@@ -130,11 +135,11 @@ async fn poll(
     model: &ModelConfig,
     task_id: &str,
     ctx: &CallCtx,
+    polls: &mut u32,
 ) -> Result<Vec<String>, UpstreamError> {
     let path = format!("/api/v1/images/generations?task_id={}", encode(task_id));
     let timeout = || UpstreamError::new(FailureKind::Timeout, String::new()).with_task(task_id);
     let mut next = Instant::now() + model.first_poll_delay;
-    let mut polls = 0u32;
     loop {
         if next >= ctx.deadline {
             sleep_until_deadline(ctx).await;
@@ -142,23 +147,27 @@ async fn poll(
         }
         tokio::time::sleep_until(next).await;
         next = Instant::now() + model.poll_interval;
-        polls += 1;
+        *polls += 1;
         let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT).await {
             Ok(v) => v,
             Err(e) if e.kind.is_transient() || e.kind == FailureKind::Timeout => {
-                tracing::debug!(task_id, polls, kind = ?e.kind, "poll failed; polling again");
+                tracing::debug!(task_id, polls = *polls, kind = ?e.kind, "poll failed; polling again");
                 continue;
             }
             Err(e) => return Err(e.with_task(task_id)),
         };
         let Some(data) = answer.get("data") else {
-            tracing::debug!(task_id, polls, "poll answer without data; polling again");
+            tracing::debug!(
+                task_id,
+                polls = *polls,
+                "poll answer without data; polling again"
+            );
             continue;
         };
         match task_state(data) {
             Ok(TaskState::Running) => {}
             Ok(TaskState::Completed(urls)) => {
-                tracing::debug!(task_id, polls, "task completed");
+                tracing::debug!(task_id, polls = *polls, "task completed");
                 return Ok(urls);
             }
             Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(task_id)),

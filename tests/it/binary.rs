@@ -1,12 +1,12 @@
-//! Black-box tests of the real binary: CLI, config errors, and that the upstream key never shows
-//! up in responses or logs.
+//! Black-box tests of the real binary: CLI, config errors, that no secret shows up in responses,
+//! logs or `/metrics`, and the JSON log format.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -59,9 +59,8 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     );
 }
 
-#[tokio::test]
-async fn upstream_key_never_appears_in_responses_or_logs() {
-    let stop = CancellationToken::new();
+/// A simulator in this process, on an ephemeral port, accepting [`UPSTREAM_KEY`].
+async fn start_sim(stop: &CancellationToken) -> std::net::SocketAddr {
     let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = sim_listener.local_addr().unwrap();
     let sim_config = imagegate::sim::SimConfig {
@@ -74,48 +73,109 @@ async fn upstream_key_never_appears_in_responses_or_logs() {
         sim_listener,
         stop.clone().cancelled_owned(),
     ));
+    sim
+}
 
-    let config = write_config(&format!(
+/// The gateway config for the binary tests: the upstream key comes from the environment, logs at
+/// `trace` so that every line that could leak is written.
+fn gateway_config(sim: std::net::SocketAddr, logging: &str) -> tempfile::NamedTempFile {
+    write_config(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
-         [results]\nallowed_hosts = [\"{sim}\"]\n[logging]\nfilter = \"trace\"\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [results]\nallowed_hosts = [\"{sim}\"]\n[logging]\nfilter = \"trace\"\n{logging}\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n"
-    ));
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(config.path())
-        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains("imagegate listening") {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                let _ = addr_tx.send(addr);
+    ))
+}
+
+/// `imagegate serve` as a child process, its stderr captured line by line.
+struct Gateway {
+    child: std::process::Child,
+    logs: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+    addr: String,
+}
+
+impl Gateway {
+    fn spawn(config: &tempfile::NamedTempFile) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(config.path())
+            .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                if line.contains("imagegate listening") {
+                    // `addr=127.0.0.1:1234` (human) or `"addr":"127.0.0.1:1234"` (JSON).
+                    let addr: String = line
+                        .split("addr")
+                        .nth(1)
+                        .unwrap()
+                        .trim_start_matches(['=', '"', ':'])
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = addr_tx.send(addr);
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
             }
-            sink.lock().unwrap().push_str(&line);
-            sink.lock().unwrap().push('\n');
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway reported its address");
+        Self {
+            child,
+            logs,
+            reader,
+            addr,
         }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the gateway reported its address");
+    }
+
+    /// Waits (on the logs, up to 4 s) until a line contains `needle`.
+    async fn until_logged(&self, needle: &str) {
+        for _ in 0..200 {
+            if self.logs.lock().unwrap().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, a clean exit, and everything it logged.
+    fn stop(mut self) -> String {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "clean exit on SIGTERM"
+        );
+        self.reader.join().unwrap();
+        let logs = self.logs.lock().unwrap().clone();
+        logs
+    }
+}
+
+#[tokio::test]
+async fn upstream_key_never_appears_in_responses_or_logs() {
+    let stop = CancellationToken::new();
+    let sim = start_sim(&stop).await;
+    let config = gateway_config(sim, "");
+    let gateway = Gateway::spawn(&config);
+    let addr = gateway.addr.clone();
     let http = reqwest::Client::new();
     let mut bodies = String::new();
     for (model, prompt) in [
@@ -145,26 +205,12 @@ async fn upstream_key_never_appears_in_responses_or_logs() {
         .send()
         .await;
     assert!(gave_up.is_err());
-    for _ in 0..200 {
-        if logs
-            .lock()
-            .unwrap()
-            .contains("before its upstream task finished")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
-    reader.join().unwrap();
+    gateway
+        .until_logged("before its upstream task finished")
+        .await;
+    let logs = gateway.stop();
     stop.cancel();
 
-    let logs = logs.lock().unwrap().clone();
     assert!(
         logs.contains("upstream_auth_failed"),
         "the logs were captured: {logs}"
@@ -180,4 +226,145 @@ async fn upstream_key_never_appears_in_responses_or_logs() {
     );
     assert!(!bodies.contains(UPSTREAM_KEY), "upstream key in responses");
     assert!(!logs.contains(KEY), "client key in logs");
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_ids_and_no_secret_reaches_logs_or_metrics() {
+    const PROMPT: &str = "a lighthouse PROMPT-9c2e-private";
+    const WRONG_KEY: &str = "sk-not-a-configured-key-51b7";
+    let stop = CancellationToken::new();
+    let sim = start_sim(&stop).await;
+    let config = gateway_config(sim, "format = \"json\"");
+    let gateway = Gateway::spawn(&config);
+    let base = format!("http://{}", gateway.addr);
+    let http = reqwest::Client::new();
+    let post = |id: &str, body: Value| {
+        http.post(format!("{base}/v1/images/generations"))
+            .bearer_auth(KEY)
+            .header("x-request-id", id)
+            .json(&body)
+    };
+    let res = post("req-ok-1", json!({"model": "sparkpix", "prompt": PROMPT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for (id, model, prompt) in [
+        ("req-401", "gpt-image-2-lite", "x [sim:401]"),
+        ("req-500", "gpt-image-2-all", "x [sim:500]"),
+        ("req-policy", "gpt-image-2-beta", "x [sim:policy]"),
+    ] {
+        let res = post(
+            id,
+            json!({"model": model, "prompt": format!("{PROMPT} {prompt}")}),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert!(res.status().is_client_error() || res.status().is_server_error());
+    }
+    let res = http
+        .post(format!("{base}/v1/images/generations"))
+        .bearer_auth(WRONG_KEY)
+        .json(&json!({"prompt": PROMPT}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let gave_up = post(
+        "req-abandoned",
+        json!({"model": "gpt-image-2-beta", "prompt": "x [sim:stuck]"}),
+    )
+    .timeout(Duration::from_millis(400))
+    .send()
+    .await;
+    assert!(gave_up.is_err());
+    gateway
+        .until_logged("before its upstream task finished")
+        .await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let logs = gateway.stop();
+    stop.cancel();
+
+    for secret in [UPSTREAM_KEY, KEY, WRONG_KEY, "PROMPT-9c2e"] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+        assert!(!metrics.contains(secret), "{secret} in /metrics");
+    }
+    assert!(metrics.contains("imagegate_images_produced_total{model=\"sparkpix\"} 1"));
+
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == "request" && l["fields"]["request_id"] == id)
+            .unwrap_or_else(|| panic!("no access line for {id}: {logs}"))
+    };
+    let ok = &access("req-ok-1")["fields"];
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["key_id"], "t");
+    assert_eq!(ok["model"], "sparkpix");
+    assert_eq!(ok["upstream_model"], "sparkpix");
+    assert_eq!(ok["attempts"], 1);
+    assert_eq!(ok["cost_usd"], "0.01");
+    for field in ["latency_ms", "upstream_ms", "task_ids", "path", "method"] {
+        assert!(!ok[field].is_null(), "{field} in {ok}");
+    }
+    assert!(ok.get("prompt").is_none(), "prompts are off by default");
+    assert_eq!(access("req-500")["fields"]["error_code"], "upstream_error");
+    assert_eq!(
+        access("req-policy")["fields"]["error_code"],
+        "moderation_blocked"
+    );
+    assert_eq!(
+        access("req-401")["fields"]["error_code"],
+        "upstream_auth_failed"
+    );
+    // A line logged while serving a request (not by the access log) names the request.
+    let abandoned = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("before its upstream task finished"))
+        })
+        .unwrap_or_else(|| panic!("abandoned task logged: {logs}"));
+    assert_eq!(
+        abandoned["span"]["request_id"], "req-abandoned",
+        "{abandoned}"
+    );
+}
+
+#[tokio::test]
+async fn log_prompts_puts_the_prompt_in_the_access_line() {
+    let stop = CancellationToken::new();
+    let sim = start_sim(&stop).await;
+    let config = gateway_config(sim, "log_prompts = true");
+    let gateway = Gateway::spawn(&config);
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/images/generations", gateway.addr))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"model": "sparkpix", "prompt": "an opted-in prompt", "response_format": "url"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let logs = gateway.stop();
+    stop.cancel();
+    let access = logs
+        .lines()
+        .find(|l| l.contains(" request request_id="))
+        .unwrap_or_else(|| panic!("an access line: {logs}"));
+    assert!(access.contains("prompt=\"an opted-in prompt\""), "{access}");
 }

@@ -15,6 +15,8 @@ mod generate;
 mod keys;
 mod lifecycle;
 mod limits;
+mod metrics;
+mod metrics_teams;
 mod models;
 mod pool;
 mod routing;

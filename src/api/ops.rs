@@ -1,0 +1,62 @@
+//! The operator's endpoints, outside the OpenAI surface and without a key
+//! (`auth::PUBLIC_ROUTES`):
+//!
+//! - `GET /healthz`: the process is alive.
+//! - `GET /readyz`: ready for traffic — the configuration is loaded, the listener is up (this
+//!   answer came through it) and at least one upstream model can take a request
+//!   ([`AppState::ready_models`]). 503 otherwise.
+//! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]). It holds no secret, prompt
+//!   or client key — only configured ids — so it is served on the main listener; keep it off the
+//!   public internet at the proxy in front of imagegate.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header::CONTENT_TYPE, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::model::ModelId;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let models: Vec<&str> = state
+        .ready_models()
+        .into_iter()
+        .map(ModelId::as_str)
+        .collect();
+    let status = if models.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": if models.is_empty() { "unavailable" } else { "ready" },
+        "models": models,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // Circuits move from open to half-open with time, not only with traffic.
+    for m in ModelId::ALL {
+        if state.config.models.get(m).enabled {
+            let circuit = state.routing.health.state(m);
+            state.metrics.circuit_state(m, circuit.into());
+        }
+    }
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
