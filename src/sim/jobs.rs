@@ -286,6 +286,7 @@ async fn render(state: &AppState, job: &Job) -> Result<Vec<Bytes>, String> {
             h: job.height,
             format: job.format,
             variant: variant(&job.prompt, i),
+            file_bytes: job.directives.file_bytes,
         };
         out.push(state.renders.get(key).await?);
     }
