@@ -10,7 +10,6 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header::CONTENT_TYPE, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{json, Map, Value};
@@ -123,7 +122,7 @@ async fn answer(state: Arc<AppState>, req: ImageRequest, request_id: String) -> 
         return stream(state, req, plan, ctx);
     }
     match run(&state, &req, plan, &ctx).await {
-        Ok((body, task_ids)) => with_log(Json(body).into_response(), &req, &task_ids),
+        Ok((body, task_ids)) => with_log(super::body::json(body), &req, &task_ids),
         Err((e, task_ids)) => with_log(e.into_response(), &req, &task_ids),
     }
 }

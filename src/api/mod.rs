@@ -1,6 +1,7 @@
 //! The OpenAI-compatible surface. Every route is served with and without the `/v1` prefix,
 //! because the SDKs append paths to whatever `base_url` the user gave.
 
+mod body;
 mod edits;
 mod images;
 mod models;
