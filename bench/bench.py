@@ -841,6 +841,7 @@ def main() -> None:
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (bench/run.sh installs it)")
 
+    load_before = open("/proc/loadavg").read().split()[:3]
     tmp = tempfile.mkdtemp(prefix="imagegate-bench-")
     stack = Stack(a.binary, tmp, need_nginx=1 in scenarios)
     rep = Report()
@@ -854,6 +855,7 @@ def main() -> None:
     finally:
         stack.close()
     minutes = (time.monotonic() - started) / 60
+    load_after = open("/proc/loadavg").read().split()[:3]
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
@@ -865,7 +867,9 @@ def main() -> None:
         "", "Command:", "", "```sh", command.strip(), "```", "",
         f"Gateway and simulator are separate release-build processes on 127.0.0.1 (simulator at "
         f"`--time-scale 0`, directives in the prompt set latency and answer size); the gateway "
-        f"logs one access line per request as in production. Suite time: {minutes:.1f} min.", "",
+        f"logs one access line per request as in production. Suite time: {minutes:.1f} min. "
+        f"Load average (1/5/15 min) before: {' '.join(load_before)}, after: "
+        f"{' '.join(load_after)} (other work on the machine adds noise, mostly to p99).", "",
         "Headline:", ""] + [f"- {h}" for h in rep.headline] + [""]
     doc += rep.sections
     doc += ["## Targets", "", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
