@@ -69,6 +69,13 @@ pub async fn serve(
             stopping.cancel();
         }
     };
+    // Answers are written whole (or as a few large buffers): send the last segment at once
+    // rather than wait for the client's ACK of the previous one.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a client connection");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(signal);
     tokio::select! {
         result = server => result?,

@@ -11,7 +11,6 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{json, Map, Value};
@@ -200,7 +199,7 @@ async fn finish(
     result: Result<(Value, ServedBy), Failed>,
 ) -> Response {
     let (res, by) = match result {
-        Ok((body, by)) => (Json(body).into_response(), by),
+        Ok((body, by)) => (super::body::json(body), by),
         Err(failed) => (
             failed.error.clone().into_response(),
             ServedBy::from_failed(&failed),

@@ -2,6 +2,7 @@
 //! because the SDKs append paths to whatever `base_url` the user gave. `/admin/*` is the
 //! operator's (admin key, see `auth`).
 
+mod body;
 mod edits;
 mod images;
 mod models;

@@ -4,8 +4,8 @@
 //! A prompt directive always wins over the table; the table is consulted (model entry first,
 //! then `*`) only when the prompt names no outcome. Directive names are matched
 //! case-insensitively; unknown directives are ignored. When a prompt names several outcomes
-//! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile` and `pollfail`
-//! combine with any outcome.
+//! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail` and
+//! `filebytes` combine with any outcome.
 //!
 //! HTTP-level faults (`401`, `402`, `500`, `code402`, `code500`, `malformed`) answer at once,
 //! before field validation and without creating a task. The others act on the accepted job.
@@ -109,6 +109,8 @@ pub(crate) struct Directives {
     pub slowfile: Option<Duration>,
     /// `[sim:pollfail=N]`: the first N polls of the task answer HTTP 500.
     pub pollfail: u32,
+    /// `[sim:filebytes=N]`: PNG result files are exactly N bytes long (see `render`).
+    pub file_bytes: Option<u32>,
 }
 
 impl Directives {
@@ -130,6 +132,9 @@ impl Directives {
             match name {
                 "slow" => out.slow = secs().or(out.slow),
                 "slowfile" => out.slowfile = secs().or(out.slowfile),
+                "filebytes" => {
+                    out.file_bytes = value.and_then(|v| v.parse().ok()).or(out.file_bytes);
+                }
                 "pollfail" => {
                     out.pollfail = value.and_then(|v| v.parse().ok()).unwrap_or(out.pollfail);
                 }
@@ -230,7 +235,10 @@ mod tests {
 
     #[test]
     fn parses_directives() {
-        let d = Directives::parse("a cat [SIM:policy] [sim:slow=2.5][sim:nofile] [sim:pollfail=3]");
+        let d = Directives::parse(
+            "a cat [SIM:policy] [sim:slow=2.5][sim:nofile] [sim:pollfail=3] [sim:filebytes=768]",
+        );
+        assert_eq!(d.file_bytes, Some(768));
         assert_eq!(d.kind, Some(FaultKind::Policy));
         assert!(d.nofile);
         assert_eq!(d.slow, Some(Duration::from_millis(2500)));

@@ -251,10 +251,10 @@ async fn run(state: AppState, id: String, job: Job) -> Option<JobResult> {
             JobResult::Failed(Failure::internal())
         }
         Outcome::Succeed => {
-            let work = async { tokio::join!(render(&state, &job), tokio::time::sleep(remaining)) };
+            let work = async { tokio::join!(render(&state, &job), state.sleep(remaining)) };
             let rendered = tokio::select! {
                 () = state.cancel.cancelled() => return None,
-                (rendered, ()) = work => rendered,
+                (rendered, _) = work => rendered,
             };
             match rendered {
                 Ok(images) => {
@@ -286,6 +286,7 @@ async fn render(state: &AppState, job: &Job) -> Result<Vec<Bytes>, String> {
             h: job.height,
             format: job.format,
             variant: variant(&job.prompt, i),
+            file_bytes: job.directives.file_bytes,
         };
         out.push(state.renders.get(key).await?);
     }

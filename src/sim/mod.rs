@@ -18,6 +18,15 @@
 //! - `faults`: prompt directives (`[sim:…]`) and the per-model fault table.
 //! - `sizes`, `params`: size rules and request field parsing.
 //! - `control`: the unauthenticated `/_sim/*` endpoints (faults, request log, stats, reset).
+//!
+//! Benchmark knobs (used by `bench/run.sh`; every answer keeps the platform's shapes):
+//! - `--time-scale 0` makes every simulated latency zero (sync models answer at once).
+//! - `[sim:slow=SECS]` in a prompt fixes that request's generation latency (not scaled), e.g.
+//!   `[sim:slow=30]` for an async task that completes 30 s after its creation.
+//! - `[sim:filebytes=N]` makes the PNG result files exactly N bytes long (a solid picture of the
+//!   requested size padded with a private ancillary chunk), so a `b64_json` answer carries
+//!   4·N/3 bytes of base64 whatever the picture size: `768` gives a ~1 KB answer,
+//!   `1572864` a 2 MiB one.
 
 mod api;
 mod callbacks;

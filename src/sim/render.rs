@@ -1,7 +1,13 @@
 //! Result image bytes: real PNG or JPEG files of the requested size with cheap content (a
 //! two-colour gradient, stripes and a band picked by a variant derived from the prompt), encoded
-//! with fast settings and cached per (width, height, format, variant) so large files are
-//! encoded once. Also sniffs image kinds from magic bytes.
+//! with fast settings and cached per (width, height, format, variant, file size) so large files
+//! are encoded once. Also sniffs image kinds from magic bytes.
+//!
+//! `[sim:filebytes=N]` asks for PNG files of an exact length, for benchmarks that need a known
+//! answer size whatever the picture size: the picture is a solid-colour 1-bit indexed PNG of the
+//! requested width and height (a few hundred bytes at 1024x1024, about 3 KB at 4K), padded to N bytes with a private
+//! ancillary chunk (`siMp`, random bytes) before `IEND`, which decoders skip. When N is below that
+//! minimum the file is the unpadded picture. JPEG results ignore the directive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +22,9 @@ pub(crate) const VARIANTS: u8 = 8;
 
 /// Encoded bytes the cache keeps before evicting its oldest entries.
 const CACHE_BYTES: usize = 192 * 1024 * 1024;
+
+/// Largest file `[sim:filebytes=N]` makes.
+pub(crate) const MAX_FILE_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Result file format. A `webp` request is served as PNG: no WebP encoder is available here and
 /// PNG keeps the result lossless; the file name and `Content-Type` say `png`.
@@ -48,6 +57,8 @@ pub(crate) struct RenderKey {
     pub h: u32,
     pub format: Format,
     pub variant: u8,
+    /// `[sim:filebytes=N]`: an exact file length (PNG only; see the module docs).
+    pub file_bytes: Option<u32>,
 }
 
 /// A variant number from the prompt and the image index (FNV-1a).
@@ -105,6 +116,9 @@ fn pixels(key: RenderKey) -> Vec<u8> {
 
 /// Encodes one picture.
 pub(crate) fn encode(key: RenderKey) -> Result<Vec<u8>, String> {
+    if let (Some(len), Format::Png) = (key.file_bytes, key.format) {
+        return padded_png(key, len.min(MAX_FILE_BYTES) as usize);
+    }
     let data = pixels(key);
     let mut out = Vec::new();
     match key.format {
@@ -126,6 +140,43 @@ pub(crate) fn encode(key: RenderKey) -> Result<Vec<u8>, String> {
                 .map_err(|e| e.to_string())?;
         }
     }
+    Ok(out)
+}
+
+/// A solid-colour PNG of the key's size, `len` bytes long when `len` is above its natural size.
+fn padded_png(key: RenderKey, len: usize) -> Result<Vec<u8>, String> {
+    /// Length, type and CRC around a chunk's data.
+    const CHUNK_OVERHEAD: usize = 12;
+    let natural = solid_png(key, None)?;
+    if len < natural.len() + CHUNK_OVERHEAD {
+        return Ok(natural);
+    }
+    let mut pad = vec![0u8; len - natural.len() - CHUNK_OVERHEAD];
+    fastrand::Rng::with_seed(u64::from(key.variant)).fill(&mut pad);
+    solid_png(key, Some(&pad))
+}
+
+/// A 1-bit indexed PNG of one colour, with `pad` as a `siMp` chunk (ancillary, private, safe to
+/// copy) before `IEND`.
+fn solid_png(key: RenderKey, pad: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let colour = PALETTE[usize::from(key.variant) % PALETTE.len()];
+    let row = (key.w as usize).div_ceil(8);
+    let mut out = Vec::with_capacity(pad.map_or(0, <[u8]>::len) + 1024);
+    let mut enc = png::Encoder::new(&mut out, key.w, key.h);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_depth(png::BitDepth::One);
+    enc.set_palette(colour.to_vec());
+    enc.set_compression(png::Compression::Best);
+    let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+    writer
+        .write_image_data(&vec![0u8; row * key.h as usize])
+        .map_err(|e| e.to_string())?;
+    if let Some(pad) = pad {
+        writer
+            .write_chunk(png::chunk::ChunkType(*b"siMp"), pad)
+            .map_err(|e| e.to_string())?;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
     Ok(out)
 }
 
@@ -228,6 +279,7 @@ mod tests {
             h: 48,
             format: Format::Png,
             variant: 3,
+            file_bytes: None,
         })
         .unwrap();
         assert_eq!(sniff(&png), Kind::Png);
@@ -237,8 +289,33 @@ mod tests {
             h: 48,
             format: Format::Jpeg,
             variant: 1,
+            file_bytes: None,
         })
         .unwrap();
         assert_eq!(sniff(&jpg), Kind::Jpeg);
+    }
+
+    #[test]
+    fn pads_png_files_to_an_exact_length() {
+        let key = |w, h, file_bytes| RenderKey {
+            w,
+            h,
+            format: Format::Png,
+            variant: 2,
+            file_bytes: Some(file_bytes),
+        };
+        let small = encode(key(1024, 1024, 10)).unwrap();
+        assert_eq!(sniff(&small), Kind::Png);
+        assert!(small.len() < 768, "natural size {}", small.len());
+        assert_eq!(encode(key(1024, 1024, 768)).unwrap().len(), 768);
+        let small_4k = encode(key(3840, 2160, 10)).unwrap();
+        assert!(small_4k.len() < 4096, "natural size {}", small_4k.len());
+        let big = encode(key(3840, 2160, 100_000)).unwrap();
+        assert_eq!(big.len(), 100_000);
+        assert_eq!(&big[16..24], &[0, 0, 0x0f, 0, 0, 0, 0x08, 0x70]);
+        assert!(big.ends_with(b"IEND\xaeB`\x82"));
+        let mut reader = png::Decoder::new(big.as_slice()).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        reader.next_frame(&mut buf).unwrap();
     }
 }

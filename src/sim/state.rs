@@ -77,8 +77,12 @@ impl Shared {
         self.failed_shape.fetch_add(1, Ordering::Relaxed) % 3
     }
 
-    /// Sleeps for `d`; `false` when the simulator shut down first.
+    /// Sleeps for `d`; `false` when the simulator shut down first. A zero `d` does not wait for
+    /// the next timer tick (time scale 0 answers at once).
     pub async fn sleep(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return !self.cancel.is_cancelled();
+        }
         tokio::select! {
             () = self.cancel.cancelled() => false,
             () = tokio::time::sleep(d) => true,

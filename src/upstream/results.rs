@@ -36,6 +36,26 @@ pub struct Encoded {
     pub size: Option<Size>,
 }
 
+/// A downloaded result file made ready for a `b64_json` answer: converted PNG↔JPEG first when
+/// it is not in the `wanted` format (kept as made when it cannot be), then base64-encoded.
+pub fn encode(bytes: Bytes, wanted: ImageFormat) -> Encoded {
+    match ImageFormat::sniff(&bytes) {
+        Some(have) if have != wanted => match super::transcode::convert(&bytes, wanted) {
+            Some(converted) => encode_as_is(&converted),
+            None => encode_as_is(&bytes),
+        },
+        _ => encode_as_is(&bytes),
+    }
+}
+
+fn encode_as_is(bytes: &[u8]) -> Encoded {
+    Encoded {
+        b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        format: ImageFormat::sniff(bytes),
+        size: image_dimensions(bytes),
+    }
+}
+
 impl Upstream {
     /// Downloads every URL concurrently and base64-encodes each, converting PNG↔JPEG first when
     /// the file is not in the `wanted` format. All must succeed.
@@ -46,22 +66,17 @@ impl Upstream {
         ctx: &CallCtx,
     ) -> Result<Vec<Encoded>, UpstreamError> {
         let fetches = urls.iter().map(|url| async move {
-            let mut bytes = self.fetch(url, ctx).await?;
-            if ImageFormat::sniff(&bytes) != Some(wanted) {
-                let source = bytes.clone();
-                let converted =
-                    tokio::task::spawn_blocking(move || super::transcode::convert(&source, wanted))
-                        .await
-                        .ok()
-                        .flatten();
-                if let Some(converted) = converted {
-                    bytes = converted;
-                }
+            let bytes = self.fetch(url, ctx).await?;
+            if ImageFormat::sniff(&bytes) == Some(wanted) {
+                return Ok(encode(bytes, wanted));
             }
-            let format = ImageFormat::sniff(&bytes);
-            let size = image_dimensions(&bytes);
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            Ok::<_, UpstreamError>(Encoded { b64, format, size })
+            // Decoding and encoding an image is CPU work: keep it off the I/O threads.
+            let fallback = bytes.clone();
+            Ok::<_, UpstreamError>(
+                tokio::task::spawn_blocking(move || encode(bytes, wanted))
+                    .await
+                    .unwrap_or_else(|_| encode_as_is(&fallback)),
+            )
         });
         futures_util::future::try_join_all(fetches).await
     }

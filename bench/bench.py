@@ -1,0 +1,889 @@
+#!/usr/bin/env python3
+"""imagegate benchmark suite: image-sized work, gateway vs the same load sent directly to the
+simulator (and, for the small-body path, vs a bare nginx `proxy_pass` hop). Standard library only.
+
+Run it through `bench/run.sh` (which installs wrk and nginx and builds the release binary):
+
+    bench/run.sh                       # every scenario, full durations
+    bench/run.sh --quick               # short durations, smaller holds (a smoke run)
+    bench/run.sh --scenarios 1,2       # a subset (1 small, 2 large, 3 waiting, 4 uploads, 5 downloads)
+
+Gateway, simulator and load generator share this machine, so every number is reported next to
+the same load sent straight to the simulator: compare ratios, not absolute times. Results go to
+`bench/results/<date>-<short commit>.md` (a suffix is added rather than overwrite a file).
+"""
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIM_KEY = "sk-sim-bench-upstream"
+CLIENT_KEY = "sk-imagegate-bench"
+HOST = "127.0.0.1"
+
+# Answer sizes: base64 text of 1 KiB, 2 MiB and 12 MiB (a 2K and a 4K image) => file bytes.
+SMALL_FILE = 768
+SIZES = {"2 MiB": 2 * 1024 * 1024 * 3 // 4, "12 MiB": 12 * 1024 * 1024 * 3 // 4}
+UPLOAD_FILES, UPLOAD_FILE_BYTES = 16, 2 * 1024 * 1024
+BETA_FIRST_POLL, BETA_INTERVAL = 5.0, 2.0
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port}")
+
+
+def status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    return int(status(pid)["VmRSS"].split()[0])
+
+
+def hwm_kib(pid: int) -> int:
+    return int(status(pid)["VmHWM"].split()[0])
+
+
+def reset_peak(pid: int) -> bool:
+    """Resets VmHWM to the current RSS (Linux `clear_refs` 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_secs(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakSampler:
+    """Peak RSS of a process over a block: VmHWM after a reset, or 5 ms sampling as a fallback."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def __enter__(self):
+        self.before = rss_kib(self.pid)
+        self.hwm = reset_peak(self.pid)
+        self.peak = self.before
+        self.stop = threading.Event()
+        if not self.hwm:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.hwm:
+            self.peak = hwm_kib(self.pid)
+        else:
+            self.thread.join()
+        self.after = rss_kib(self.pid)
+
+
+class Stack:
+    """Simulator, gateway and (optionally) nginx, each its own process, stopped at exit."""
+
+    def __init__(self, binary: str, tmp: str, need_nginx: bool):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+        self.sim_port, self.gw_port = free_port(), free_port()
+        self.sim = f"http://{HOST}:{self.sim_port}"
+        self.gw = f"http://{HOST}:{self.gw_port}"
+        self.sim_log = open(os.path.join(tmp, "sim.log"), "wb")
+        sim = subprocess.Popen(
+            [binary, "sim", "--listen", f"{HOST}:{self.sim_port}", "--time-scale", "0",
+             "--api-key", SIM_KEY],
+            stdout=self.sim_log, stderr=subprocess.STDOUT)
+        self.procs.append(sim)
+        self.sim_pid = sim.pid
+        wait_port(self.sim_port, sim, "simulator")
+        conf = os.path.join(tmp, "gateway.toml")
+        with open(conf, "w") as f:
+            f.write(gateway_config(self.gw_port, self.sim_port))
+        self.binary, self.gw_conf = binary, conf
+        self.gw_log = open(os.path.join(tmp, "gateway.log"), "wb")
+        self.gw_proc = None
+        self.restart_gateway()
+        self.nginx = None
+        if need_nginx:
+            self.nginx_port = free_port()
+            nginx = start_nginx(tmp, self.nginx_port, self.sim_port)
+            self.procs.append(nginx)
+            wait_port(self.nginx_port, nginx, "nginx")
+            self.nginx = f"http://{HOST}:{self.nginx_port}"
+
+    def restart_gateway(self):
+        """A fresh gateway process, so a memory measurement starts from a clean heap."""
+        if self.gw_proc is not None:
+            self.gw_proc.send_signal(signal.SIGTERM)
+            self.gw_proc.wait(timeout=15)
+            self.procs.remove(self.gw_proc)
+        gw = subprocess.Popen([self.binary, "serve", "--config", self.gw_conf],
+                              stdout=self.gw_log, stderr=subprocess.STDOUT)
+        self.procs.append(gw)
+        self.gw_proc, self.gw_pid = gw, gw.pid
+        wait_port(self.gw_port, gw, "gateway")
+
+    def close(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def sim_reset(self):
+        urllib.request.urlopen(urllib.request.Request(f"{self.sim}/_sim/reset", method="POST")).read()
+
+    def sim_stats(self) -> dict:
+        return json.load(urllib.request.urlopen(f"{self.sim}/_sim/stats"))
+
+
+def gateway_config(port: int, sim_port: int) -> str:
+    return f"""# imagegate benchmark configuration (written by bench/bench.py)
+[server]
+listen = "{HOST}:{port}"
+drain_timeout = "5s"
+
+[upstream]
+base_url = "http://{HOST}:{sim_port}"
+api_key = "{SIM_KEY}"
+
+[results]
+allowed_hosts = ["{HOST}:{sim_port}"]
+
+[logging]
+filter = "info"
+
+[[keys]]
+id = "bench"
+key = "{CLIENT_KEY}"
+
+# Scenario 5: the async task completes at once ([sim:slow=0]); poll right after the create.
+[models.gpt-image-2-all]
+first_poll_delay = "10ms"
+poll_interval = "1s"
+
+# Scenario 3: the shipped defaults for gpt-image-2-beta.
+[models.gpt-image-2-beta]
+first_poll_delay = "{int(BETA_FIRST_POLL)}s"
+poll_interval = "{int(BETA_INTERVAL)}s"
+"""
+
+
+def start_nginx(tmp: str, port: int, sim_port: int) -> subprocess.Popen:
+    prefix = os.path.join(tmp, "nginx")
+    os.makedirs(prefix, exist_ok=True)
+    user = "user root root;" if os.geteuid() == 0 else ""
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""{user}
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 64m;
+    upstream sim {{ server {HOST}:{sim_port}; keepalive 64; }}
+    server {{
+        listen {HOST}:{port};
+        location /v1/images/generations {{
+            proxy_pass http://sim/api/v1/images/generations;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer {SIM_KEY}";
+        }}
+    }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-p", prefix, "-c", conf, "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- wrk
+
+
+WRK_LUA = r"""
+local f = assert(io.open(BODY_FILE, "rb"))
+local body = f:read("*a")
+f:close()
+wrk.method = METHOD
+if #body > 0 then wrk.body = body end
+for k, v in pairs(HEADERS) do wrk.headers[k] = v end
+if DELAY_MS > 0 then
+  function delay() return DELAY_MS end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max))
+end
+"""
+
+
+def lua_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid Lua string literal for ASCII text
+
+
+def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", headers=None,
+        conns: int, threads: int, secs: float, delay_ms: int = 0, pid: int | None = None) -> dict:
+    script = os.path.join(tmp, f"wrk-{time.monotonic_ns()}.lua")
+    hdrs = ", ".join(f"[{lua_str(k)}] = {lua_str(v)}" for k, v in (headers or {}).items())
+    empty = os.path.join(tmp, "empty")
+    open(empty, "wb").close()
+    with open(script, "w") as f:
+        f.write(f"BODY_FILE = {lua_str(body_file or empty)}\nMETHOD = {lua_str(method)}\n"
+                f"HEADERS = {{{hdrs}}}\nDELAY_MS = {delay_ms}\n" + WRK_LUA)
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(secs))}s", "--timeout", "30s",
+           "-s", script, url]
+    cpu0 = cpu_secs(pid) if pid else 0.0
+    with PeakSampler(pid or os.getpid()) as peak:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        sys.exit(f"wrk failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    r = json.loads(line[len("WRKJSON "):])
+    secs_run = r["duration_us"] / 1e6
+    r["rps"] = r["requests"] / secs_run
+    r["mb_s"] = r["bytes"] / secs_run / 1e6
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    r["cmd"] = " ".join(cmd[:-3] + [cmd[-1]])
+    if pid:
+        r["peak_rss_kib"] = peak.peak
+        r["rss_before_kib"] = peak.before
+        r["cpu_pct"] = 100 * (cpu_secs(pid) - cpu0) / secs_run
+    return r
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+JSON_CT = {"Content-Type": "application/json"}
+
+
+# ---------------------------------------------------------------- raw asyncio HTTP/1.1 client
+
+
+async def http_call(host: str, port: int, method: str, path: str, headers: dict,
+                    body: bytes) -> tuple[int, int, float]:
+    """One request on its own connection; reads (and discards) the whole answer.
+    Returns (status, body bytes, seconds)."""
+    t0 = time.monotonic()
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+    first = await reader.readuntil(b"\r\n\r\n")
+    code = int(first.split(b" ", 2)[1])
+    n = 0
+    while chunk := await reader.read(1 << 20):
+        n += len(chunk)
+    writer.close()
+    return code, n, time.monotonic() - t0
+
+
+def burst(url: str, path: str, headers: dict, body: bytes, n: int, pid: int) -> dict:
+    """Sends n requests at once; peak RSS of `pid` meanwhile."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+
+    async def run():
+        return await asyncio.gather(*(http_call(host, int(port), "POST", path, headers, body)
+                                      for _ in range(n)))
+
+    with PeakSampler(pid) as peak:
+        t0 = time.monotonic()
+        results = asyncio.run(run())
+        secs = time.monotonic() - t0
+    codes = [r[0] for r in results]
+    return {"n": n, "ok": codes.count(200), "codes": sorted(set(codes)), "secs": secs,
+            "rss_before_kib": peak.before, "peak_rss_kib": peak.peak,
+            "answer_bytes": max(r[1] for r in results)}
+
+
+# ---------------------------------------------------------------- scenario helpers
+
+
+def gen_body(prompt: str, **extra) -> bytes:
+    return json.dumps({"model": "gpt-image-2-all", "prompt": prompt, "size": "1024x1024",
+                       **extra}).encode()
+
+
+def write(tmp: str, name: str, data: bytes) -> str:
+    path = os.path.join(tmp, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def png_file(total: int, seed: int) -> bytes:
+    """A valid 64x64 PNG padded to `total` bytes with a private ancillary chunk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+    idat = chunk(b"IDAT", zlib.compress(b"".join(b"\0" + bytes([seed % 256]) * 192
+                                                 for _ in range(64))))
+    end = chunk(b"IEND", b"")
+    head = b"\x89PNG\r\n\x1a\n" + ihdr + idat
+    pad = total - len(head) - len(end) - 12
+    return head + chunk(b"siMp", os.urandom(pad)) + end
+
+
+def multipart(prompt: str) -> tuple[bytes, str]:
+    boundary = "imagegate-bench-boundary-7d1c"
+    parts = []
+    for name, value in [("model", "gpt-image-2-all"), ("prompt", prompt), ("size", "1024x1024")]:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                     f"{value}\r\n".encode())
+    for i in range(UPLOAD_FILES):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image[]"; '
+                     f'filename="ref-{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+                     + png_file(UPLOAD_FILE_BYTES, i) + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def mib(kib: float) -> float:
+    return kib / 1024
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class Report:
+    def __init__(self):
+        self.sections: list[str] = []
+        self.targets: list[tuple[str, str, str, str]] = []  # (target, wanted, measured, verdict)
+        self.headline: list[str] = []
+
+    def section(self, title: str, lines: list[str]):
+        self.sections.append(f"## {title}\n\n" + "\n".join(lines) + "\n")
+
+    def target(self, what: str, wanted: str, measured: str, ok: bool | None, gap: str = ""):
+        verdict = "n/a" if ok is None else ("met" if ok else f"**missed** {gap}".strip())
+        self.targets.append((what, wanted, measured, verdict))
+
+
+def fmt_us(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def fmt_delta(us: float) -> str:
+    return f"{us / 1000:+.2f} ms"
+
+
+def s1_small(stack: Stack, tmp: str, a, rep: Report):
+    prompt = f"bench small [sim:slow=0] [sim:filebytes={SMALL_FILE}]"
+    body = write(tmp, "small.json", gen_body(prompt))
+    gw = (f"{stack.gw}/v1/images/generations", {**JSON_CT, **auth(CLIENT_KEY)})
+    direct = (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)})
+    hop = (f"{stack.nginx}/v1/images/generations", JSON_CT)
+    targets = [("direct", direct, stack.sim_pid), ("nginx", hop, None),
+               ("gateway", gw, stack.gw_pid)]
+    # Warm-up (connection pools, result cache).
+    for _, (url, h), _ in targets:
+        wrk(tmp, url, body_file=body, headers=h, conns=8, threads=1, secs=1)
+    maxr, rate = {}, {}
+    for name, (url, h), pid in targets:
+        maxr[name] = wrk(tmp, url, body_file=body, headers=h, conns=a.max_conns, threads=1,
+                         secs=a.secs, pid=pid)
+    # Fixed rate: every connection waits `delay` ms between requests.
+    conns = 40
+    per_conn_ms = round(conns * 1000 / a.rate)
+    for name, (url, h), pid in targets:
+        rate[name] = wrk(tmp, url, body_file=body, headers=h, conns=conns, threads=2,
+                         secs=a.rate_secs, delay_ms=per_conn_ms, pid=pid)
+    lines = [
+        f"Request: `gpt-image-2-all`, size 1024x1024, `b64_json`, prompt `{prompt}` "
+        f"(answer {maxr['gateway']['bytes'] / max(1, maxr['gateway']['requests']):.0f} bytes "
+        "with headers). Simulator at time scale 0.",
+        "",
+        f"Max throughput: `wrk -t1 -c{a.max_conns} -d{round(a.secs)}s`.",
+        "",
+        "| target | req/s | p50 | p99 | errors | target CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in maxr:
+        r = maxr[name]
+        cpu = f"{r['cpu_pct']:.0f}% of a core" if "cpu_pct" in r else "-"
+        lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
+                     f"{fmt_us(r['p99_us'])} | {r['errors']} | {cpu} |")
+    lines += [
+        "",
+        f"Fixed rate: `wrk -t2 -c{conns} -d{round(a.rate_secs)}s`, each connection waiting "
+        f"{per_conn_ms} ms between requests (≈{a.rate} req/s).",
+        "",
+        "| target | req/s | p50 | p90 | p99 | max | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in rate:
+        r = rate[name]
+        lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
+                     f"{fmt_us(r['p90_us'])} | {fmt_us(r['p99_us'])} | {fmt_us(r['max_us'])} | "
+                     f"{r['errors']} |")
+    over50 = rate["gateway"]["p50_us"] - rate["direct"]["p50_us"]
+    over99 = rate["gateway"]["p99_us"] - rate["direct"]["p99_us"]
+    nginx99 = rate["nginx"]["p99_us"] - rate["direct"]["p99_us"]
+    lines += ["", f"Gateway overhead at ≈{rate['gateway']['rps']:,.0f} req/s: p50 "
+              f"{fmt_delta(over50)}, p99 {fmt_delta(over99)} (nginx hop: p99 {fmt_delta(nginx99)})."]
+    ratio = maxr["gateway"]["rps"] / maxr["nginx"]["rps"]
+    lines.append(f"Max throughput: gateway {ratio:.2f}× the nginx hop, "
+                 f"{maxr['gateway']['rps'] / maxr['direct']['rps']:.2f}× direct.")
+    rep.section("1. Fast sync path, small body", lines)
+    rep.target("Small body: gateway overhead p99 at 1,000 req/s", "≤ 1 ms",
+               f"{fmt_delta(over99)} (p99 {fmt_us(rate['gateway']['p99_us'])} vs direct "
+               f"{fmt_us(rate['direct']['p99_us'])})", over99 <= 1000,
+               f"by {fmt_us(over99 - 1000)}")
+    rep.target("Small body: max throughput vs nginx proxy_pass hop", "≥ 0.5×",
+               f"{ratio:.2f}× ({maxr['gateway']['rps']:,.0f} vs {maxr['nginx']['rps']:,.0f} req/s)",
+               ratio >= 0.5, f"by {0.5 - ratio:.2f}×")
+    rep.headline.append(f"small body: overhead p50 {fmt_delta(over50)}, p99 {fmt_delta(over99)} at "
+                        f"{rate['gateway']['rps']:,.0f} req/s; max throughput {ratio:.2f}× "
+                        "an nginx proxy_pass hop")
+
+
+def s2_large(stack: Stack, tmp: str, a, rep: Report):
+    lines = [
+        "Request: `gpt-image-2-all`, size 1024x1024, `b64_json`; the simulator's answer carries "
+        "the base64 inline, the gateway passes it on. Simulator at time scale 0.",
+        "",
+        f"Throughput: `wrk -t1 -c{a.large_conns} -d{round(a.secs)}s`.",
+        "",
+        "| answer (base64) | target | req/s | MB/s | p50 | p99 | errors | gateway peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    mem_lines = [
+        "",
+        "Memory per in-flight answer: a fresh gateway process, then N requests sent at once, the "
+        "simulator answering all of them after 1 s (`[sim:slow=1]`), so N answers cross the "
+        "gateway together; (peak RSS − RSS before) / N / base64 size.",
+        "",
+        "| answer (base64) | N in flight | RSS before | peak RSS | per answer | × base64 size | all 200 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    worst = 0.0
+    flat = []
+    for label, file_bytes in SIZES.items():
+        b64_len = (file_bytes + 2) // 3 * 4
+        prompt = f"bench large [sim:slow=0] [sim:filebytes={file_bytes}]"
+        body = write(tmp, f"large-{file_bytes}.json", gen_body(prompt))
+        runs = {
+            "direct": (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)},
+                       None),
+            "gateway": (f"{stack.gw}/v1/images/generations", {**JSON_CT, **auth(CLIENT_KEY)},
+                        stack.gw_pid),
+        }
+        for name, (url, h, pid) in runs.items():
+            wrk(tmp, url, body_file=body, headers=h, conns=2, threads=1, secs=1)
+            r = wrk(tmp, url, body_file=body, headers=h, conns=a.large_conns, threads=1,
+                    secs=a.secs, pid=pid)
+            peak = f"{mib(r['peak_rss_kib']):.0f} MiB" if pid else "-"
+            lines.append(f"| {label} | {name} | {r['rps']:,.1f} | {r['mb_s']:,.0f} | "
+                         f"{fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {r['errors']} | {peak} |")
+        slow_body = gen_body(f"bench burst [sim:slow=1] [sim:filebytes={file_bytes}]")
+        per = {}
+        for n in a.bursts:
+            stack.restart_gateway()
+            b = burst(stack.gw, "/v1/images/generations", {**JSON_CT, **auth(CLIENT_KEY)},
+                      slow_body, n, stack.gw_pid)
+            delta = (b["peak_rss_kib"] - b["rss_before_kib"]) * 1024 / n
+            x = delta / b64_len
+            per[n] = x
+            worst = max(worst, x)
+            mem_lines.append(f"| {label} | {n} | {mib(b['rss_before_kib']):.0f} MiB | "
+                             f"{mib(b['peak_rss_kib']):.0f} MiB | {delta / 2**20:.1f} MiB | "
+                             f"{x:.2f}× | {b['ok']}/{n} |")
+        flat.append((label, per))
+    rep.section("2. Large bodies", lines + mem_lines)
+    spread = "; ".join(f"{label}: " + ", ".join(f"{x:.2f}× at {n}" for n, x in per.items())
+                       for label, per in flat)
+    rep.target("Large bodies: memory per in-flight answer", "≤ 2.5× base64 size",
+               f"worst {worst:.2f}×", worst <= 2.5, f"by {worst - 2.5:.2f}×")
+    top = max(a.bursts)
+    grows = any(per[top] > 1.25 * min(per.values()) for _, per in flat)
+    rep.target(f"Large bodies: flat as concurrency grows to {top}", "flat", spread, not grows)
+    rep.target("Large bodies: `b64_json` from the upstream not decoded and re-encoded", "pass-through",
+               "base64 text moved from the upstream answer into the client answer "
+               "(`upstream::all::openai_images`, `api::images::materialize`)", True)
+    rep.headline.append(f"large answers: worst {worst:.2f}× the base64 size in gateway memory "
+                        f"per in-flight answer")
+
+
+def s3_waiting(stack: Stack, tmp: str, a, rep: Report):
+    lines = [
+        f"Requests: `gpt-image-2-beta` (async task), `response_format: url`, prompt "
+        f"`hold [sim:slow={a.hold_latency:g}]` (each task completes {a.hold_latency:g} s after "
+        f"its creation); gateway polls with the default first_poll_delay {BETA_FIRST_POLL:g} s "
+        f"and poll_interval {BETA_INTERVAL:g} s. One connection per request "
+        "(Python asyncio, raw HTTP/1.1); a fresh gateway process for each row.",
+        "",
+        "| waiting | all answered 200 | seconds | gateway RSS before → peak | per waiting request "
+        "| gateway CPU while waiting | simulator CPU | polls per task (mean / max / allowed) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    # Polls at first_poll_delay, then every interval, until the one at or after completion.
+    allowed = 1 + math.ceil((a.hold_latency - BETA_FIRST_POLL) / BETA_INTERVAL)
+    worst_kib, worst_cpu, worst_polls, all_ok = 0.0, 0.0, 0.0, True
+    for n in a.holds:
+        stack.restart_gateway()
+        stack.sim_reset()
+        r = hold(stack, n, a.hold_latency)
+        stats = stack.sim_stats()
+        polls = list(stats["polls_by_task"].values())
+        mean = sum(polls) / max(1, len(polls))
+        top = max(polls, default=0)
+        per = (r["peak_kib"] - r["before_kib"]) / n
+        worst_kib, worst_cpu = max(worst_kib, per), max(worst_cpu, r["cpu_pct"])
+        worst_polls = max(worst_polls, top)
+        all_ok &= r["ok"] == n
+        lines.append(
+            f"| {n:,} | {r['ok']:,} / {n:,} {r['other'] or ''} | {r['secs']:.1f} | "
+            f"{mib(r['before_kib']):.0f} → {mib(r['peak_kib']):.0f} MiB | {per:.1f} KiB | "
+            f"{r['cpu_pct']:.1f}% of a core ({r['cpu_s']:.1f} s over {r['wait_s']:.1f} s) | "
+            f"{r['sim_cpu_pct']:.1f}% | {mean:.1f} / {top} / {allowed} |")
+    lines += ["", "CPU while waiting is measured from the moment every request is sent until the "
+              "first answer arrives (the ramp-up of new connections is excluded)."]
+    rep.section(f"3. Thousands waiting ({a.hold_latency:g} s async tasks)", lines)
+    top_n = max(a.holds)
+    rep.target(f"{top_n:,} waiting async requests: memory each", "≤ 50 KB",
+               f"{worst_kib:.1f} KiB (worst of {', '.join(f'{n:,}' for n in a.holds)})",
+               worst_kib * 1.024 <= 50, f"by {worst_kib * 1.024 - 50:.1f} KB")
+    rep.target("Waiting: polls per task", f"≤ {allowed} ({a.hold_latency:g} s task, first poll "
+               f"{BETA_FIRST_POLL:g} s, every {BETA_INTERVAL:g} s)", f"max {worst_polls}",
+               worst_polls <= allowed, f"by {worst_polls - allowed}")
+    rep.target("Waiting: gateway CPU while waiting", "< 25% of one core",
+               f"{worst_cpu:.1f}%", worst_cpu < 25, f"by {worst_cpu - 25:.1f} points")
+    rep.target("Waiting: all answered", "all 200", "yes" if all_ok else "no", all_ok)
+    rep.headline.append(f"{top_n:,} waiting requests: {worst_kib:.1f} KiB each, "
+                        f"{worst_cpu:.1f}% of a core")
+
+
+def hold(stack: Stack, n: int, latency: float) -> dict:
+    host, port = stack.gw.removeprefix("http://").rsplit(":", 1)
+    pid = stack.gw_pid
+    body = json.dumps({"model": "gpt-image-2-beta", "prompt": f"hold [sim:slow={latency:g}]",
+                       "response_format": "url"}).encode()
+    headers = {**JSON_CT, **auth(CLIENT_KEY)}
+
+    async def run():
+        connect_gate = asyncio.Semaphore(256)
+        sent = 0
+        all_sent = asyncio.Event()
+        first_answer = asyncio.Event()
+
+        async def one():
+            nonlocal sent
+            async with connect_gate:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                head = (f"POST /v1/images/generations HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+                        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                        + f"Content-Length: {len(body)}\r\n\r\n").encode()
+                writer.write(head + body)
+                await writer.drain()
+            sent += 1
+            if sent == n:
+                all_sent.set()
+            data = await reader.read()
+            first_answer.set()
+            writer.close()
+            return int(data.split(b" ", 2)[1]) if data else 0
+
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        await all_sent.wait()
+        t_sent, c_sent, s_sent = time.monotonic(), cpu_secs(pid), cpu_secs(stack.sim_pid)
+        await first_answer.wait()
+        t_first, c_first, s_first = time.monotonic(), cpu_secs(pid), cpu_secs(stack.sim_pid)
+        codes = await asyncio.gather(*tasks)
+        return codes, time.monotonic() - t0, (t_first - t_sent, c_first - c_sent, s_first - s_sent)
+
+    with PeakSampler(pid) as peak:
+        codes, secs, (wait_s, cpu_s, sim_s) = asyncio.run(run())
+    return {"ok": codes.count(200), "other": {c: codes.count(c) for c in set(codes) if c != 200},
+            "secs": secs, "before_kib": peak.before, "peak_kib": peak.peak, "wait_s": wait_s,
+            "cpu_s": cpu_s, "cpu_pct": 100 * cpu_s / max(wait_s, 1e-9),
+            "sim_cpu_pct": 100 * sim_s / max(wait_s, 1e-9)}
+
+
+def s4_uploads(stack: Stack, tmp: str, a, rep: Report):
+    prompt = f"bench upload [sim:slow=0] [sim:filebytes={SMALL_FILE}]"
+    data, ct = multipart(prompt)
+    body = write(tmp, "upload.multipart", data)
+    size = len(data)
+    lines = [
+        f"Request: `images.edit` multipart with {UPLOAD_FILES} × {UPLOAD_FILE_BYTES / 2**20:.0f} MiB "
+        f"PNG files (`image[]`), body {size / 2**20:.1f} MiB; the gateway forwards them to the "
+        "upstream's multipart edit endpoint; ~1 KB answer.",
+        "",
+        f"Throughput: `wrk -t1 -c{a.upload_conns} -d{round(a.secs)}s`.",
+        "",
+        "| target | req/s | upload MB/s | p50 | p99 | errors | gateway peak RSS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    h_direct = {"Content-Type": ct, **auth(SIM_KEY)}
+    h_gw = {"Content-Type": ct, **auth(CLIENT_KEY)}
+    for name, url, h, pid in [("direct", f"{stack.sim}/api/v1/images/edits", h_direct, None),
+                              ("gateway", f"{stack.gw}/v1/images/edits", h_gw, stack.gw_pid)]:
+        wrk(tmp, url, body_file=body, headers=h, conns=1, threads=1, secs=1)
+        r = wrk(tmp, url, body_file=body, headers=h, conns=a.upload_conns, threads=1,
+                secs=a.secs, pid=pid)
+        peak = f"{mib(r['peak_rss_kib']):.0f} MiB" if pid else "-"
+        lines.append(f"| {name} | {r['rps']:,.1f} | {r['rps'] * size / 1e6:,.0f} | "
+                     f"{fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {r['errors']} | {peak} |")
+    lines += ["", "Memory per in-flight upload: a fresh gateway process, then N uploads sent at "
+              "once; (peak RSS − RSS before) / N / body size.", "",
+              "| N in flight | RSS before | peak RSS | per upload | × body size | all 200 |",
+              "|---|---|---|---|---|---|"]
+    worst = 0.0
+    raw = open(body, "rb").read()
+    for n in a.upload_bursts:
+        stack.restart_gateway()
+        b = burst(stack.gw, "/v1/images/edits", h_gw, raw, n, stack.gw_pid)
+        per = (b["peak_rss_kib"] - b["rss_before_kib"]) * 1024 / n
+        worst = max(worst, per / size)
+        lines.append(f"| {n} | {mib(b['rss_before_kib']):.0f} MiB | {mib(b['peak_rss_kib']):.0f} MiB "
+                     f"| {per / 2**20:.1f} MiB | {per / size:.2f}× | {b['ok']}/{n} |")
+    rep.section("4. Uploads", lines)
+    rep.target("Uploads: at most one copy of each file held", "≤ ~1× the body per upload "
+               "(+ one file in flight)", f"worst {worst:.2f}× the body per in-flight upload",
+               worst <= 1.0 + 1 / UPLOAD_FILES + 0.1, f"by {worst - 1.0 - 1 / UPLOAD_FILES:.2f}×")
+    rep.headline.append(f"16 × 2 MiB uploads: {worst:.2f}× the body in gateway memory per upload")
+
+
+def s5_download(stack: Stack, tmp: str, a, rep: Report):
+    lines = [
+        "Request: `gpt-image-2-all` async mode (`aspect_ratio` 1:1, `resolution` 1K), `b64_json`: "
+        "the gateway creates the task, polls it once (first_poll_delay 10 ms; the task is done), "
+        "downloads the PNG result file and answers it base64-encoded. Direct: the same result "
+        "file fetched from the simulator.",
+        "",
+        f"`wrk -t1 -c{a.download_conns} -d{round(a.secs)}s`.",
+        "",
+        "| result file | target | req/s | image MB/s | answer MB/s | p50 | p99 | errors | gateway peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for label, file_bytes in SIZES.items():
+        prompt = f"bench download [sim:slow=0] [sim:filebytes={file_bytes}]"
+        body = json.dumps({"model": "gpt-image-2-all", "prompt": prompt, "aspect_ratio": "1:1",
+                           "resolution": "1K", "response_format": "b64_json"}).encode()
+        path = write(tmp, f"download-{file_bytes}.json", body)
+        file_url = result_file_url(stack, prompt)
+        direct = wrk(tmp, file_url, method="GET", conns=a.download_conns, threads=1, secs=a.secs)
+        gw_url = f"{stack.gw}/v1/images/generations"
+        h = {**JSON_CT, **auth(CLIENT_KEY)}
+        wrk(tmp, gw_url, body_file=path, headers=h, conns=2, threads=1, secs=1)
+        gw = wrk(tmp, gw_url, body_file=path, headers=h, conns=a.download_conns, threads=1,
+                 secs=a.secs, pid=stack.gw_pid)
+        mb = file_bytes / 1e6
+        for name, r in [("direct (file)", direct), ("gateway", gw)]:
+            peak = f"{mib(r['peak_rss_kib']):.0f} MiB" if "peak_rss_kib" in r else "-"
+            lines.append(f"| {mb:.1f} MB ({label} base64) | {name} | {r['rps']:,.1f} | "
+                         f"{r['rps'] * mb:,.0f} | {r['mb_s']:,.0f} | {fmt_us(r['p50_us'])} | "
+                         f"{fmt_us(r['p99_us'])} | {r['errors']} | {peak} |")
+        ratios.append((label, gw["rps"] * mb, direct["rps"] * mb))
+    rep.section("5. Task result download + base64 encode", lines)
+    rep.headline.append("result download + base64: " + ", ".join(
+        f"{g:,.0f} MB/s of images ({g / d:.2f}× a direct file download) at {label} base64"
+        for label, g, d in ratios))
+
+
+def result_file_url(stack: Stack, prompt: str) -> str:
+    """Creates one async task straight on the simulator and returns its result file URL."""
+    def call(req):
+        return json.load(urllib.request.urlopen(req))
+    body = json.dumps({"model": "gpt-image-2-all", "prompt": prompt, "aspect_ratio": "1:1",
+                       "resolution": "1K"}).encode()
+    created = call(urllib.request.Request(f"{stack.sim}/api/v1/images/generations", data=body,
+                                          headers={**JSON_CT, **auth(SIM_KEY)}))
+    task = created["data"]["taskId"]
+    for _ in range(200):
+        data = call(urllib.request.Request(
+            f"{stack.sim}/api/v1/images/generations?task_id={task}", headers=auth(SIM_KEY)))["data"]
+        if data["state"] == "completed":
+            return data["resultUrls"][0]
+        time.sleep(0.02)
+    sys.exit("the simulator did not complete a task")
+
+
+# ---------------------------------------------------------------- main
+
+
+def machine() -> list[str]:
+    mem = ""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    cpu = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    tools = []
+    for cmd in (["wrk", "-v"], ["nginx", "-v"], ["rustc", "--version"]):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            tools.append((p.stdout + p.stderr).strip().splitlines()[0])
+        except (OSError, IndexError):
+            pass
+    return [f"- `nproc`: {os.cpu_count()} ({cpu})", f"- memory: {mem}",
+            f"- kernel: {platform.release()}", f"- tools: {'; '.join(tools)}",
+            f"- Python {platform.python_version()}"]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False).stdout.strip()
+
+
+def results_path(date: str, commit: str) -> str:
+    base = os.path.join(ROOT, "bench", "results", f"{date}-{commit}")
+    path, i = base + ".md", 2
+    while os.path.exists(path):
+        path, i = f"{base}-{i}.md", i + 1
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--binary", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "imagegate"))
+    ap.add_argument("--scenarios", default="1,2,3,4,5")
+    ap.add_argument("--quick", action="store_true", help="short durations and holds (smoke run)")
+    ap.add_argument("--holds", default=None, help="waiting requests, e.g. 1000,5000,10000")
+    ap.add_argument("--hold-latency", type=float, default=None, help="async task seconds (30)")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/<date>-<commit>.md)")
+    ap.add_argument("--command", default=None, help="the command line to record")
+    a = ap.parse_args()
+    q = a.quick
+    a.secs = 3.0 if q else 10.0
+    a.rate_secs = 4.0 if q else 15.0
+    a.rate = 1000
+    a.max_conns = 32
+    a.large_conns = 8
+    a.upload_conns = 4
+    a.download_conns = 8
+    a.bursts = [1, 8, 64] if not q else [1, 8]
+    a.upload_bursts = [1, 8] if not q else [1, 4]
+    a.holds = [int(x) for x in (a.holds or ("1000" if q else "1000,5000,10000")).split(",")]
+    a.hold_latency = a.hold_latency or (10.0 if q else 30.0)
+    scenarios = {int(s) for s in a.scenarios.split(",") if s.strip()}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(a.holds) + 1000 > hard and 3 in scenarios:
+        print(f"warning: open-file limit {hard} is low for {max(a.holds)} waiting requests",
+              file=sys.stderr)
+    for tool in ["wrk"] + (["nginx"] if 1 in scenarios else []):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed (bench/run.sh installs it)")
+
+    load_before = open("/proc/loadavg").read().split()[:3]
+    tmp = tempfile.mkdtemp(prefix="imagegate-bench-")
+    stack = Stack(a.binary, tmp, need_nginx=1 in scenarios)
+    rep = Report()
+    started = time.monotonic()
+    try:
+        for n, fn in [(1, s1_small), (2, s2_large), (3, s3_waiting), (4, s4_uploads),
+                      (5, s5_download)]:
+            if n in scenarios:
+                print(f"==> scenario {n}", file=sys.stderr, flush=True)
+                fn(stack, tmp, a, rep)
+    finally:
+        stack.close()
+    minutes = (time.monotonic() - started) / 60
+    load_after = open("/proc/loadavg").read().split()[:3]
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    date = datetime.date.today().isoformat()
+    out = a.out or results_path(date, commit)
+    command = a.command or "bench/run.sh " + " ".join(sys.argv[1:])
+    doc = [f"# {date}, commit {commit}{dirty}: imagegate benchmark suite", "",
+           "Machine (gateway, simulator and load generator all on it):", ""] + machine() + [
+        "", "Command:", "", "```sh", command.strip(), "```", "",
+        f"Gateway and simulator are separate release-build processes on 127.0.0.1 (simulator at "
+        f"`--time-scale 0`, directives in the prompt set latency and answer size); the gateway "
+        f"logs one access line per request as in production. Suite time: {minutes:.1f} min. "
+        f"Load average (1/5/15 min) before: {' '.join(load_before)}, after: "
+        f"{' '.join(load_after)} (other work on the machine adds noise, mostly to p99).", "",
+        "Headline:", ""] + [f"- {h}" for h in rep.headline] + [""]
+    doc += rep.sections
+    doc += ["## Targets", "", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
+    doc += [f"| {t} | {w} | {m} | {v} |" for t, w, m, v in rep.targets]
+    doc.append("")
+    with open(out, "w") as f:
+        f.write("\n".join(doc))
+    print(f"results: {os.path.relpath(out, ROOT)}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

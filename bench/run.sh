@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# imagegate benchmark suite, one command: installs the load tools it needs (wrk, nginx) when
+# missing, builds the release binary, then runs bench/bench.py, which starts the simulator, the
+# gateway and an nginx proxy_pass hop on 127.0.0.1 and writes bench/results/<date>-<commit>.md.
+#
+#   bench/run.sh                    # every scenario (about 10 minutes on 2 cores)
+#   bench/run.sh --quick            # short smoke run
+#   bench/run.sh --scenarios 1,3    # 1 small body, 2 large bodies, 3 thousands waiting,
+#                                   # 4 uploads, 5 result download + base64
+#   bench/run.sh --holds 1000,5000,10000 --hold-latency 30
+#
+# Not a CI gate. Needs Linux (/proc), Python 3.10+, cargo; apt-get for the tools when missing.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+echo "==> cargo build --release --locked"
+cargo build --release --locked --quiet
+
+# 10,000 waiting requests need as many sockets in the client and in the gateway.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+target="${CARGO_TARGET_DIR:-target}"
+exec python3 bench/bench.py --binary "$target/release/imagegate" \
+  --command "bench/run.sh $*" "$@"
