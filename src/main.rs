@@ -127,7 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { config } => {
             let config = Config::load(&config)?;
-            init_tracing(config.logging.format, &config.logging.filter);
+            let _logs = init_tracing(config.logging.format, &config.logging.filter);
             runtime()?.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
@@ -142,7 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             time_scale,
             public_base_url,
         } => {
-            init_tracing(LogFormat::Human, "info");
+            let _logs = init_tracing(LogFormat::Human, "info");
             runtime()?.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, "simulator listening");
@@ -160,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sim_listen,
             time_scale,
         } => {
-            init_tracing(LogFormat::Human, "info");
+            let _logs = init_tracing(LogFormat::Human, "info");
             let opts = imagegate::demo::DemoOptions {
                 listen,
                 sim_listen,
@@ -177,17 +177,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Logs go to stderr; `RUST_LOG` overrides the configured filter.
-fn init_tracing(format: LogFormat, filter: &str) {
+/// Logs go to stderr through a writer thread, so a request never waits on a slow terminal or
+/// pipe (nothing is dropped: a full buffer waits). Keep the guard: dropping it flushes the rest.
+/// `RUST_LOG` overrides the configured filter.
+fn init_tracing(format: LogFormat, filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Resolves on ctrl-c or SIGTERM.
