@@ -141,13 +141,7 @@ impl Drop for Attempt {
         r.settle(amount);
         if let Some((store, mut row, started)) = self.orphan.take() {
             row.latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = store.insert_row(row).await {
-                        tracing::error!(error = %e, "could not write the ledger row");
-                    }
-                });
-            }
+            store.record(row);
         }
     }
 }
@@ -172,8 +166,6 @@ pub async fn close(
         started.elapsed().as_millis(),
         outcome,
     );
-    if let Err(e) = state.store().insert_row(row).await {
-        tracing::error!(request_id, error = %e, "could not write the ledger row");
-    }
+    state.store().record(row);
     headers
 }

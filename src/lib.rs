@@ -56,7 +56,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let drain = config.server.drain_timeout;
     let state = Arc::new(app::AppState::new(config)?);
-    let router = app::build_router(state);
+    let router = app::build_router(state.clone());
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();
@@ -83,5 +83,7 @@ pub async fn serve(
             tracing::warn!("drain timeout reached; abandoning remaining requests");
         }
     }
+    // Every ledger row of the requests served is on disk before the process goes.
+    state.store().flush().await;
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! user_version` counts the migrations applied). Without `data.dir` it is an in-memory database,
 //! so the ledger and the admin API still work, but nothing survives a restart.
 //!
-//! Every call runs on the blocking pool ([`Store::call`]) behind one connection: the gateway
-//! writes one small row per request, far below what one SQLite connection sustains.
+//! Every call runs on the blocking pool ([`Store::call`]) behind one connection. Ledger rows take
+//! another way: [`Store::record`] queues the row and returns at once, and a writer thread inserts
+//! what has queued up in one transaction, so no request waits on the database.
+//! [`Store::flush`] waits until every row queued before it is written (usage reports, shutdown).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -89,6 +91,81 @@ pub type SpendBy = Vec<(String, Spent)>;
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    ledger: std::sync::mpsc::Sender<LedgerMsg>,
+}
+
+/// What the ledger writer thread is sent.
+enum LedgerMsg {
+    Row(Box<Row>),
+    /// Answered once every row sent before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Most rows written in one transaction.
+const LEDGER_BATCH: usize = 512;
+
+/// Inserts queued rows in batches until every [`Store`] is gone.
+fn ledger_writer(conn: Arc<Mutex<Connection>>, rx: std::sync::mpsc::Receiver<LedgerMsg>) {
+    while let Ok(first) = rx.recv() {
+        let mut rows = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                LedgerMsg::Row(row) => rows.push(*row),
+                LedgerMsg::Flush(done) => flushes.push(done),
+            }
+            if rows.len() < LEDGER_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !rows.is_empty() {
+            let written = conn
+                .lock()
+                .map_err(|_| StoreError::Poisoned)
+                .and_then(|mut c| insert_rows(&mut c, &rows));
+            if let Err(e) = written {
+                tracing::error!(error = %e, rows = rows.len(), "could not write ledger rows");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn insert_rows(c: &mut Connection, rows: &[Row]) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
+                served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
+                task_ids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for row in rows {
+            stmt.execute(params![
+                row.ts_ms,
+                &row.day[..7],
+                row.day,
+                row.request_id,
+                row.key_id,
+                row.team,
+                row.model,
+                row.served_model,
+                row.n,
+                row.size,
+                row.quality,
+                i64::try_from(row.cost.micros()).unwrap_or(i64::MAX),
+                row.status,
+                row.error_code,
+                row.latency_ms,
+                row.task_ids,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl Store {
@@ -108,9 +185,13 @@ impl Store {
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        let (ledger, rx) = std::sync::mpsc::channel();
+        let writer = conn.clone();
+        std::thread::Builder::new()
+            .name("imagegate-ledger".to_owned())
+            .spawn(move || ledger_writer(writer, rx))?;
+        Ok(Self { conn, ledger })
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -212,35 +293,19 @@ impl Store {
 
     // === ledger ===
 
-    pub async fn insert_row(&self, row: Row) -> Result<(), StoreError> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
-                    served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
-                    task_ids)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![
-                    row.ts_ms,
-                    &row.day[..7],
-                    row.day,
-                    row.request_id,
-                    row.key_id,
-                    row.team,
-                    row.model,
-                    row.served_model,
-                    row.n,
-                    row.size,
-                    row.quality,
-                    i64::try_from(row.cost.micros()).unwrap_or(i64::MAX),
-                    row.status,
-                    row.error_code,
-                    row.latency_ms,
-                    row.task_ids,
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+    /// Queues one ledger row; the writer thread inserts it (see the module docs).
+    pub fn record(&self, row: Row) {
+        if self.ledger.send(LedgerMsg::Row(Box::new(row))).is_err() {
+            tracing::error!("the ledger writer has stopped; a row was not written");
+        }
+    }
+
+    /// Waits until every row recorded before this call is written.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.ledger.send(LedgerMsg::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Spend by key and by team, for `month` (`YYYY-MM`) and all-time. Read at startup.
@@ -269,6 +334,7 @@ impl Store {
 
     /// Aggregates the ledger by the query's grouping columns.
     pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.flush().await;
         self.call(move |c| {
             let cols: Vec<&str> = q.group_by.iter().map(|g| g.column()).collect();
             let select = if cols.is_empty() {
@@ -346,4 +412,43 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::UsageQuery;
+    use crate::pricing::Usd;
+
+    fn row(i: usize) -> Row {
+        Row {
+            ts_ms: 0,
+            day: "2026-11-21".to_owned(),
+            request_id: format!("r{i}"),
+            key_id: "k".to_owned(),
+            team: None,
+            model: "auto".to_owned(),
+            served_model: Some("sparkpix".to_owned()),
+            n: 1,
+            size: None,
+            quality: "auto".to_owned(),
+            cost: Usd(10_000),
+            status: 200,
+            error_code: None,
+            latency_ms: 1,
+            task_ids: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn recorded_rows_are_written_in_batches_and_flush_waits_for_them() {
+        let store = Store::open(None).unwrap();
+        for i in 0..1_300 {
+            store.record(row(i));
+        }
+        store.flush().await;
+        let rows = store.usage(UsageQuery::default()).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].requests, rows[0].cost_micros), (1_300, 13_000_000));
+    }
 }

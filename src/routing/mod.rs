@@ -272,9 +272,21 @@ fn refusal(route: &Route, excluded: &[(ModelId, Exclusion)]) -> ApiError {
     }
     let name = &route.public;
     if excluded.iter().any(|(_, why)| why.is_transient()) {
-        ApiError::no_healthy_model(format!(
+        // The soonest an open circuit lets a probe through (the SDKs wait at most 60 s).
+        let soonest = excluded
+            .iter()
+            .filter_map(|(_, why)| match why {
+                Exclusion::CircuitOpen { retry_after } => Some(retry_after.as_secs().clamp(1, 60)),
+                _ => None,
+            })
+            .min();
+        let err = ApiError::no_healthy_model(format!(
             "No model of `{name}` can take this request right now: {detail}."
-        ))
+        ));
+        match soonest {
+            Some(secs) => err.with_headers(vec![("retry-after", secs.to_string())]),
+            None => err,
+        }
     } else {
         let param = match excluded.first() {
             Some((_, Exclusion::Cost { .. })) => MAX_COST_HEADER,

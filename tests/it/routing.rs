@@ -187,6 +187,11 @@ async fn circuit_opens_stops_sending_half_opens_and_recovers() {
         .as_str()
         .unwrap()
         .contains("gpt-image-2-all"));
+    assert_eq!(
+        header(&a, "retry-after"),
+        "1",
+        "the 300 ms cooldown, rounded up"
+    );
     // A group skips the open model without calling it.
     let a = env
         .generate(json!({"model": "gpt-image-2", "prompt": "a fox", "response_format": "url"}))
