@@ -103,6 +103,8 @@ enum LedgerMsg {
 
 /// Most rows written in one transaction.
 const LEDGER_BATCH: usize = 512;
+/// Pause after each batch, so a busy gateway writes a batch every few milliseconds.
+const LEDGER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Inserts queued rows in batches until every [`Store`] is gone.
 fn ledger_writer(conn: Arc<Mutex<Connection>>, rx: std::sync::mpsc::Receiver<LedgerMsg>) {
@@ -128,8 +130,14 @@ fn ledger_writer(conn: Arc<Mutex<Connection>>, rx: std::sync::mpsc::Receiver<Led
                 tracing::error!(error = %e, rows = rows.len(), "could not write ledger rows");
             }
         }
+        let flushed = !flushes.is_empty();
         for done in flushes {
             let _ = done.send(());
+        }
+        // Let rows gather rather than wake this thread for every request: a request's send is
+        // then a queue push, and the rows go in as one transaction.
+        if !flushed {
+            std::thread::sleep(LEDGER_PAUSE);
         }
     }
 }
