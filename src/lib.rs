@@ -77,9 +77,8 @@ pub async fn serve(
         }
     });
     // `into_make_service` resolves the routes once; serving the `Router` itself would rebuild its
-    // route table for every connection (about 9 KiB each, held while the connection lives).
-    let server =
-        axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
+    // route table for every connection (about 20 KiB each, held while the connection lives).
+    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
     tokio::select! {
         result = server => result?,
         () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
