@@ -1,9 +1,10 @@
 //! Everything behind the gateway: one HTTP client for the platform, the failure classification,
 //! one adapter per upstream API shape, the async task engine and result fetching.
 //!
-//! Reading order: this file (client + [`UpstreamError`]), then [`plan`] / [`execute`] (the one
-//! place a model id is matched to its adapter), then the adapters (`lite`, `all`, `beta`,
-//! `sparkpix`), then `task` (polling) and `results` (downloading result files).
+//! Reading order: this file (client + [`UpstreamError`]), `classify` (answers → failure kinds),
+//! then [`plan`] / [`execute`] (the one place a model id is matched to its adapter), then the
+//! adapters (`lite`, `all`, `beta`, `sparkpix`), then `task` (polling), `pool` (upstream keys)
+//! and `results` (downloading result files).
 //!
 //! Every adapter is split in two: a pure `plan` that validates the request for that model and
 //! builds the upstream body (so bad input is refused before any upstream call), and an `execute`
@@ -11,6 +12,7 @@
 
 mod all;
 mod beta;
+mod classify;
 mod lite;
 pub mod pool;
 pub mod results;
@@ -32,6 +34,7 @@ use crate::metrics::{Metrics, Outcome, Phase, UpstreamWait};
 use crate::model::ModelId;
 use crate::request::{self, ImageRequest};
 
+use classify::{classify, is_policy_message};
 pub use results::Image;
 
 /// How an upstream call failed. Routing, errors and (later) health read this, never strings.
@@ -348,74 +351,6 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
-/// Classifies an upstream answer.
-///
-/// NOTE(upstream): the docs list HTTP error statuses but do not show error bodies, and describe a
-/// `code` field inside every envelope. The two can disagree (HTTP 200 with `code: 402`), so the
-/// body code wins when it is an error, and the HTTP status is used when the body has none.
-fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<Value, UpstreamError> {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let message = json
-        .as_ref()
-        .and_then(|v| {
-            v.get("msg")
-                .or_else(|| v.pointer("/error/message"))
-                .or_else(|| v.get("message"))
-                .and_then(Value::as_str)
-        })
-        .map(|m| redactor.redact(m))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-            redactor.redact(text.trim())
-        });
-    if !(200..300).contains(&status) {
-        return Err(UpstreamError::new(
-            kind_for_code(i64::from(status), &message),
-            message,
-        ));
-    }
-    let Some(json) = json else {
-        return Err(UpstreamError::new(
-            FailureKind::Malformed,
-            "response body is not JSON".to_owned(),
-        ));
-    };
-    match json.get("code").and_then(Value::as_i64) {
-        Some(code) if code != 200 && code != 0 => {
-            Err(UpstreamError::new(kind_for_code(code, &message), message))
-        }
-        _ => Ok(json),
-    }
-}
-
-fn kind_for_code(code: i64, message: &str) -> FailureKind {
-    match code {
-        400 | 422 if is_policy_message(message) => FailureKind::PolicyRejected,
-        401 | 403 => FailureKind::Unauthorized,
-        402 => FailureKind::OutOfCredits,
-        429 => FailureKind::RateLimited,
-        404 | 408 | 500..=599 => FailureKind::ServerError,
-        400..=499 => FailureKind::Rejected,
-        _ => FailureKind::ServerError,
-    }
-}
-
-/// NOTE(upstream): failed tasks only carry a free-text `failMsg` (the docs' example is
-/// "Content policy violation"), so a policy refusal is recognised by its words, here and only here.
-fn is_policy_message(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "content policy",
-        "policy violation",
-        "safety",
-        "moderation",
-        "nsfw",
-        "content_policy",
-    ]
-    .iter()
-    .any(|w| m.contains(w))
-}
-
 /// What an adapter produced: images (inline base64 and/or URL) and the upstream task ids.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -588,51 +523,6 @@ fn result_urls(data: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn redactor() -> Redactor {
-        Redactor(vec!["sk-up-secret".to_owned()])
-    }
-
-    #[test]
-    fn body_code_wins_over_http_200() {
-        let e = classify(
-            200,
-            br#"{"code":402,"msg":"insufficient credits"}"#,
-            &redactor(),
-        )
-        .unwrap_err();
-        assert_eq!(e.kind, FailureKind::OutOfCredits);
-        let e = classify(200, br#"{"code":500,"msg":"x"}"#, &redactor()).unwrap_err();
-        assert_eq!(e.kind, FailureKind::ServerError);
-    }
-
-    #[test]
-    fn http_statuses_classify() {
-        let kind = |s| {
-            classify(s, br#"{"code":1,"msg":"m"}"#, &redactor())
-                .unwrap_err()
-                .kind
-        };
-        assert_eq!(kind(401), FailureKind::Unauthorized);
-        assert_eq!(kind(402), FailureKind::OutOfCredits);
-        assert_eq!(kind(429), FailureKind::RateLimited);
-        assert_eq!(kind(500), FailureKind::ServerError);
-        assert_eq!(kind(400), FailureKind::Rejected);
-        let e = classify(
-            400,
-            br#"{"code":400,"msg":"Content policy violation"}"#,
-            &redactor(),
-        );
-        assert_eq!(e.unwrap_err().kind, FailureKind::PolicyRejected);
-    }
-
-    #[test]
-    fn malformed_body_and_redaction() {
-        let e = classify(200, b"{\"code\":200,\"da", &redactor()).unwrap_err();
-        assert_eq!(e.kind, FailureKind::Malformed);
-        let e = classify(401, br#"{"msg":"bad key sk-up-secret"}"#, &redactor()).unwrap_err();
-        assert!(!e.message.contains("sk-up-secret"), "{}", e.message);
-    }
 
     #[tokio::test]
     async fn fan_out_keeps_what_was_made() {

@@ -1,0 +1,128 @@
+//! Upstream answers → values or classified failures ([`FailureKind`]): the one place a status
+//! code, a body `code` or a failure message is read.
+
+use serde_json::Value;
+
+use super::{FailureKind, Redactor, UpstreamError};
+
+/// Classifies an upstream answer.
+///
+/// NOTE(upstream): the docs list HTTP error statuses but do not show error bodies, and describe a
+/// `code` field inside every envelope. The two can disagree (HTTP 200 with `code: 402`), so the
+/// body code wins when it is an error, and the HTTP status is used when the body has none.
+pub(super) fn classify(
+    status: u16,
+    body: &[u8],
+    redactor: &Redactor,
+) -> Result<Value, UpstreamError> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| {
+            v.get("msg")
+                .or_else(|| v.pointer("/error/message"))
+                .or_else(|| v.get("message"))
+                .and_then(Value::as_str)
+        })
+        .map(|m| redactor.redact(m))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            redactor.redact(text.trim())
+        });
+    if !(200..300).contains(&status) {
+        return Err(UpstreamError::new(
+            kind_for_code(i64::from(status), &message),
+            message,
+        ));
+    }
+    let Some(json) = json else {
+        return Err(UpstreamError::new(
+            FailureKind::Malformed,
+            "response body is not JSON".to_owned(),
+        ));
+    };
+    match json.get("code").and_then(Value::as_i64) {
+        Some(code) if code != 200 && code != 0 => {
+            Err(UpstreamError::new(kind_for_code(code, &message), message))
+        }
+        _ => Ok(json),
+    }
+}
+
+fn kind_for_code(code: i64, message: &str) -> FailureKind {
+    match code {
+        400 | 422 if is_policy_message(message) => FailureKind::PolicyRejected,
+        401 | 403 => FailureKind::Unauthorized,
+        402 => FailureKind::OutOfCredits,
+        429 => FailureKind::RateLimited,
+        404 | 408 | 500..=599 => FailureKind::ServerError,
+        400..=499 => FailureKind::Rejected,
+        _ => FailureKind::ServerError,
+    }
+}
+
+/// NOTE(upstream): failed tasks only carry a free-text `failMsg` (the docs' example is
+/// "Content policy violation"), so a policy refusal is recognised by its words, here and only here.
+pub(super) fn is_policy_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "content policy",
+        "policy violation",
+        "safety",
+        "moderation",
+        "nsfw",
+        "content_policy",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> Redactor {
+        Redactor(vec!["sk-up-secret".to_owned()])
+    }
+
+    #[test]
+    fn body_code_wins_over_http_200() {
+        let e = classify(
+            200,
+            br#"{"code":402,"msg":"insufficient credits"}"#,
+            &redactor(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::OutOfCredits);
+        let e = classify(200, br#"{"code":500,"msg":"x"}"#, &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::ServerError);
+    }
+
+    #[test]
+    fn http_statuses_classify() {
+        let kind = |s| {
+            classify(s, br#"{"code":1,"msg":"m"}"#, &redactor())
+                .unwrap_err()
+                .kind
+        };
+        assert_eq!(kind(401), FailureKind::Unauthorized);
+        assert_eq!(kind(402), FailureKind::OutOfCredits);
+        assert_eq!(kind(429), FailureKind::RateLimited);
+        assert_eq!(kind(500), FailureKind::ServerError);
+        assert_eq!(kind(400), FailureKind::Rejected);
+        let e = classify(
+            400,
+            br#"{"code":400,"msg":"Content policy violation"}"#,
+            &redactor(),
+        );
+        assert_eq!(e.unwrap_err().kind, FailureKind::PolicyRejected);
+    }
+
+    #[test]
+    fn malformed_body_and_redaction() {
+        let e = classify(200, b"{\"code\":200,\"da", &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Malformed);
+        let e = classify(401, br#"{"msg":"bad key sk-up-secret"}"#, &redactor()).unwrap_err();
+        assert!(!e.message.contains("sk-up-secret"), "{}", e.message);
+    }
+}
