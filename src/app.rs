@@ -122,8 +122,6 @@ impl AppState {
 /// What a handler tells the access log about the request it served.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLog {
-    /// The upstream model the request was planned for (the served one once routing picked).
-    pub model: Option<ModelId>,
     /// The name the caller asked for: a model id, group or alias.
     pub public_model: Option<Arc<str>>,
     /// The upstream model that served the request (or the last one tried).

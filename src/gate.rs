@@ -148,7 +148,7 @@ impl Drop for Attempt {
 
 /// Step 4: writes the request's ledger row (`outcome`: status, served model, cost settled by the
 /// attempt, task ids) and returns the `x-ratelimit-*` headers of its admission.
-pub async fn close(
+pub fn close(
     state: &AppState,
     caller: &ClientKey,
     req: &ImageRequest,

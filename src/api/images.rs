@@ -180,17 +180,17 @@ async fn answer(state: Arc<AppState>, call: Call, mut req: ImageRequest) -> Resp
     })();
     let (plan, candidates, admission) = match checked {
         Ok(c) => c,
-        Err(e) => return finish(&state, &call, &req, started, None, Err(e.into())).await,
+        Err(e) => return finish(&state, &call, &req, started, None, Err(e.into())),
     };
     if req.stream {
         return stream(state, call, req, candidates, plan, admission, started);
     }
     let result = run(&state, &call, &mut req, &candidates, plan).await;
-    finish(&state, &call, &req, started, Some(&admission), result).await
+    finish(&state, &call, &req, started, Some(&admission), result)
 }
 
 /// Writes the ledger row ([`gate::close`]), then answers with the routing and rate-limit headers.
-async fn finish(
+fn finish(
     state: &AppState,
     call: &Call,
     req: &ImageRequest,
@@ -207,7 +207,7 @@ async fn finish(
     };
     let outcome = by.outcome(res.status().as_u16(), res.extensions().get::<ApiError>());
     let id = &call.request_id;
-    let headers = gate::close(state, &call.caller, req, id, started, admission, outcome).await;
+    let headers = gate::close(state, &call.caller, req, id, started, admission, outcome);
     let mut res = with_log(state, res, req, Some(&by));
     add_headers(&mut res, headers);
     res
@@ -415,8 +415,7 @@ fn stream(
                 started,
                 Some(&admission),
                 outcome,
-            )
-            .await;
+            );
             match result {
                 Ok((body, _)) => completed_events(prefix, body),
                 Err(failed) => {
@@ -491,7 +490,6 @@ fn with_log(
         headers.insert(ATTEMPTS_HEADER, HeaderValue::from(by.attempts));
     }
     res.extensions_mut().insert(RequestLog {
-        model: Some(req.model),
         public_model: Some(req.route.public.clone()),
         upstream_model: by.and_then(|b| b.model),
         cost: by.map(|b| b.cost),

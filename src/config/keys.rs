@@ -31,7 +31,7 @@ pub struct KeySpec {
     /// The team whose limits and budget also apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
-    /// Public model ids this key may request; absent: every enabled model.
+    /// Public names (model ids, groups, aliases) this key may request; absent: every one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
