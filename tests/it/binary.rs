@@ -143,13 +143,15 @@ impl Gateway {
     }
 
     /// Waits (on the logs, up to 4 s) until a line contains `needle`.
+    /// Waits (on the log itself, up to 15 s for a loaded machine) until `needle` was logged.
     async fn until_logged(&self, needle: &str) {
-        for _ in 0..200 {
+        for _ in 0..750 {
             if self.logs.lock().unwrap().contains(needle) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        panic!("`{needle}` never logged:\n{}", self.logs.lock().unwrap());
     }
 
     /// SIGTERM, a clean exit, and everything it logged.
