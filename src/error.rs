@@ -304,12 +304,23 @@ impl ApiError {
                 err.no_retry = true;
                 err
             }
-            FailureKind::RateLimited => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream_error",
-                "upstream_rate_limited",
-                format!("The upstream is rate limiting the gateway{detail}{task}"),
-            ),
+            FailureKind::RateLimited => {
+                let err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_error",
+                    "upstream_rate_limited",
+                    format!("The upstream is rate limiting the gateway{detail}{task}"),
+                );
+                // The upstream's own pause, in whole seconds as the SDKs read it (at most 60 s,
+                // the longest the SDKs wait); 5 s when it gave none.
+                match e.retry_after {
+                    Some(after) => {
+                        let secs = after.as_secs_f64().ceil().clamp(1.0, 60.0) as u64;
+                        err.with_headers(vec![("retry-after", secs.to_string())])
+                    }
+                    None => err,
+                }
+            }
             FailureKind::Connect => bad_gateway(
                 "upstream_unavailable",
                 format!("The upstream could not be reached{detail}"),

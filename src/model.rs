@@ -120,7 +120,8 @@ impl Quality {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Png,
     Jpeg,
@@ -167,7 +168,8 @@ impl ImageFormat {
     }
 }
 
-/// Reads the pixel size from a PNG IHDR or a JPEG SOF marker without decoding the image.
+/// Reads the pixel size from a PNG IHDR, a JPEG SOF marker or a WEBP frame header without
+/// decoding the image.
 pub fn image_dimensions(bytes: &[u8]) -> Option<Size> {
     match ImageFormat::sniff(bytes)? {
         ImageFormat::Png => {
@@ -179,8 +181,29 @@ pub fn image_dimensions(bytes: &[u8]) -> Option<Size> {
             })
         }
         ImageFormat::Jpeg => jpeg_dimensions(bytes),
-        ImageFormat::Webp => None,
+        ImageFormat::Webp => webp_dimensions(bytes),
     }
+}
+
+/// The canvas of a `VP8X` file, or the frame of a simple lossy (`VP8 `) or lossless (`VP8L`) one.
+fn webp_dimensions(bytes: &[u8]) -> Option<Size> {
+    let b = |i: usize| bytes.get(i).copied().map(u32::from);
+    let (width, height) = match bytes.get(12..16)? {
+        b"VP8X" => (
+            1 + (b(24)? | b(25)? << 8 | b(26)? << 16),
+            1 + (b(27)? | b(28)? << 8 | b(29)? << 16),
+        ),
+        b"VP8 " if bytes.get(23..26)? == [0x9d, 0x01, 0x2a] => (
+            (b(26)? | b(27)? << 8) & 0x3fff,
+            (b(28)? | b(29)? << 8) & 0x3fff,
+        ),
+        b"VP8L" if b(20)? == 0x2f => {
+            let bits = b(21)? | b(22)? << 8 | b(23)? << 16 | b(24)? << 24;
+            (1 + (bits & 0x3fff), 1 + ((bits >> 14) & 0x3fff))
+        }
+        _ => return None,
+    };
+    Some(Size { width, height })
 }
 
 fn jpeg_dimensions(bytes: &[u8]) -> Option<Size> {
@@ -249,5 +272,29 @@ mod tests {
             Some(ImageFormat::Webp)
         );
         assert_eq!(ImageFormat::sniff(b"GIF89a"), None);
+    }
+
+    #[test]
+    fn reads_webp_dimensions_from_each_header_kind() {
+        let head = b"RIFF\0\0\0\0WEBP".to_vec();
+        let with = |chunk: &[u8], rest: &[u8]| {
+            let mut v = head.clone();
+            v.extend_from_slice(chunk);
+            v.extend_from_slice(&[0; 4]);
+            v.extend_from_slice(rest);
+            image_dimensions(&v).map(|s| (s.width, s.height))
+        };
+        // VP8X: 24-bit canvas width-1 and height-1.
+        let vp8x = [0u8, 0, 0, 0, 0xff, 0x05, 0, 0x1f, 0x03, 0];
+        assert_eq!(with(b"VP8X", &vp8x), Some((1536, 800)));
+        // VP8 (lossy): frame tag, start code, 14-bit sides.
+        let vp8 = [0u8, 0, 0, 0x9d, 0x01, 0x2a, 0x00, 0x04, 0x00, 0x03];
+        assert_eq!(with(b"VP8 ", &vp8), Some((1024, 768)));
+        // VP8L (lossless): signature, then width-1 and height-1 in 14 bits each.
+        let bits: u32 = 1023 | (511 << 14);
+        let mut vp8l = vec![0x2f];
+        vp8l.extend_from_slice(&bits.to_le_bytes());
+        assert_eq!(with(b"VP8L", &vp8l), Some((1024, 512)));
+        assert_eq!(with(b"VP8Z", &vp8l), None);
     }
 }

@@ -11,7 +11,6 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -25,12 +24,12 @@ use crate::gate;
 use crate::ledger::Outcome;
 use crate::limits::Admission;
 use crate::metrics::{Fault, UpstreamWait};
-use crate::model::{image_dimensions, ImageFormat, ModelId, Quality};
+use crate::model::{ImageFormat, ModelId, Quality};
 use crate::pricing::Usd;
 use crate::request::{ImageRequest, Operation, ResponseFormat};
 use crate::routing::failover::{self, Caller, Failed};
 use crate::routing::{Candidate, Constraints};
-use crate::upstream::{CallCtx, Image, Plan};
+use crate::upstream::{results, CallCtx, Image, Plan};
 
 /// Response header: the upstream model that served the request.
 pub const UPSTREAM_HEADER: &str = "x-imagegate-upstream";
@@ -282,8 +281,12 @@ async fn run(
     }
 }
 
-/// Builds the `ImagesResponse`. `b64_json` is taken as the upstream sent it when it sent one;
-/// result URLs are downloaded concurrently otherwise. `url` answers the upstream URL as is.
+/// Builds the `ImagesResponse`. `b64_json` is taken as the upstream sent it when it sent one in
+/// the wanted format; result URLs are downloaded concurrently otherwise, and converted when the
+/// model made another format. `url` answers the upstream URL as is.
+///
+/// The answer's `size` and `output_format` describe the bytes delivered, read from the image
+/// itself; a `url` answer, whose bytes the gateway never holds, leaves them out.
 async fn materialize(
     state: &AppState,
     call: &Call,
@@ -325,23 +328,16 @@ async fn materialize(
                 .await?
                 .into_iter();
             for img in images {
-                let b64 = match img.b64 {
-                    Some(b64) => {
-                        let head = peek_b64(&b64);
-                        learned_format = learned_format.or_else(|| ImageFormat::sniff(&head));
-                        learned_size = learned_size.or_else(|| image_dimensions(&head));
-                        b64
-                    }
+                let enc = match img.b64 {
+                    Some(b64) => results::inline(b64, wanted).await,
                     None => match fetched.next() {
-                        Some(enc) => {
-                            learned_format = learned_format.or(enc.format);
-                            learned_size = learned_size.or(enc.size);
-                            enc.b64
-                        }
+                        Some(enc) => enc,
                         None => continue,
                     },
                 };
-                data.push(json!({ "b64_json": b64 }));
+                learned_format = learned_format.or(enc.format);
+                learned_size = learned_size.or(enc.size);
+                data.push(json!({ "b64_json": enc.b64 }));
             }
         }
     }
@@ -350,27 +346,19 @@ async fn materialize(
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let mut body = json!({ "created": created, "data": data });
-    if let Some(size) = learned_size.or(req.size) {
+    if let Some(size) = learned_size {
         body["size"] = json!(size.to_string());
     }
     if req.quality != Quality::Auto {
         body["quality"] = json!(req.quality.as_str());
     }
-    if let Some(f) = learned_format.or(req.output_format) {
+    if let Some(f) = learned_format {
         body["output_format"] = json!(f.as_str());
     }
     if let Some(bg @ ("transparent" | "opaque")) = req.background.as_deref() {
         body["background"] = json!(bg);
     }
     Ok(body)
-}
-
-/// Decodes the first bytes of a base64 image: enough for the magic number and a PNG's IHDR.
-fn peek_b64(b64: &str) -> Vec<u8> {
-    let head = &b64.as_bytes()[..b64.len().min(32)];
-    base64::engine::general_purpose::STANDARD
-        .decode(head)
-        .unwrap_or_default()
 }
 
 /// `stream: true`: the status is decided now (200), the image follows as one

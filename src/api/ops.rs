@@ -4,7 +4,10 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: ready for traffic — the configuration is loaded, the listener is up (this
 //!   answer came through it) and at least one upstream model can take a request
-//!   ([`AppState::ready_models`]). 503 otherwise.
+//!   ([`AppState::ready_models`]). 503 otherwise. The body also reports whether the upstream's
+//!   host answers a TCP connect (`upstream.reachable`, cached 10 s), without changing the status:
+//!   every replica shares that upstream, and failing them all at once helps no one. Alert on
+//!   `imagegate_upstream_reachable` instead.
 //! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]). It holds no secret, prompt
 //!   or client key — only configured ids — so it is served on the main listener; keep it off the
 //!   public internet at the proxy in front of imagegate.
@@ -39,14 +42,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     } else {
         StatusCode::OK
     };
+    let upstream = state.upstream.reach.check().await;
+    state.metrics.upstream_reachable(upstream.reachable);
     let body = json!({
         "status": if models.is_empty() { "unavailable" } else { "ready" },
         "models": models,
+        "upstream": upstream,
     });
     (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let upstream = state.upstream.reach.check().await;
+    state.metrics.upstream_reachable(upstream.reachable);
     // Circuits move from open to half-open with time, not only with traffic.
     for m in ModelId::ALL {
         if state.config.models.get(m).enabled {

@@ -80,6 +80,7 @@ pub struct Metrics {
     // Routing
     failovers: IntCounterVec,
     circuit_state: IntGaugeVec,
+    upstream_reachable: IntGauge,
     // Keys and budgets
     refusals: IntCounterVec,
     budget_used: GaugeVec,
@@ -138,6 +139,12 @@ impl Metrics {
                 &["from", "to", "reason"])?,
             circuit_state: int_gauge(r, "imagegate_circuit_state",
                 "Circuit breaker state per upstream model: 0 closed, 1 half-open, 2 open.", &["model"])?,
+            upstream_reachable: {
+                let g = IntGauge::new("imagegate_upstream_reachable",
+                    "1 when the last TCP connect to the upstream's host succeeded, 0 when it failed (probed at most every 10 s, on /readyz and /metrics).")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             refusals: int_counter(r, "imagegate_refusals_total",
                 "Requests refused by the gateway's limits (429), by team, key id and reason (request_rate, image_rate, concurrency, budget).",
                 &["team", "key_id", "reason"])?,
@@ -257,6 +264,11 @@ impl Metrics {
         self.circuit_state
             .with_label_values(&[model.as_str()])
             .set(state as i64);
+    }
+
+    /// The last upstream reachability probe's answer.
+    pub fn upstream_reachable(&self, reachable: bool) {
+        self.upstream_reachable.set(i64::from(reachable));
     }
 
     // === Keys and budgets ===

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::model::{ModelId, Quality, Size};
-use crate::request::{ImageRef, ImageRequest};
+use crate::model::{ImageFormat, ModelId, Quality, Size};
+use crate::request::{ImageRef, ImageRequest, Operation, ResponseFormat};
 
 /// How a model takes a mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +30,17 @@ pub enum SizeRule {
     NearestRatio,
     /// Each side from `min` to `max` in steps of 16.
     Sides { min: u32, max: u32 },
+}
+
+/// What a group may do with an explicit `WxH` size (`x-imagegate-size-policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizePolicy {
+    /// Only models that make exactly that size (the default).
+    #[default]
+    Exact,
+    /// Models that make the nearest aspect ratio are eligible too.
+    Nearest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,6 +69,11 @@ pub struct Capabilities {
     pub mask: MaskSupport,
     pub transparent_background: bool,
     pub sizes: SizeRule,
+    /// Edits (and generations with reference images) get the nearest aspect ratio, not `WxH`.
+    pub nearest_ratio_on_edit: bool,
+    /// Formats the model itself makes (`output_format`); the gateway converts the others when it
+    /// holds the bytes (`b64_json`), never a `url` answer.
+    pub output_formats: &'static [ImageFormat],
     /// `n` in one call; otherwise `n` independent calls.
     pub native_n: bool,
     pub mode: Mode,
@@ -78,6 +94,8 @@ const CATALOG: [Capabilities; 4] = [
         mask: MaskSupport::Upload,
         transparent_background: false,
         sizes: SizeRule::GptImage2,
+        nearest_ratio_on_edit: false,
+        output_formats: &[ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp],
         native_n: true,
         mode: Mode::Sync,
         typical_latency_s: [10.0, 15.0, 25.0],
@@ -93,6 +111,8 @@ const CATALOG: [Capabilities; 4] = [
         mask: MaskSupport::UploadOrUrl,
         transparent_background: true,
         sizes: SizeRule::GptImage2,
+        nearest_ratio_on_edit: false,
+        output_formats: &[ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp],
         native_n: true,
         mode: Mode::SyncOrAsync,
         typical_latency_s: [40.0, 90.0, 120.0],
@@ -108,6 +128,8 @@ const CATALOG: [Capabilities; 4] = [
         mask: MaskSupport::None,
         transparent_background: false,
         sizes: SizeRule::NearestRatio,
+        nearest_ratio_on_edit: false,
+        output_formats: &[ImageFormat::Png],
         native_n: false,
         mode: Mode::Async,
         typical_latency_s: [40.0, 40.0, 40.0],
@@ -126,6 +148,8 @@ const CATALOG: [Capabilities; 4] = [
             min: 256,
             max: 1440,
         },
+        nearest_ratio_on_edit: true,
+        output_formats: &[ImageFormat::Jpeg],
         native_n: false,
         mode: Mode::Sync,
         typical_latency_s: [1.0, 1.0, 1.0],
@@ -188,6 +212,42 @@ impl Capabilities {
         if let Some(size) = req.size {
             self.check_size(size)?;
         }
+        self.check_output_format(req)
+    }
+
+    /// A `url` answer is the model's own file: it can only be in a format the model makes.
+    pub fn check_output_format(&self, req: &ImageRequest) -> Result<(), String> {
+        match req.output_format {
+            Some(f)
+                if req.response_format == ResponseFormat::Url
+                    && !req.stream
+                    && !self.output_formats.contains(&f) =>
+            {
+                let made: Vec<&str> = self.output_formats.iter().map(|f| f.as_str()).collect();
+                Err(format!(
+                    "makes {} files only, and a `url` answer cannot be converted to {}",
+                    made.join("/"),
+                    f.as_str()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this model delivers exactly what `req` asks, beyond being able to take it: an
+    /// explicit `WxH` size is made as asked unless the caller accepts the nearest aspect ratio.
+    /// Groups route only to models that do; a pinned model keeps its documented behaviour.
+    pub fn delivers(&self, req: &ImageRequest, policy: SizePolicy) -> Result<(), String> {
+        let Some(size) = req.size else {
+            return Ok(());
+        };
+        let edit = req.op == Operation::Edit || !req.images.is_empty();
+        let nearest = self.sizes == SizeRule::NearestRatio || (edit && self.nearest_ratio_on_edit);
+        if nearest && policy == SizePolicy::Exact {
+            return Err(format!(
+                "makes the nearest aspect ratio, not {size} exactly (send `x-imagegate-size-policy: nearest` to allow it)"
+            ));
+        }
         Ok(())
     }
 
@@ -201,11 +261,13 @@ impl Capabilities {
         match self.sizes {
             SizeRule::NearestRatio => Ok(()),
             SizeRule::Sides { min, max } => {
-                let ok = |v: u32| (min..=max).contains(&v) && v % 16 == 0;
-                if ok(s.width) && ok(s.height) {
-                    Ok(())
-                } else {
+                let in_range = |v: u32| (min..=max).contains(&v);
+                if !in_range(s.width) || !in_range(s.height) {
                     Err(format!("makes {min}–{max} px sides only, not {s}"))
+                } else if s.width % 16 != 0 || s.height % 16 != 0 {
+                    Err(format!("makes sides in steps of 16 px only, not {s}"))
+                } else {
+                    Ok(())
                 }
             }
             SizeRule::GptImage2 => {

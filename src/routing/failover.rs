@@ -63,6 +63,16 @@ pub fn prepare<'a>(
     let mut first_refusal = None;
     for (i, c) in candidates.iter().enumerate() {
         req.model = c.model;
+        if let Err(why) = super::catalog::capabilities(c.model).check_output_format(req) {
+            first_refusal.get_or_insert(ApiError::unsupported(
+                "output_format",
+                format!(
+                    "{} {why}; ask for `b64_json` and the gateway converts the image.",
+                    c.model
+                ),
+            ));
+            continue;
+        }
         match upstream::plan(req) {
             Ok(plan) => return Ok((plan, &candidates[i..])),
             Err(e) => {

@@ -29,12 +29,16 @@ use crate::error::ApiError;
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
+pub use catalog::SizePolicy;
 use health::{Availability, Health};
 
 /// Caller header: the most this request may cost, in USD.
 pub const MAX_COST_HEADER: &str = "x-imagegate-max-cost-usd";
 /// Caller header: skip models whose p90 latency for this quality exceeds this many seconds.
 pub const MAX_LATENCY_HEADER: &str = "x-imagegate-max-latency-s";
+/// Caller header: `exact` (default) or `nearest` — whether a group may serve an explicit `WxH`
+/// size with a model that makes the nearest aspect ratio instead.
+pub const SIZE_POLICY_HEADER: &str = "x-imagegate-size-policy";
 
 /// What a public model name stands for.
 #[derive(Debug, Clone)]
@@ -63,6 +67,7 @@ impl Route {
 pub struct Constraints {
     pub max_cost: Option<Usd>,
     pub max_latency: Option<Duration>,
+    pub size_policy: SizePolicy,
 }
 
 impl Constraints {
@@ -80,9 +85,23 @@ impl Constraints {
                 )),
             }
         };
+        let size_policy = match headers.get(SIZE_POLICY_HEADER).map(|v| v.to_str()) {
+            None => SizePolicy::Exact,
+            Some(Ok(v)) if v.trim().eq_ignore_ascii_case("exact") => SizePolicy::Exact,
+            Some(Ok(v)) if v.trim().eq_ignore_ascii_case("nearest") => SizePolicy::Nearest,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    SIZE_POLICY_HEADER,
+                    format!("Header {SIZE_POLICY_HEADER} must be `exact` or `nearest`."),
+                ))
+            }
+        };
         Ok(Self {
             max_cost: read(MAX_COST_HEADER)?.map(Usd::from_dollars),
-            max_latency: read(MAX_LATENCY_HEADER)?.map(Duration::from_secs_f64),
+            // Past what a Duration holds is no limit at all.
+            max_latency: read(MAX_LATENCY_HEADER)?
+                .map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)),
+            size_policy,
         })
     }
 }
@@ -201,8 +220,9 @@ impl Routing {
     ) -> Result<Candidate, Exclusion> {
         // A pinned model's own checks run in its adapter's `plan`, with its own messages.
         if !route.pinned {
-            catalog::capabilities(model)
-                .check(req)
+            let caps = catalog::capabilities(model);
+            caps.check(req)
+                .and_then(|()| caps.delivers(req, limits.size_policy))
                 .map_err(Exclusion::Capability)?;
         }
         let cost = pricing::cost(models, model, req);

@@ -262,6 +262,12 @@ fn candidate_order_for_a_grid_of_requests() {
             ],
         },
     ];
+    // Price order over every model that can take the request: the nearest-ratio policy keeps
+    // beta (and SparkPix edits) in; `exact_sizes_drop_nearest_ratio_models` covers the default.
+    let nearest = Constraints {
+        size_policy: SizePolicy::Nearest,
+        ..Constraints::default()
+    };
     let r = routing();
     let models = ModelsConfig::default();
     for case in cases {
@@ -269,7 +275,7 @@ fn candidate_order_for_a_grid_of_requests() {
         let (images, mask) = (case.refs)();
         let req = build(&route, case.fields.clone(), images, mask);
         let got: Vec<(ModelId, String)> = r
-            .candidates(&models, &req, &route, Constraints::default())
+            .candidates(&models, &req, &route, nearest)
             .unwrap()
             .into_iter()
             .map(|c| (c.model, c.cost.to_string()))
@@ -284,14 +290,99 @@ fn candidate_order_for_a_grid_of_requests() {
 }
 
 #[test]
+fn exact_sizes_drop_nearest_ratio_models() {
+    use ModelId::{All, Beta, Lite, SparkPix};
+    let r = routing();
+    let models = ModelsConfig::default();
+    let exact = Constraints::default();
+    let order = |name: &str, fields: Value, images: Vec<ImageRef>| -> Vec<ModelId> {
+        let route = group(&r, name);
+        let req = build(&route, fields, images, None);
+        match r.candidates(&models, &req, &route, exact) {
+            Ok(c) => c.iter().map(|c| c.model).collect(),
+            Err(e) => panic!("{}", e.message),
+        }
+    };
+    let low = json!({"size": "1024x1024", "quality": "low"});
+    assert_eq!(order("auto", low.clone(), vec![]), [All, SparkPix, Lite]);
+    assert_eq!(
+        order(
+            "gpt-image-2",
+            json!({"size": "3840x2160", "quality": "high"}),
+            vec![]
+        ),
+        [Lite, All]
+    );
+    // No size, or `auto`: nothing to get wrong, beta stays.
+    for size in [json!(null), json!("auto")] {
+        let fields = json!({"size": size, "quality": "high"});
+        assert_eq!(order("gpt-image-2", fields, vec![]), [Beta, Lite, All]);
+    }
+    // SparkPix edits (and generations with references) make the nearest ratio too.
+    let urls = || vec![url(0), url(1)];
+    assert_eq!(order("auto", low.clone(), urls()), [All, Lite]);
+    assert_eq!(
+        order("auto", json!({"quality": "low"}), urls()),
+        [All, SparkPix, Beta, Lite]
+    );
+    // The refusal says why and how to opt in.
+    let route = group(&r, "gpt-image-2");
+    let req = build(
+        &route,
+        json!({"size": "1536x1024"}),
+        vec![url(0), url(1), url(2)],
+        None,
+    );
+    let route_beta_only = Route {
+        members: vec![Beta],
+        ..route
+    };
+    let e = r
+        .candidates(&models, &req, &route_beta_only, exact)
+        .unwrap_err();
+    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    assert!(
+        e.message.contains("x-imagegate-size-policy"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn url_answers_go_only_to_models_that_make_the_format() {
+    use ModelId::{All, Beta, Lite, SparkPix};
+    let r = routing();
+    let models = ModelsConfig::default();
+    let route = group(&r, "auto");
+    let order = |fields: Value| -> Vec<ModelId> {
+        let req = build(&route, fields, vec![], None);
+        r.candidates(&models, &req, &route, Constraints::default())
+            .unwrap()
+            .iter()
+            .map(|c| c.model)
+            .collect()
+    };
+    let base = |format: &str, response: &str| json!({"quality": "low", "output_format": format, "response_format": response});
+    assert_eq!(order(base("webp", "url")), [All, Lite]);
+    assert_eq!(order(base("jpeg", "url")), [All, SparkPix, Lite]);
+    assert_eq!(order(base("png", "url")), [All, Beta, Lite]);
+    // b64_json: the gateway converts, every model serves.
+    assert_eq!(order(base("webp", "b64_json")), [All, SparkPix, Beta, Lite]);
+}
+
+#[test]
 fn near_ties_go_to_the_healthier_or_faster_model() {
     let mut models = ModelsConfig::default();
     models.beta.price_usd = Some(0.026);
     let r = routing();
     let route = group(&r, "gpt-image-2");
     let req = build(&route, json!({"size": "1024x1024"}), vec![], None);
+    let nearest = Constraints {
+        size_policy: SizePolicy::Nearest,
+        ..Constraints::default()
+    };
     let order = |r: &Routing| -> Vec<ModelId> {
-        r.candidates(&models, &req, &route, Constraints::default())
+        r.candidates(&models, &req, &route, nearest)
             .unwrap()
             .iter()
             .map(|c| c.model)
@@ -320,9 +411,11 @@ fn constraints_exclude_and_explain() {
     let route = group(&r, "gpt-image-2");
     let req = build(&route, json!({"size": "1024x1024"}), vec![], None);
 
+    // The nearest-ratio policy keeps beta in the running: this test is about the ceilings.
     let limits = Constraints {
         max_cost: Some(Usd::from_dollars(0.03)),
         max_latency: None,
+        size_policy: SizePolicy::Nearest,
     };
     let got: Vec<ModelId> = r
         .candidates(&models, &req, &route, limits)
@@ -335,6 +428,7 @@ fn constraints_exclude_and_explain() {
     let limits = Constraints {
         max_cost: Some(Usd::from_dollars(0.02)),
         max_latency: None,
+        size_policy: SizePolicy::Nearest,
     };
     let e = r.candidates(&models, &req, &route, limits).unwrap_err();
     assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
@@ -351,6 +445,7 @@ fn constraints_exclude_and_explain() {
     let limits = Constraints {
         max_cost: None,
         max_latency: Some(Duration::from_secs(30)),
+        size_policy: SizePolicy::Nearest,
     };
     let got = r.candidates(&models, &req, &route, limits).unwrap();
     assert_eq!(
@@ -360,6 +455,7 @@ fn constraints_exclude_and_explain() {
     let limits = Constraints {
         max_cost: None,
         max_latency: Some(Duration::from_secs(5)),
+        size_policy: SizePolicy::Nearest,
     };
     let e = r.candidates(&models, &req, &route, limits).unwrap_err();
     assert_eq!((e.status.as_u16(), e.code), (503, "no_healthy_upstream"));

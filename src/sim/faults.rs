@@ -7,7 +7,7 @@
 //! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail` and
 //! `filebytes` combine with any outcome.
 //!
-//! HTTP-level faults (`401`, `402`, `500`, `code402`, `code500`, `malformed`) answer at once,
+//! HTTP-level faults (`401`, `402`, `429`, `500`, `code402`, `code500`, `malformed`) answer at once,
 //! before field validation and without creating a task. The others act on the accepted job.
 
 use std::collections::BTreeMap;
@@ -36,6 +36,9 @@ pub(crate) enum FaultKind {
     /// The call answers HTTP 402 with an error body.
     #[serde(rename = "402")]
     Http402,
+    /// The call answers HTTP 429 with an error body and `retry-after` (7 s, or `[sim:429=SECS]`).
+    #[serde(rename = "429")]
+    Http429,
     /// The call answers HTTP 500 with an error body.
     #[serde(rename = "500")]
     Http500,
@@ -68,6 +71,13 @@ impl FaultKind {
             Self::Http401 => err(StatusCode::UNAUTHORIZED, 401, "Invalid API key").into_response(),
             Self::Http402 => {
                 err(StatusCode::PAYMENT_REQUIRED, 402, "insufficient credits").into_response()
+            }
+            Self::Http429 => {
+                let mut res =
+                    err(StatusCode::TOO_MANY_REQUESTS, 429, "rate limit exceeded").into_response();
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(7u32));
+                res
             }
             Self::Http500 => err(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +121,8 @@ pub(crate) struct Directives {
     pub pollfail: u32,
     /// `[sim:filebytes=N]`: PNG result files are exactly N bytes long (see `render`).
     pub file_bytes: Option<u32>,
+    /// `[sim:429=SECS]`: the `retry-after` of the 429 answer.
+    pub retry_after: Option<u32>,
 }
 
 impl Directives {
@@ -138,6 +150,12 @@ impl Directives {
                 "pollfail" => {
                     out.pollfail = value.and_then(|v| v.parse().ok()).unwrap_or(out.pollfail);
                 }
+                "429" => {
+                    out.retry_after = value.and_then(|v| v.parse().ok()).or(out.retry_after);
+                    if out.kind.is_none() {
+                        out.kind = Some(FaultKind::Http429);
+                    }
+                }
                 _ => match FaultKind::parse(name) {
                     Some(FaultKind::NoFile) => out.nofile = true,
                     Some(kind) if out.kind.is_none() => out.kind = Some(kind),
@@ -160,7 +178,12 @@ impl Directives {
 
     /// The immediate answer replacing the response, for HTTP-level faults.
     pub fn http_fault(&self) -> Option<Response> {
-        self.kind.and_then(FaultKind::http_response)
+        let mut res = self.kind.and_then(FaultKind::http_response)?;
+        if let (Some(FaultKind::Http429), Some(secs)) = (self.kind, self.retry_after) {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        Some(res)
     }
 
     /// Generation latency: the `slow` directive, or `normal`.
@@ -252,5 +275,15 @@ mod tests {
             Some(FaultKind::Http500)
         );
         assert!(Directives::parse("[sim:bogus] [sim:stuck").kind.is_none());
+        let d = Directives::parse("[sim:429=12]");
+        assert_eq!(
+            (d.kind, d.retry_after),
+            (Some(FaultKind::Http429), Some(12))
+        );
+        let res = d.http_fault().unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "12");
+        let plain = Directives::parse("[sim:429]").http_fault().unwrap();
+        assert_eq!(plain.headers()[header::RETRY_AFTER], "7");
     }
 }

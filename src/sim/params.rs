@@ -150,11 +150,12 @@ impl Quality {
     }
 }
 
-/// `output_format`: `png` (default), `jpeg` (`jpg` accepted) or `webp` (served as PNG).
+/// `output_format`: `png` (default), `jpeg` (`jpg` accepted) or `webp` (lossless).
 pub(crate) fn output_format(v: Option<&str>) -> Result<Format, ApiError> {
     match v.map(str::trim) {
-        None | Some("png" | "webp") => Ok(Format::Png),
+        None | Some("png") => Ok(Format::Png),
         Some("jpeg" | "jpg") => Ok(Format::Jpeg),
+        Some("webp") => Ok(Format::Webp),
         Some(other) => Err(ApiError::bad_request(format!(
             "invalid output_format {other:?}: expected png, jpeg or webp"
         ))),

@@ -15,6 +15,7 @@ mod beta;
 mod classify;
 mod lite;
 pub mod pool;
+pub mod reach;
 pub mod results;
 mod sparkpix;
 mod task;
@@ -112,6 +113,8 @@ pub struct UpstreamError {
     pub kind: FailureKind,
     pub message: String,
     pub task_id: Option<String>,
+    /// The upstream's own `retry-after` on a 429, passed on to the client (capped at 60 s).
+    pub retry_after: Option<Duration>,
 }
 
 impl UpstreamError {
@@ -120,6 +123,7 @@ impl UpstreamError {
             kind,
             message,
             task_id: None,
+            retry_after: None,
         }
     }
 
@@ -173,6 +177,8 @@ pub struct Upstream {
     base: String,
     /// The platform keys; each call takes one (see [`pool`]).
     pub pool: pool::KeyPool,
+    /// Whether the platform's host answers a TCP connect (cached; see [`reach`]).
+    pub reach: reach::Reachability,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -199,6 +205,7 @@ impl Upstream {
             files,
             base: config.upstream.base_url.trim_end_matches('/').to_owned(),
             pool: pool::KeyPool::new(&config.upstream)?,
+            reach: reach::Reachability::new(&config.upstream.base_url),
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
@@ -313,15 +320,27 @@ impl Upstream {
         let call = async {
             let res = rb.send().await?;
             let status = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(3600.0)));
             let body = res.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
+            Ok::<_, reqwest::Error>((status, retry_after, body))
         };
-        let (status, body) = match tokio::time::timeout_at(until, call).await {
+        let (status, retry_after, body) = match tokio::time::timeout_at(until, call).await {
             Err(_) => return Err(UpstreamError::new(FailureKind::Timeout, String::new())),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
             Ok(Ok(v)) => v,
         };
-        classify(status, &body, &self.redactor)
+        classify(status, &body, &self.redactor).map_err(|mut e| {
+            if e.kind == FailureKind::RateLimited {
+                e.retry_after = retry_after;
+            }
+            e
+        })
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {

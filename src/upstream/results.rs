@@ -36,8 +36,9 @@ pub struct Encoded {
     pub size: Option<Size>,
 }
 
-/// A downloaded result file made ready for a `b64_json` answer: converted PNG↔JPEG first when
-/// it is not in the `wanted` format (kept as made when it cannot be), then base64-encoded.
+/// A downloaded result file made ready for a `b64_json` answer: converted between PNG, JPEG and
+/// WEBP first when it is not in the `wanted` format (kept as made when it cannot be read), then
+/// base64-encoded.
 pub fn encode(bytes: Bytes, wanted: ImageFormat) -> Encoded {
     match ImageFormat::sniff(&bytes) {
         Some(have) if have != wanted => match super::transcode::convert(&bytes, wanted) {
@@ -46,6 +47,48 @@ pub fn encode(bytes: Bytes, wanted: ImageFormat) -> Encoded {
         },
         _ => encode_as_is(&bytes),
     }
+}
+
+/// An inline base64 image (gpt-image-2-all's sync answer) in the `wanted` format: passed through
+/// untouched when it already is (the common case, no decoding), else decoded, converted and
+/// encoded again. Runs on the blocking pool when a conversion is needed.
+pub async fn inline(b64: String, wanted: ImageFormat) -> Encoded {
+    let head = peek_b64(&b64, 32);
+    let have = ImageFormat::sniff(&head);
+    if have.is_none() || have == Some(wanted) {
+        let size = image_dimensions(&head).or_else(|| image_dimensions(&peek_b64(&b64, PEEK)));
+        return Encoded {
+            b64,
+            format: have,
+            size,
+        };
+    }
+    let as_made = |b64: String| Encoded {
+        size: image_dimensions(&peek_b64(&b64, PEEK)),
+        b64,
+        format: have,
+    };
+    let original = b64.clone();
+    let convert = move || match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+        Ok(bytes) => Some(encode(Bytes::from(bytes), wanted)),
+        Err(_) => None,
+    };
+    match tokio::task::spawn_blocking(convert).await {
+        Ok(Some(encoded)) => encoded,
+        _ => as_made(original),
+    }
+}
+
+/// How much of an inline image is decoded to find a JPEG's or WEBP's size: the SOF marker comes
+/// after the metadata segments.
+const PEEK: usize = 64 * 1024;
+
+/// Decodes the first `bytes` bytes (about) of a base64 image.
+fn peek_b64(b64: &str, bytes: usize) -> Vec<u8> {
+    let chars = (bytes.div_ceil(3) * 4).min(b64.len() / 4 * 4);
+    base64::engine::general_purpose::STANDARD
+        .decode(&b64.as_bytes()[..chars])
+        .unwrap_or_default()
 }
 
 fn encode_as_is(bytes: &[u8]) -> Encoded {
@@ -57,8 +100,8 @@ fn encode_as_is(bytes: &[u8]) -> Encoded {
 }
 
 impl Upstream {
-    /// Downloads every URL concurrently and base64-encodes each, converting PNG↔JPEG first when
-    /// the file is not in the `wanted` format. All must succeed.
+    /// Downloads every URL concurrently and base64-encodes each, converting it first when the
+    /// file is not in the `wanted` format. All must succeed.
     pub async fn fetch_b64(
         &self,
         urls: &[&str],

@@ -110,17 +110,28 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
 }
 
 fn check_size(size: Size) -> Result<(), ApiError> {
-    let in_range = |v: u32| (MIN_SIDE..=MAX_SIDE).contains(&v) && v % 16 == 0;
-    if in_range(size.width) && in_range(size.height) {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported(
+    let in_range = |v: u32| (MIN_SIDE..=MAX_SIDE).contains(&v);
+    if !in_range(size.width) || !in_range(size.height) {
+        return Err(ApiError::unsupported(
             "size",
             format!(
-                "sparkpix makes images from {MIN_SIDE} to {MAX_SIDE} px per side in steps of 16; {size} is out of range. Use gpt-image-2-all for 2K/4K."
+                "sparkpix makes images from {MIN_SIDE} to {MAX_SIDE} px per side; {size} is out of range. Use gpt-image-2-all for 2K/4K."
             ),
-        ))
+        ));
     }
+    if size.width % 16 != 0 || size.height % 16 != 0 {
+        // The nearest sides that are multiples of 16, kept within the range.
+        let step = |v: u32| ((v + 8) / 16 * 16).clamp(MIN_SIDE, MAX_SIDE);
+        return Err(ApiError::unsupported(
+            "size",
+            format!(
+                "sparkpix makes sides in steps of 16 px; {size} is not a multiple of 16 (nearest: {}x{}).",
+                step(size.width),
+                step(size.height)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn is_lora_url(w: &str) -> bool {
@@ -181,6 +192,25 @@ mod tests {
             height: 1008
         })
         .is_err());
+    }
+
+    #[test]
+    fn an_off_step_size_is_blamed_on_the_step_not_the_range() {
+        let e = check_size(Size {
+            width: 650,
+            height: 480,
+        })
+        .unwrap_err();
+        assert!(e.message.contains("steps of 16"), "{}", e.message);
+        assert!(e.message.contains("nearest: 656x480"), "{}", e.message);
+        assert!(!e.message.contains("out of range"), "{}", e.message);
+        assert!(!e.message.contains("gpt-image-2-all"), "{}", e.message);
+        let e = check_size(Size {
+            width: 1456,
+            height: 480,
+        })
+        .unwrap_err();
+        assert!(e.message.contains("out of range"), "{}", e.message);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod binary;
 mod budgets;
+mod capabilities;
 mod edits;
 mod errors;
 mod failures;

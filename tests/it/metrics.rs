@@ -362,10 +362,12 @@ async fn probes_need_no_key_and_readyz_lists_ready_models() {
     assert_eq!(get("/healthz").await.status, 200);
     let ready = get("/readyz").await;
     assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ready");
     assert_eq!(
-        ready.body,
-        json!({"status": "ready", "models": ["gpt-image-2-lite", "gpt-image-2-all", "sparkpix"]})
+        ready.body["models"],
+        json!(["gpt-image-2-lite", "gpt-image-2-all", "sparkpix"])
     );
+    assert_eq!(ready.body["upstream"]["reachable"], true, "{}", ready.body);
     assert_eq!(get("/metrics").await.status, 200);
     assert_eq!(
         get("/v1/readyz").await.status,

@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 
 import OpenAI, { toFile } from 'openai';
 
-import { DEFAULT_MODEL, JPEG_MAGIC, MODELS, PNG_MAGIC, ROUTED_NAMES, Simulator, gradientPNG, maskPNG, pngSize, startDemo } from './lib/harness.mjs';
+import { DEFAULT_MODEL, JPEG_MAGIC, MODELS, PNG_MAGIC, ROUTED_NAMES, Simulator, gradientPNG, imageInfo, maskPNG, pngSize, startDemo } from './lib/harness.mjs';
 
 const T = { timeout: 60_000 };
 const IMAGE_PART = /^image(\[\d*\])?$/;
@@ -467,4 +467,54 @@ test('a rate-limited key gets OpenAI.RateLimitError', T, async () => {
       return true;
     },
   );
+});
+
+// ------------------------------------------------------------------------------------------------
+// The answer is what was asked: each image's own headers compared with the request.
+// ------------------------------------------------------------------------------------------------
+
+test('a group makes the size asked, or says what it made when nearest is allowed', T, async () => {
+  const exact = await client.images
+    .generate({ model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1536x1024', quality: 'high' })
+    .withResponse();
+  assert.equal(exact.response.headers.get('x-imagegate-upstream'), 'gpt-image-2-lite');
+  assert.deepEqual(imageInfo(decodeB64(exact.data.data[0])), { format: 'png', width: 1536, height: 1024 });
+  assert.equal(exact.data.size, '1536x1024');
+
+  const nearest = await client.images
+    .generate(
+      { model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1536x1024', quality: 'high' },
+      { headers: { 'x-imagegate-size-policy': 'nearest' } },
+    )
+    .withResponse();
+  assert.equal(nearest.response.headers.get('x-imagegate-upstream'), 'gpt-image-2-beta');
+  const info = imageInfo(decodeB64(nearest.data.data[0]));
+  assert.notEqual(`${info.width}x${info.height}`, '1536x1024');
+  assert.equal(nearest.data.size, `${info.width}x${info.height}`);
+});
+
+test('a url answer does not echo the requested size', T, async () => {
+  const res = await client.images.generate({ model: 'gpt-image-2-beta', prompt: prompt('a dune'), size: '1536x1024', response_format: 'url' });
+  assert.ok(res.data[0].url);
+  assert.equal(res.size, undefined);
+  assert.equal(res.output_format, undefined);
+});
+
+for (const model of MODELS) {
+  test(`webp is delivered as webp (${model})`, T, async () => {
+    const res = await client.images.generate({ model, prompt: prompt('a kite'), size: '1024x1024', output_format: 'webp' });
+    const info = imageInfo(decodeB64(res.data[0]));
+    assert.equal(info.format, 'webp', `${model}: ${info.format}`);
+    assert.equal(res.output_format, 'webp');
+    assert.equal(res.size, `${info.width}x${info.height}`);
+  });
+}
+
+test('a url in a format the model cannot make is refused before any upstream call', T, async () => {
+  const before = (await sim.requests()).length;
+  await assert.rejects(
+    client.images.generate({ model: 'sparkpix', prompt: prompt('a fern'), response_format: 'url', output_format: 'webp' }),
+    (err) => err instanceof OpenAI.BadRequestError && err.code === 'unsupported_for_model' && err.param === 'output_format',
+  );
+  assert.equal((await sim.requests()).length, before);
 });

@@ -10,12 +10,14 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from urllib.parse import urlsplit
 
 import openai
 import pytest
 from openai import OpenAI
 from openai.types import ImagesResponse
+from PIL import Image
 
 from support import (
     DEFAULT_MODEL,
@@ -652,3 +654,78 @@ def test_rate_limit_is_rate_limit_error(demo):
     assert 1 <= int(headers["retry-after"]) <= 60
     assert headers["x-ratelimit-limit-requests"] == "1"
     assert headers["x-ratelimit-remaining-requests"] == "0"
+
+
+# --------------------------------------------------------------------------------------------------
+# The answer is what was asked: each image decoded (Pillow) and compared with the request.
+# --------------------------------------------------------------------------------------------------
+
+
+def decoded(item) -> Image.Image:
+    image = Image.open(BytesIO(decode_b64(item)))
+    image.load()
+    return image
+
+
+def test_a_group_makes_the_size_asked_or_says_what_it_made(client: OpenAI):
+    raw = client.images.with_raw_response.generate(
+        model="gpt-image-2", prompt=prompt("a wide bay"), size="1536x1024", quality="high"
+    )
+    res = raw.parse()
+    # beta is cheaper but makes the nearest aspect ratio only: not eligible for an explicit size.
+    assert raw.headers["x-imagegate-upstream"] == "gpt-image-2-lite"
+    image = decoded(res.data[0])
+    assert (image.format, image.size) == ("PNG", (1536, 1024))
+    assert res.size == "1536x1024"
+
+    raw = client.images.with_raw_response.generate(
+        model="gpt-image-2",
+        prompt=prompt("a wide bay"),
+        size="1536x1024",
+        quality="high",
+        extra_headers={"x-imagegate-size-policy": "nearest"},
+    )
+    res = raw.parse()
+    assert raw.headers["x-imagegate-upstream"] == "gpt-image-2-beta"
+    image = decoded(res.data[0])
+    assert image.size != (1536, 1024)
+    assert res.size == f"{image.size[0]}x{image.size[1]}"
+
+
+def test_a_url_answer_does_not_echo_the_requested_size(client: OpenAI):
+    res = client.images.generate(
+        model="gpt-image-2-beta", prompt=prompt("a dune"), size="1536x1024", response_format="url"
+    )
+    assert res.data[0].url
+    assert res.size is None and res.output_format is None, res
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_webp_is_delivered_as_webp(client: OpenAI, model: str):
+    res = client.images.generate(
+        model=model, prompt=prompt("a kite"), size="1024x1024", output_format="webp"
+    )
+    image = decoded(res.data[0])
+    assert image.format == "WEBP", f"{model}: {image.format}"
+    assert res.output_format == "webp"
+    assert res.size == f"{image.size[0]}x{image.size[1]}"
+
+
+def test_jpeg_answer_states_its_size(client: OpenAI):
+    res = client.images.generate(
+        model="sparkpix", prompt=prompt("a fern"), size="1024x768", output_format="jpeg"
+    )
+    image = decoded(res.data[0])
+    assert (image.format, image.size) == ("JPEG", (1024, 768))
+    assert (res.output_format, res.size) == ("jpeg", "1024x768")
+
+
+def test_a_url_in_a_format_the_model_cannot_make_is_refused_before_any_call(client: OpenAI, sim):
+    with sim.recording() as rec:
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.images.generate(
+                model="sparkpix", prompt=prompt("a fern"), response_format="url", output_format="webp"
+            )
+    error = assert_error_body(exc.value)
+    assert (error["code"], error["param"]) == ("unsupported_for_model", "output_format")
+    assert_no_upstream_call(rec)

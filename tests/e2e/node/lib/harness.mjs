@@ -218,6 +218,40 @@ export function pngSize(buf) {
   return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
 }
 
+/** The format and pixel size of a PNG, JPEG or WEBP file, read from its own headers. */
+export function imageInfo(buf) {
+  if (buf.subarray(0, 8).equals(PNG_MAGIC)) {
+    return { format: 'png', width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+  }
+  if (buf.subarray(0, 3).equals(JPEG_MAGIC)) {
+    let i = 2;
+    while (i + 9 < buf.length) {
+      if (buf[i] !== 0xff) { i += 1; continue; }
+      const marker = buf[i + 1];
+      if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) {
+        return { format: 'jpeg', width: buf.readUInt16BE(i + 7), height: buf.readUInt16BE(i + 5) };
+      }
+      i += 2 + buf.readUInt16BE(i + 2);
+    }
+    throw new Error('JPEG without a frame header');
+  }
+  if (buf.toString('latin1', 0, 4) === 'RIFF' && buf.toString('latin1', 8, 12) === 'WEBP') {
+    const chunk = buf.toString('latin1', 12, 16);
+    if (chunk === 'VP8L') {
+      const bits = buf.readUInt32LE(21);
+      return { format: 'webp', width: (bits & 0x3fff) + 1, height: ((bits >>> 14) & 0x3fff) + 1 };
+    }
+    if (chunk === 'VP8X') {
+      return { format: 'webp', width: buf.readUIntLE(24, 3) + 1, height: buf.readUIntLE(27, 3) + 1 };
+    }
+    if (chunk === 'VP8 ') {
+      return { format: 'webp', width: buf.readUInt16LE(26) & 0x3fff, height: buf.readUInt16LE(28) & 0x3fff };
+    }
+    throw new Error(`WEBP with an unknown first chunk ${chunk}`);
+  }
+  throw new Error(`not a PNG, JPEG or WEBP: ${buf.subarray(0, 16).toString('hex')}`);
+}
+
 // ------------------------------------------------------------------------------------------------
 // The simulator's introspection endpoints.
 // ------------------------------------------------------------------------------------------------
