@@ -2,8 +2,9 @@
 //! newcomer sees the whole path work with no upstream account.
 //!
 //! Prints a human example and one machine-readable line,
-//! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key","limited_api_key"}`, that the SDK
-//! end-to-end tests read (`limited_api_key` allows one request per minute).
+//! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key","limited_api_key","admin_key"}`, that
+//! the SDK end-to-end tests read (`limited_api_key` allows one request per minute, `admin_key`
+//! opens the admin API and the `imagegate keys …` commands).
 
 use std::future::Future;
 use std::io::Write as _;
@@ -20,6 +21,9 @@ pub const DEMO_KEY: &str = "sk-imagegate-demo";
 
 /// A second demo key limited to one request per minute, to see a 429 (`rate_limit_exceeded`).
 pub const DEMO_LIMITED_KEY: &str = "sk-imagegate-demo-limited";
+
+/// The demo's admin key (`[admin]`), for the admin API and the CLI.
+pub const DEMO_ADMIN_KEY: &str = "sk-imagegate-demo-admin";
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -46,6 +50,9 @@ api_key = "{upstream_key}"
 
 [results]
 allowed_hosts = ["{sim}"]
+
+[admin]
+key = "{DEMO_ADMIN_KEY}"
 
 [[keys]]
 id = "demo"
@@ -102,6 +109,7 @@ pub async fn run(
         "simulator_url": format!("http://{sim_addr}"),
         "api_key": DEMO_KEY,
         "limited_api_key": DEMO_LIMITED_KEY,
+        "admin_key": DEMO_ADMIN_KEY,
     });
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -114,7 +122,9 @@ pub async fn run(
          open(\"out.png\", \"wb\").write(__import__(\"base64\").b64decode(img.data[0].b64_json))\n\n\
          or curl:\n\n\
          curl {gateway_url}/images/generations -H 'Authorization: Bearer {DEMO_KEY}' \\\n  \
-         -H 'Content-Type: application/json' -d '{{\"model\":\"sparkpix\",\"prompt\":\"a cat\",\"response_format\":\"url\"}}'\n",
+         -H 'Content-Type: application/json' -d '{{\"model\":\"sparkpix\",\"prompt\":\"a cat\",\"response_format\":\"url\"}}'\n\n\
+         Admin key {DEMO_ADMIN_KEY}, for the admin API and the CLI:\n\n\
+         imagegate keys list --admin-key {DEMO_ADMIN_KEY} --url http://{addr}\n",
         opts.time_scale
     )?;
     writeln!(out, "IMAGEGATE_READY {ready}")?;

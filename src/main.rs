@@ -17,6 +17,9 @@ use tracing_subscriber::EnvFilter;
     about = "An OpenAI-compatible gateway for image generation"
 )]
 struct Cli {
+    /// `--url` and `--admin-key`, for the admin commands; accepted in any position.
+    #[command(flatten)]
+    conn: cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,35 +60,23 @@ enum Command {
     HashKey { key: String },
     /// Manage client keys through the running gateway's admin API.
     Keys {
-        #[command(flatten)]
-        conn: cli::Connection,
         #[command(subcommand)]
         command: cli::KeysCommand,
     },
     /// Manage teams through the running gateway's admin API.
     Teams {
-        #[command(flatten)]
-        conn: cli::Connection,
         #[command(subcommand)]
         command: cli::TeamsCommand,
     },
     /// Usage report from the spend ledger (JSON, or CSV with --csv).
     Usage {
         #[command(flatten)]
-        conn: cli::Connection,
-        #[command(flatten)]
         args: cli::UsageArgs,
     },
     /// Current spend against budgets, per key and team.
-    Spend {
-        #[command(flatten)]
-        conn: cli::Connection,
-    },
+    Spend,
     /// The upstream key pool: ids, weights, benched or not.
-    UpstreamKeys {
-        #[command(flatten)]
-        conn: cli::Connection,
-    },
+    UpstreamKeys,
 }
 
 fn main() -> ExitCode {
@@ -100,24 +91,31 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin = |conn: cli::Connection, call: cli::CallSpec| -> anyhow::Result<()> {
+    let conn = cli.conn;
+    let admin = |call: cli::CallSpec| -> anyhow::Result<()> {
         let text = runtime()?.block_on(cli::run(&conn, call))?;
         let mut out = std::io::stdout().lock();
         std::io::Write::write_all(&mut out, text.as_bytes())?;
         Ok(())
     };
     match cli.command {
-        Command::Keys { conn, command } => admin(conn, cli::keys(command)),
-        Command::Teams { conn, command } => admin(conn, cli::teams(command)),
-        Command::Usage { conn, args } => admin(conn, cli::usage(args)),
-        Command::Spend { conn } => admin(conn, cli::get("/admin/spend")),
-        Command::UpstreamKeys { conn } => admin(conn, cli::get("/admin/upstream-keys")),
+        Command::Keys { command } => admin(cli::keys(command)),
+        Command::Teams { command } => admin(cli::teams(command)),
+        Command::Usage { args } => admin(cli::usage(args)),
+        Command::Spend => admin(cli::get("/admin/spend")),
+        Command::UpstreamKeys => admin(cli::get("/admin/upstream-keys")),
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             eprintln!("{}: ok", config.display());
             Ok(())
         }
         Command::HashKey { key } => {
+            let min = imagegate::config::MIN_CLIENT_KEY_LEN;
+            if key.len() < min {
+                anyhow::bail!(
+                    "a client key must be at least {min} characters (as `key` in [[keys]] requires)"
+                );
+            }
             let mut out = std::io::stdout().lock();
             std::io::Write::write_all(
                 &mut out,
@@ -215,5 +213,66 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_flags_are_accepted_in_any_position() {
+        let positions: [&[&str]; 3] = [
+            &[
+                "imagegate",
+                "--admin-key",
+                "sk-admin-x",
+                "--url",
+                "http://gw",
+                "keys",
+                "list",
+            ],
+            &[
+                "imagegate",
+                "keys",
+                "--admin-key",
+                "sk-admin-x",
+                "--url",
+                "http://gw",
+                "list",
+            ],
+            &[
+                "imagegate",
+                "keys",
+                "list",
+                "--admin-key",
+                "sk-admin-x",
+                "--url",
+                "http://gw",
+            ],
+        ];
+        for args in positions {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                cli.conn.admin_key.as_deref(),
+                Some("sk-admin-x"),
+                "{args:?}"
+            );
+            assert_eq!(cli.conn.url, "http://gw", "{args:?}");
+            assert!(matches!(
+                cli.command,
+                Command::Keys {
+                    command: cli::KeysCommand::List
+                }
+            ));
+        }
+        let cli =
+            Cli::try_parse_from(["imagegate", "teams", "delete", "design", "--force"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Teams {
+                command: cli::TeamsCommand::Delete { force: true, .. }
+            }
+        ));
     }
 }

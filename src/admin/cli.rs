@@ -9,15 +9,34 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-/// Where the gateway is and the admin key.
+/// Where the gateway is and the admin key. Global flags: accepted before or after the
+/// subcommand (`imagegate --admin-key K keys list`, `imagegate keys list --admin-key K`).
 #[derive(Args, Debug)]
 pub struct Connection {
-    /// The gateway's base URL.
-    #[arg(long, env = "IMAGEGATE_URL", default_value = "http://127.0.0.1:8080")]
+    /// The gateway's base URL; a trailing `/v1` (the image API's base URL) is accepted.
+    #[arg(
+        long,
+        global = true,
+        env = "IMAGEGATE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// The admin key (`[admin]` in the gateway's config).
-    #[arg(long, env = "IMAGEGATE_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: String,
+    #[arg(
+        long,
+        global = true,
+        env = "IMAGEGATE_ADMIN_KEY",
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+}
+
+/// The gateway's root from what the user gave: trailing slashes and a trailing `/v1` (the
+/// base URL OpenAI clients use, as `imagegate demo` prints it) are dropped, since the admin
+/// routes live at `/admin/*`.
+pub fn base_url(url: &str) -> &str {
+    let url = url.trim_end_matches('/');
+    url.strip_suffix("/v1").unwrap_or(url).trim_end_matches('/')
 }
 
 /// Limits and budgets, shared by keys and teams.
@@ -109,8 +128,12 @@ pub enum TeamsCommand {
         #[arg(long)]
         clear: Vec<String>,
     },
+    /// Delete a team. Refused while keys name it, unless `--force` (they then lose the team's
+    /// limits and budget).
     Delete {
         id: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -239,7 +262,13 @@ pub fn teams(cmd: TeamsCommand) -> CallSpec {
             }
             Call::new(M::PATCH, format!("/admin/teams/{id}")).body(Value::Object(m))
         }
-        TeamsCommand::Delete { id } => Call::new(M::DELETE, format!("/admin/teams/{id}")),
+        TeamsCommand::Delete { id, force } => {
+            let mut call = Call::new(M::DELETE, format!("/admin/teams/{id}"));
+            if force {
+                call.query.push(("force", "true".to_owned()));
+            }
+            call
+        }
     })
 }
 
@@ -271,11 +300,14 @@ pub fn get(path: &str) -> CallSpec {
 /// Sends the call and returns what to print: pretty JSON, or the CSV as is. A refusal is an
 /// error carrying the gateway's message.
 pub async fn run(conn: &Connection, spec: CallSpec) -> anyhow::Result<String> {
+    let admin_key = conn.admin_key.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("no admin key: pass --admin-key or set IMAGEGATE_ADMIN_KEY")
+    })?;
     let call = spec.0;
-    let url = format!("{}{}", conn.url.trim_end_matches('/'), call.path);
+    let url = format!("{}{}", base_url(&conn.url), call.path);
     let mut rb = reqwest::Client::new()
         .request(call.method, &url)
-        .bearer_auth(&conn.admin_key)
+        .bearer_auth(admin_key)
         .query(&call.query);
     if let Some(body) = call.body {
         rb = rb.json(&body);
@@ -303,4 +335,45 @@ pub async fn run(conn: &Connection, spec: CallSpec) -> anyhow::Result<String> {
     }
     let v: Value = serde_json::from_str(&text)?;
     Ok(format!("{}\n", serde_json::to_string_pretty(&v)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base_url;
+
+    #[test]
+    fn base_url_drops_a_trailing_v1_and_slashes() {
+        for given in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:8080/v1",
+            "http://127.0.0.1:8080/v1/",
+            "http://127.0.0.1:8080//v1//",
+        ] {
+            assert_eq!(base_url(given), "http://127.0.0.1:8080", "{given}");
+        }
+        // A gateway behind a path prefix keeps it; only the last `/v1` segment goes.
+        assert_eq!(base_url("https://x.test/gw/v1/"), "https://x.test/gw");
+        assert_eq!(base_url("https://x.test/v1beta"), "https://x.test/v1beta");
+    }
+
+    #[test]
+    fn an_admin_command_without_a_key_says_how_to_give_one() {
+        let conn = super::Connection {
+            url: "http://127.0.0.1:9".to_owned(),
+            admin_key: None,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(super::run(&conn, super::get("/admin/spend")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no admin key: pass --admin-key or set IMAGEGATE_ADMIN_KEY"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! | `PATCH /admin/keys/{id}` | change settings (`null` clears one) |
 //! | `POST /admin/keys/{id}/disable`, `…/enable` | switch a key off or on |
 //! | `DELETE /admin/keys/{id}` | delete a key (its ledger rows stay) |
-//! | `POST/GET /admin/teams`, `GET/PATCH/DELETE /admin/teams/{id}` | the same for teams |
+//! | `POST/GET /admin/teams`, `GET/PATCH/DELETE /admin/teams/{id}` | the same for teams (`DELETE` refuses while keys name the team, unless `?force=true`) |
 //! | `GET /admin/usage?group_by=key,day&from=&to=&key=&team=&model=&format=csv` | usage report |
 //! | `GET /admin/spend` | current spend against budgets, per key and team |
 //! | `GET /admin/upstream-keys` | the upstream key pool (ids, weights, benched or not) |
@@ -280,9 +280,52 @@ async fn update_team(
     Ok(Json(view).into_response())
 }
 
-async fn delete_team(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+/// `DELETE /admin/teams/{id}[?force=true]`: refused (409) while keys name the team, since
+/// deleting it would lift their team limits and budget; `force=true` deletes it anyway.
+async fn delete_team(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let force = match q.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::admin_invalid(format!(
+                "force `{other}`: use true or false"
+            )))
+        }
+    };
     let current = find_team(&state, &id)?;
     refuse_static(current.source, "team", &id)?;
+    if !force {
+        let mut members: Vec<String> = state
+            .keys
+            .static_keys()
+            .iter()
+            .filter(|k| k.spec.team.as_deref() == Some(id.as_str()))
+            .map(|k| k.spec.id.clone())
+            .collect();
+        members.extend(
+            state
+                .store()
+                .keys()
+                .await?
+                .into_iter()
+                .filter(|k| k.spec.team.as_deref() == Some(id.as_str()))
+                .map(|k| k.spec.id),
+        );
+        if !members.is_empty() {
+            let n = members.len();
+            return Err(ApiError::conflict(format!(
+                "The team `{id}` still has {n} key{} ({}): move or delete {} first, or delete the \
+                 team with `?force=true` (the keys then lose its limits and budget).",
+                if n == 1 { "" } else { "s" },
+                members.join(", "),
+                if n == 1 { "it" } else { "them" },
+            )));
+        }
+    }
     state.store().delete_team(id.clone()).await?;
     state.keys.remove_team(&id);
     Ok(Json(json!({ "id": id, "deleted": true })).into_response())

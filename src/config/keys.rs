@@ -14,13 +14,16 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelId;
 use crate::pricing::Usd;
 
+/// The shortest client key secret accepted (`key` in `[[keys]]`, `imagegate hash-key`).
+pub const MIN_CLIENT_KEY_LEN: usize = 8;
+
 /// A client key: who it is, what it may use, how fast and how much. Absent limits and budgets
 /// mean "none" (the team's still apply).
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     pub id: String,
-    /// File only: the secret itself (at least 8 characters). The admin API generates secrets.
+    /// File only: the secret itself (at least [`MIN_CLIENT_KEY_LEN`] characters). The admin API generates secrets.
     #[serde(default, skip_serializing)]
     pub key: Option<String>,
     /// File only: the secret's SHA-256 in hex (`imagegate hash-key SECRET`).
@@ -28,7 +31,7 @@ pub struct KeySpec {
     pub key_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The team whose limits and budget also apply.
+    /// The team whose limits and budget also apply (in the file: a `[[teams]]` id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
     /// Public names (model ids, groups, aliases) this key may request; absent: every one.
@@ -320,6 +323,13 @@ pub(super) fn check(
     known: &dyn Fn(&str) -> bool,
     problems: &mut Vec<String>,
 ) {
+    let mut team_ids = std::collections::HashSet::new();
+    for (i, t) in teams.iter().enumerate() {
+        t.check(&format!("teams[{i}]"), problems);
+        if !team_ids.insert(t.id.as_str()) {
+            problems.push(format!("teams[{i}].id: duplicate id `{}`", t.id));
+        }
+    }
     let mut ids = std::collections::HashSet::new();
     for (i, k) in keys.iter().enumerate() {
         let at = format!("keys[{i}]");
@@ -327,19 +337,17 @@ pub(super) fn check(
         if !ids.insert(k.id.as_str()) {
             problems.push(format!("{at}.id: duplicate id `{}`", k.id));
         }
+        if let Some(team) = k.team.as_deref().filter(|t| !team_ids.contains(t)) {
+            problems.push(format!("{at}.team: no team with id `{team}` in [[teams]]"));
+        }
         match (&k.key, &k.key_sha256) {
-            (Some(key), None) if key.len() >= 8 => {}
-            (Some(_), None) => problems.push(format!("{at}.key: at least 8 characters")),
+            (Some(key), None) if key.len() >= MIN_CLIENT_KEY_LEN => {}
+            (Some(_), None) => problems.push(format!(
+                "{at}.key: at least {MIN_CLIENT_KEY_LEN} characters"
+            )),
             (None, Some(h)) if h.len() == 64 && hex::decode(h).is_ok() => {}
             (None, Some(_)) => problems.push(format!("{at}.key_sha256: must be 64 hex characters")),
             _ => problems.push(format!("{at}: set exactly one of `key` or `key_sha256`")),
-        }
-    }
-    let mut team_ids = std::collections::HashSet::new();
-    for (i, t) in teams.iter().enumerate() {
-        t.check(&format!("teams[{i}]"), problems);
-        if !team_ids.insert(t.id.as_str()) {
-            problems.push(format!("teams[{i}].id: duplicate id `{}`", t.id));
         }
     }
     let mut pool_ids = std::collections::HashSet::new();

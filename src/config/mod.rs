@@ -19,6 +19,7 @@ mod routing;
 
 pub use keys::{
     Budget, DataConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec, UpstreamKeyConfig,
+    MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};

@@ -138,3 +138,16 @@ fn upstream_key_pool() {
     let e = Config::from_toml(&neither, &env).unwrap_err().to_string();
     assert!(e.contains("upstream: set `api_key`"), "{e}");
 }
+
+#[test]
+fn key_team_must_be_declared() {
+    let text = format!("{MIN}team = \"design\"\n");
+    let e = Config::from_toml(&text, &env).unwrap_err().to_string();
+    assert!(
+        e.contains("keys[0].team: no team with id `design` in [[teams]]"),
+        "{e}"
+    );
+    let declared = format!("{text}[[teams]]\nid = \"design\"\n");
+    let c = Config::from_toml(&declared, &env).unwrap();
+    assert_eq!(c.keys[0].team.as_deref(), Some("design"));
+}

@@ -59,6 +59,101 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     );
 }
 
+#[test]
+fn hash_key_refuses_a_secret_shorter_than_a_config_key() {
+    let min = imagegate::config::MIN_CLIENT_KEY_LEN;
+    let short = "k".repeat(min - 1);
+    let out = Command::new(BIN)
+        .args(["hash-key", &short])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains(&format!("at least {min} characters")), "{err}");
+
+    let ok = "k".repeat(min);
+    let out = Command::new(BIN).args(["hash-key", &ok]).output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim(),
+        hex::encode(imagegate::auth::digest(&ok)),
+        "{printed}"
+    );
+}
+
+/// `imagegate demo` prints an admin key on its READY line that the CLI can use, with the
+/// `/v1` URL the demo prints and the flags after the subcommand.
+#[test]
+fn demo_admin_key_works_with_the_cli() {
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut banner = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(json) = line.strip_prefix("IMAGEGATE_READY ") {
+                let ready: Value = serde_json::from_str(json).unwrap();
+                let _ = ready_tx.send((ready, banner));
+                return;
+            }
+            banner.push_str(&line);
+            banner.push('\n');
+        }
+    });
+    let ready = ready_rx.recv_timeout(Duration::from_secs(30));
+    let result = std::panic::catch_unwind(|| {
+        let (ready, banner) = ready.expect("the demo printed IMAGEGATE_READY");
+        let admin_key = ready["admin_key"].as_str().unwrap();
+        assert_eq!(admin_key, imagegate::demo::DEMO_ADMIN_KEY);
+        assert!(
+            banner.contains(&format!(
+                "imagegate keys list --admin-key {admin_key} --url http://"
+            )),
+            "{banner}"
+        );
+        let gateway_url = ready["gateway_url"].as_str().unwrap();
+        assert!(gateway_url.ends_with("/v1"), "{gateway_url}");
+        let out = Command::new(BIN)
+            .args([
+                "keys",
+                "list",
+                "--admin-key",
+                admin_key,
+                "--url",
+                gateway_url,
+            ])
+            .env_remove("IMAGEGATE_URL")
+            .env_remove("IMAGEGATE_ADMIN_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids: Vec<&str> = listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["demo", "demo-limited"], "{listed}");
+    });
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    reader.join().unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// A simulator in this process, on an ephemeral port, accepting [`UPSTREAM_KEY`].
 async fn start_sim(stop: &CancellationToken) -> std::net::SocketAddr {
     let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

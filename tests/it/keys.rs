@@ -130,6 +130,55 @@ async fn created_key_works_and_revocation_is_immediate() {
 }
 
 #[tokio::test]
+async fn deleting_a_team_with_keys_needs_force() {
+    let env = start_with(with_admin).await;
+    env.admin(Method::POST, "/admin/teams", Some(json!({"id": "ops"})))
+        .await;
+    let created = env
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({"id": "erin", "team": "ops"})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+
+    let refused = env.admin(Method::DELETE, "/admin/teams/ops", None).await;
+    assert_eq!((refused.status, refused.code()), (409, "conflict"));
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 key") && message.contains("erin") && message.contains("force=true"),
+        "{message}"
+    );
+    assert_eq!(
+        env.admin(Method::GET, "/admin/teams/ops", None)
+            .await
+            .status,
+        200
+    );
+
+    let forced = env
+        .admin(Method::DELETE, "/admin/teams/ops?force=true", None)
+        .await;
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    assert_eq!(
+        env.admin(Method::GET, "/admin/teams/ops", None)
+            .await
+            .status,
+        404
+    );
+    // A team no key names goes without `force`.
+    env.admin(Method::POST, "/admin/teams", Some(json!({"id": "empty"})))
+        .await;
+    assert_eq!(
+        env.admin(Method::DELETE, "/admin/teams/empty", None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn keys_teams_and_ledger_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data");
@@ -232,6 +281,18 @@ async fn cli_creates_keys_and_reports_usage() {
         .unwrap();
     assert!(ok, "{err}");
     assert_eq!(env.generate_as(&secret, sparkpix()).await.status, 401);
+    // A team that keys name is deleted only with --force.
+    let r = run.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || r(&["teams", "delete", "design"]))
+        .await
+        .unwrap();
+    assert!(!ok && err.contains("409") && err.contains("dana"), "{err}");
+    let r = run.clone();
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || r(&["teams", "delete", "design", "--force"]))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
     // A refusal is reported with the gateway's message and a failure exit.
     let (ok, _, err) = tokio::task::spawn_blocking(move || run(&["keys", "get", "nobody"]))
         .await
