@@ -126,7 +126,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             let _logs = init_tracing(config.logging.format, &config.logging.filter);
-            runtime()?.block_on(async {
+            // The runtime is dropped before the log writer, so nothing logged while it shuts
+            // down is lost.
+            let rt = runtime()?;
+            rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("binding {}", config.server.listen))?;
@@ -141,7 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_base_url,
         } => {
             let _logs = init_tracing(LogFormat::Human, "info");
-            runtime()?.block_on(async {
+            // The runtime is dropped before the log writer, so nothing logged while it shuts
+            // down is lost.
+            let rt = runtime()?;
+            rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, "simulator listening");
                 let config = imagegate::sim::SimConfig {
@@ -164,7 +170,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sim_listen,
                 time_scale,
             };
-            runtime()?.block_on(imagegate::demo::run(opts, shutdown_signal()))
+            let rt = runtime()?;
+            rt.block_on(imagegate::demo::run(opts, shutdown_signal()))
         }
     }
 }

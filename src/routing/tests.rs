@@ -320,7 +320,7 @@ fn exact_sizes_drop_nearest_ratio_models() {
     }
     // SparkPix edits (and generations with references) make the nearest ratio too.
     let urls = || vec![url(0), url(1)];
-    assert_eq!(order("auto", low.clone(), urls()), [All, Lite]);
+    assert_eq!(order("auto", low, urls()), [All, Lite]);
     assert_eq!(
         order("auto", json!({"quality": "low"}), urls()),
         [All, SparkPix, Beta, Lite]

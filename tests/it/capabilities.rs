@@ -44,16 +44,16 @@ async fn creates(env: &Env) -> usize {
 #[tokio::test]
 async fn size_a_group_never_serves_an_explicit_size_with_the_nearest_ratio() {
     let env = start().await;
-    // gpt-image-2 at 1536x1024 high: beta ($0.03) is cheapest but makes the nearest aspect
+    // gpt-image-2 at 1280x720 high: beta ($0.03) is cheapest but makes the nearest aspect
     // ratio; lite ($0.04) makes the size asked.
     let body =
-        json!({"model": "gpt-image-2", "prompt": "p", "size": "1536x1024", "quality": "high"});
+        json!({"model": "gpt-image-2", "prompt": "p", "size": "1280x720", "quality": "high"});
     let a = env.generate(body.clone()).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(served(&a), "gpt-image-2-lite");
     assert_eq!(a.headers["x-imagegate-cost-usd"], "0.04");
-    assert_eq!(delivered(&a, 0).0, "1536x1024");
-    assert_eq!(a.body["size"], "1536x1024");
+    assert_eq!(delivered(&a, 0).0, "1280x720");
+    assert_eq!(a.body["size"], "1280x720");
 
     // The same through an OpenAI alias of the group.
     let mut alias = body.clone();
@@ -65,7 +65,7 @@ async fn size_a_group_never_serves_an_explicit_size_with_the_nearest_ratio() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(served(&a), "gpt-image-2-beta");
     let (size, _) = delivered(&a, 0);
-    assert_ne!(size, "1536x1024");
+    assert_ne!(size, "1280x720");
     assert_eq!(a.body["size"], json!(size));
 
     // No size (or `auto`): beta stays eligible.
@@ -91,11 +91,11 @@ async fn size_a_group_never_serves_an_explicit_size_with_the_nearest_ratio() {
 async fn size_a_pinned_beta_keeps_its_nearest_ratio_and_says_what_it_made() {
     let env = start().await;
     let a = env
-        .generate(json!({"model": "gpt-image-2-beta", "prompt": "p", "size": "1536x1024"}))
+        .generate(json!({"model": "gpt-image-2-beta", "prompt": "p", "size": "1280x720"}))
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let (size, format) = delivered(&a, 0);
-    assert_ne!(size, "1536x1024");
+    assert_ne!(size, "1280x720");
     assert_eq!(a.body["size"], json!(size));
     assert_eq!(a.body["output_format"], format.as_str());
 }
@@ -106,12 +106,12 @@ async fn size_sparkpix_edits_by_ratio_so_a_group_edit_with_a_size_skips_it() {
     let reference = "https://example.com/ref.png";
     let body = |size: Value| {
         json!({"model": "auto", "prompt": "p", "size": size,
-               "images": [{"image_url": reference}], "quality": "low"})
+               "images": [{"image_url": reference}], "quality": "medium"})
     };
     // Without a size the cheapest URL edit is SparkPix ($0.013).
     let a = env.post("/v1/images/edits", body(Value::Null)).await;
     assert_eq!(served(&a), "sparkpix", "{}", a.body);
-    // With 1024x1024 it would only get the nearest ratio: gpt-image-2-all low 1K serves.
+    // With 1024x1024 it would only get the nearest ratio: gpt-image-2-all medium 1K serves.
     let a = env.post("/v1/images/edits", body(json!("1024x1024"))).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(served(&a), "gpt-image-2-all");

@@ -81,10 +81,17 @@ async fn cost_header_equals_the_price_table() {
             "gpt-image-2-all",
             "0.005",
         ),
+        // No size: beta ($0.03) is cheapest; an explicit size only goes to models that make it
+        // exactly, so lite ($0.04), not beta (nearest aspect ratio).
         (
-            json!({"model": "gpt-image-1", "size": "1024x1024", "quality": "high"}),
+            json!({"model": "gpt-image-1", "quality": "high"}),
             "gpt-image-2-beta",
             "0.03",
+        ),
+        (
+            json!({"model": "gpt-image-1", "size": "1024x1024", "quality": "high"}),
+            "gpt-image-2-lite",
+            "0.04",
         ),
         (
             json!({"model": "dall-e-2", "size": "512x512"}),
@@ -109,7 +116,7 @@ async fn failover_to_the_next_model_without_paying_twice() {
     env.set_faults(json!({"gpt-image-2-all": {"rate": 1.0, "kind": "500"}}))
         .await;
     let a = env
-        .generate(json!({"model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"}))
+        .generate(json!({"model": "gpt-image-2", "prompt": "a kite", "quality": "low"}))
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body["data"][0]["b64_json"].is_string());

@@ -438,7 +438,7 @@ test('gpt-image-1 is routed to the cheapest gpt-image-2 model, with cost headers
 test('a cost ceiling no model meets is a BadRequestError naming the models', T, async () => {
   await assert.rejects(
     client.images.generate(
-      { model: 'auto', prompt: prompt('a cloud'), size: '2048x2048' },
+      { model: 'auto', prompt: prompt('a cloud') },
       { headers: { 'x-imagegate-max-cost-usd': '0.001' } },
     ),
     (err) => {
@@ -475,26 +475,26 @@ test('a rate-limited key gets OpenAI.RateLimitError', T, async () => {
 
 test('a group makes the size asked, or says what it made when nearest is allowed', T, async () => {
   const exact = await client.images
-    .generate({ model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1536x1024', quality: 'high' })
+    .generate({ model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1280x720', quality: 'high' })
     .withResponse();
   assert.equal(exact.response.headers.get('x-imagegate-upstream'), 'gpt-image-2-lite');
-  assert.deepEqual(imageInfo(decodeB64(exact.data.data[0])), { format: 'png', width: 1536, height: 1024 });
-  assert.equal(exact.data.size, '1536x1024');
+  assert.deepEqual(imageInfo(decodeB64(exact.data.data[0])), { format: 'png', width: 1280, height: 720 });
+  assert.equal(exact.data.size, '1280x720');
 
   const nearest = await client.images
     .generate(
-      { model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1536x1024', quality: 'high' },
+      { model: 'gpt-image-2', prompt: prompt('a wide bay'), size: '1280x720', quality: 'high' },
       { headers: { 'x-imagegate-size-policy': 'nearest' } },
     )
     .withResponse();
   assert.equal(nearest.response.headers.get('x-imagegate-upstream'), 'gpt-image-2-beta');
   const info = imageInfo(decodeB64(nearest.data.data[0]));
-  assert.notEqual(`${info.width}x${info.height}`, '1536x1024');
+  assert.notEqual(`${info.width}x${info.height}`, '1280x720');
   assert.equal(nearest.data.size, `${info.width}x${info.height}`);
 });
 
 test('a url answer does not echo the requested size', T, async () => {
-  const res = await client.images.generate({ model: 'gpt-image-2-beta', prompt: prompt('a dune'), size: '1536x1024', response_format: 'url' });
+  const res = await client.images.generate({ model: 'gpt-image-2-beta', prompt: prompt('a dune'), size: '1280x720', response_format: 'url' });
   assert.ok(res.data[0].url);
   assert.equal(res.size, undefined);
   assert.equal(res.output_format, undefined);

@@ -608,7 +608,9 @@ def test_base_url_without_v1_prefix(demo):
     ("model", "size", "quality", "upstream", "cost"),
     [
         ("gpt-image-1", "1024x1024", "low", "gpt-image-2-all", "0.005"),
-        ("dall-e-3", "1024x1024", "high", "gpt-image-2-beta", "0.03"),
+        # No size: beta is cheapest. An explicit size goes only to a model that makes it exactly.
+        ("dall-e-3", "auto", "high", "gpt-image-2-beta", "0.03"),
+        ("dall-e-3", "1024x1024", "high", "gpt-image-2-lite", "0.04"),
         ("auto", "512x512", "medium", "sparkpix", "0.01"),
     ],
 )
@@ -669,32 +671,32 @@ def decoded(item) -> Image.Image:
 
 def test_a_group_makes_the_size_asked_or_says_what_it_made(client: OpenAI):
     raw = client.images.with_raw_response.generate(
-        model="gpt-image-2", prompt=prompt("a wide bay"), size="1536x1024", quality="high"
+        model="gpt-image-2", prompt=prompt("a wide bay"), size="1280x720", quality="high"
     )
     res = raw.parse()
     # beta is cheaper but makes the nearest aspect ratio only: not eligible for an explicit size.
     assert raw.headers["x-imagegate-upstream"] == "gpt-image-2-lite"
     image = decoded(res.data[0])
-    assert (image.format, image.size) == ("PNG", (1536, 1024))
-    assert res.size == "1536x1024"
+    assert (image.format, image.size) == ("PNG", (1280, 720))
+    assert res.size == "1280x720"
 
     raw = client.images.with_raw_response.generate(
         model="gpt-image-2",
         prompt=prompt("a wide bay"),
-        size="1536x1024",
+        size="1280x720",
         quality="high",
         extra_headers={"x-imagegate-size-policy": "nearest"},
     )
     res = raw.parse()
     assert raw.headers["x-imagegate-upstream"] == "gpt-image-2-beta"
     image = decoded(res.data[0])
-    assert image.size != (1536, 1024)
+    assert image.size != (1280, 720)
     assert res.size == f"{image.size[0]}x{image.size[1]}"
 
 
 def test_a_url_answer_does_not_echo_the_requested_size(client: OpenAI):
     res = client.images.generate(
-        model="gpt-image-2-beta", prompt=prompt("a dune"), size="1536x1024", response_format="url"
+        model="gpt-image-2-beta", prompt=prompt("a dune"), size="1280x720", response_format="url"
     )
     assert res.data[0].url
     assert res.size is None and res.output_format is None, res
