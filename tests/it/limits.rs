@@ -9,6 +9,24 @@ fn sparkpix(n: u8) -> serde_json::Value {
 }
 
 #[tokio::test]
+async fn ratelimit_headers_appear_only_for_the_kinds_of_limit_a_key_has() {
+    let env = start_with(|c| c.keys[0].images_per_minute = Some(10)).await;
+    let a = env.generate(sparkpix(1)).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.headers["x-ratelimit-limit-images"], "10");
+    assert!(a.headers.get("x-ratelimit-limit-requests").is_none());
+
+    let unlimited = start_with(|_| {}).await;
+    let a = unlimited.generate(sparkpix(1)).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let names: Vec<&str> = a.headers.keys().map(|k| k.as_str()).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("x-ratelimit-")),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
 async fn requests_per_minute_edge() {
     let env = start_with(|c| c.keys[0].requests_per_minute = Some(3)).await;
     for remaining in ["2", "1", "0"] {
