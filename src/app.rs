@@ -15,7 +15,7 @@
 //! | 8 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
 //! | 9 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
 //!
-//! Request/response extensions: [`UpstreamWait`] (metrics → handlers → upstream client, and
+//! Shared state lives in [`state`](crate::state). Request/response extensions: [`UpstreamWait`] (metrics → handlers → upstream client, and
 //! read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
 //! response for the access log; it carries the key's and team's settings); `ApiError` and
 //! [`RequestLog`] (handlers → access log and metrics, on the response).
@@ -40,101 +40,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tracing::Instrument as _;
 
-use crate::auth::{AdminKey, ClientKey};
-use crate::budget::Budgets;
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::keys::Registry;
-use crate::limits::RateLimits;
-use crate::metrics::{CircuitState, Fault, Metrics, UpstreamWait};
+use crate::keys::ClientKey;
+use crate::metrics::{Fault, UpstreamWait};
 use crate::model::ModelId;
-use crate::pricing::Usd;
-use crate::routing::{Route, Routing};
-use crate::store::Store;
-use crate::upstream::Upstream;
-
-/// Everything a handler needs, shared behind one `Arc`.
-pub struct AppState {
-    /// The validated configuration the process started with.
-    pub config: Config,
-    /// The platform client; holds the upstream keys, which nothing else sees.
-    pub upstream: Upstream,
-    /// Public names, upstream health and the choice of model.
-    pub routing: Routing,
-    /// Client keys (static and dynamic) and teams; owns the database handle.
-    pub keys: Registry,
-    /// The admin key's digest.
-    pub admin: AdminKey,
-    /// Spend and reservations per key and team (the ledger is the durable truth).
-    pub budgets: Budgets,
-    /// Rate and concurrency limiters.
-    pub limits: RateLimits,
-    /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
-    pub metrics: Arc<Metrics>,
-}
-
-impl AppState {
-    /// Opens (creating and migrating) the database and loads keys, teams and spend.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(config.data.dir.as_deref())?;
-        let month = crate::ledger::utc_month(std::time::SystemTime::now());
-        let (by_key, by_team) = store.spent_blocking(&month)?;
-        let metrics = Arc::new(Metrics::new()?);
-        for m in ModelId::ALL {
-            if config.models.get(m).enabled {
-                metrics.circuit_state(m, CircuitState::Closed);
-            }
-        }
-        Ok(Self {
-            upstream: Upstream::new(&config, metrics.clone())?,
-            routing: Routing::new(config.routing.clone()),
-            keys: Registry::new(&config, store)?,
-            admin: AdminKey::new(&config.admin),
-            budgets: Budgets::load(by_key, by_team),
-            limits: RateLimits::new(&config.limits),
-            metrics,
-            config,
-        })
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.keys.store
-    }
-
-    /// The upstream models that can take a request now (enabled, circuit not open):
-    /// `GET /readyz` fails when there is none.
-    pub fn ready_models(&self) -> Vec<ModelId> {
-        ModelId::ALL
-            .into_iter()
-            .filter(|m| self.config.models.get(*m).enabled)
-            .filter(|m| self.routing.health.state(*m) != crate::routing::health::CircuitState::Open)
-            .collect()
-    }
-
-    /// The public model a request asked for (or the default): a model id, group or alias with
-    /// at least one enabled model.
-    pub fn resolve_model(&self, requested: Option<&str>) -> Result<Route, ApiError> {
-        let name = requested.unwrap_or(&self.config.server.default_model);
-        self.routing.resolve(&self.config.models, name)
-    }
-}
-
-/// What a handler tells the access log about the request it served.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLog {
-    /// The name the caller asked for: a model id, group or alias.
-    pub public_model: Option<Arc<str>>,
-    /// The upstream model that served the request (or the last one tried).
-    pub upstream_model: Option<ModelId>,
-    /// Upstream models tried (more than 1 after a failover).
-    pub attempts: u32,
-    pub n: u8,
-    pub task_ids: String,
-    /// What the upstream charges for the images returned.
-    pub cost: Option<Usd>,
-    /// The prompt, only when `logging.log_prompts` is on.
-    pub prompt: Option<String>,
-}
+use crate::state::{AppState, RequestLog};
 
 /// Builds the router with the full middleware stack (see the table above).
 pub fn build_router(state: Arc<AppState>) -> Router {

@@ -13,30 +13,14 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::config::AdminConfig;
 use crate::error::ApiError;
 pub use crate::keys::digest;
-use crate::keys::{KeyRecord, TeamRecord};
+pub use crate::keys::ClientKey;
+use crate::state::AppState;
 
 /// Routes that need no key: the operator's probes and metrics (`api::ops`).
 pub const PUBLIC_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
-
-/// The authenticated caller, inserted into request (and response) extensions.
-#[derive(Debug, Clone)]
-pub struct ClientKey {
-    pub id: Arc<str>,
-    /// The key's settings as of this request.
-    pub record: Arc<KeyRecord>,
-    /// The key's team, when it has one (a team unknown to the gateway has no limits).
-    pub team: Option<Arc<TeamRecord>>,
-}
-
-impl ClientKey {
-    pub fn team_id(&self) -> Option<&str> {
-        self.record.spec.team.as_deref()
-    }
-}
 
 /// The prefix of the operator's routes.
 pub const ADMIN_PREFIX: &str = "/admin";

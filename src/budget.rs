@@ -19,11 +19,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::auth::ClientKey;
 use crate::config::Budget;
 use crate::error::ApiError;
+use crate::keys::ClientKey;
 use crate::ledger::utc_month;
-use crate::pricing::Usd;
+use crate::model::Usd;
 use crate::store::Spent;
 
 /// Whose money: a key or a team.

@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::upstream::{FailureKind, UpstreamError};
+use crate::upstream::failure::{FailureKind, UpstreamError};
 
 /// A client-facing error.
 #[derive(Debug, Clone)]
@@ -356,15 +356,6 @@ impl ApiError {
             "param": self.param,
             "code": self.code,
         }})
-    }
-}
-
-/// The client sees a generic 500. The database error itself is logged here, once, because the
-/// access log only sees the client-facing message.
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::error!(error = %e, "database call failed");
-        Self::internal("The gateway could not read or write its database.")
     }
 }
 

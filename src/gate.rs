@@ -18,16 +18,16 @@
 
 use tokio::time::Instant;
 
-use crate::app::AppState;
-use crate::auth::ClientKey;
 use crate::budget::{Payer, Reservation};
 use crate::error::ApiError;
+use crate::keys::ClientKey;
 use crate::ledger::{Outcome, Row};
 use crate::limits::{Admission, ModelPermit};
 use crate::metrics::RefusalReason;
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
+use crate::state::AppState;
 use crate::store::Store;
 
 /// Step 1: refuses (403, 429 `rate_limit_exceeded`, 400 for an `n` over images/min) or admits.

@@ -236,6 +236,22 @@ pub fn generate_secret() -> Result<String, getrandom::Error> {
     Ok(format!("{SECRET_PREFIX}{}", hex::encode(bytes)))
 }
 
+/// The authenticated caller, inserted into request (and response) extensions.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub id: Arc<str>,
+    /// The key's settings as of this request.
+    pub record: Arc<KeyRecord>,
+    /// The key's team, when it has one (a team unknown to the gateway has no limits).
+    pub team: Option<Arc<TeamRecord>>,
+}
+
+impl ClientKey {
+    pub fn team_id(&self) -> Option<&str> {
+        self.record.spec.team.as_deref()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::ModelId;
-use crate::pricing::Usd;
+use crate::model::Usd;
 use crate::request::ImageRequest;
 
 /// One finished request.

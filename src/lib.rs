@@ -21,6 +21,7 @@ mod api;
 pub mod app;
 pub mod auth;
 pub mod budget;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 mod drain;
@@ -35,6 +36,7 @@ pub mod pricing;
 pub mod request;
 pub mod routing;
 pub mod sim;
+pub mod state;
 pub mod store;
 pub mod upstream;
 
@@ -55,7 +57,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let drain = config.server.drain_timeout;
-    let state = Arc::new(app::AppState::new(config)?);
+    let state = Arc::new(state::AppState::new(config)?);
     let router = app::build_router(state.clone());
     let stopping = CancellationToken::new();
     let signal = {

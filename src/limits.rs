@@ -23,9 +23,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::ClientKey;
 use crate::config::{Limits, LimitsConfig};
 use crate::error::ApiError;
+use crate::keys::ClientKey;
 use crate::model::ModelId;
 
 /// A per-minute allowance on one clock (tests drive a `FakeRelativeClock`).

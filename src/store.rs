@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension as _};
 
 use crate::config::{KeySpec, TeamSpec};
+use crate::error::ApiError;
 use crate::ledger::{Row, UsageQuery, UsageRow};
 
 /// The database file inside `data.dir`.
@@ -422,11 +423,20 @@ pub fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
+/// The client sees a generic 500. The database error itself is logged here, once, because the
+/// access log only sees the client-facing message.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "database call failed");
+        ApiError::internal("The gateway could not read or write its database.")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::UsageQuery;
-    use crate::pricing::Usd;
+    use crate::model::Usd;
 
     fn row(i: usize) -> Row {
         Row {

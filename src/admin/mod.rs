@@ -31,12 +31,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::app::AppState;
 use crate::budget::Payer;
 use crate::config::{KeySpec, TeamSpec};
 use crate::error::ApiError;
 use crate::keys::{self, KeyRecord, Source, TeamRecord};
 use crate::ledger::{self, GroupBy, UsageQuery};
+use crate::state::AppState;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()

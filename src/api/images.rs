@@ -17,18 +17,18 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::edits::{self, EditParts};
-use crate::app::{AppState, RequestLog};
-use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::gate;
+use crate::keys::ClientKey;
 use crate::ledger::Outcome;
 use crate::limits::Admission;
 use crate::metrics::{Fault, UpstreamWait};
+use crate::model::Usd;
 use crate::model::{ImageFormat, ModelId, Quality};
-use crate::pricing::Usd;
 use crate::request::{ImageRequest, Operation, ResponseFormat};
 use crate::routing::failover::{self, Caller, Failed};
 use crate::routing::{Candidate, Constraints};
+use crate::state::{AppState, RequestLog};
 use crate::upstream::{results, CallCtx, Image, Plan};
 
 /// Response header: the upstream model that served the request.

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
 use crate::model::ModelId;
+use crate::state::AppState;
 
 /// 2026-04-21, the gpt-image-2 release: a stable `created` for every listed model.
 const CREATED: u64 = 1_776_729_600;

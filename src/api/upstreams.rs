@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use crate::catalog;
 use crate::model::ModelId;
-use crate::routing::catalog;
+use crate::state::AppState;
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
     let data: Vec<Value> = ModelId::ALL

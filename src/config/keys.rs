@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelId;
-use crate::pricing::Usd;
+use crate::model::Usd;
 
 /// The shortest client key secret accepted (`key` in `[[keys]]`, `imagegate hash-key`).
 pub const MIN_CLIENT_KEY_LEN: usize = 8;

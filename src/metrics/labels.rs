@@ -2,7 +2,7 @@
 //! these enums (or from a route template, a model id or a configured key/team id).
 
 use crate::error::ApiError;
-use crate::upstream::{FailureKind, UpstreamError};
+use crate::upstream::failure::{FailureKind, UpstreamError};
 
 /// A step of an upstream job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

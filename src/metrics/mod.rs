@@ -8,7 +8,7 @@
 //!   [`Outcome`], [`Fault`], [`RefusalReason`], [`CircuitState`], qualities, HTTP statuses — and
 //!   key and team labels only by their configured id. Never a raw key, a prompt or any other
 //!   free-form text.
-//! - Each registry belongs to one gateway ([`AppState`](crate::app::AppState) holds it), so tests
+//! - Each registry belongs to one gateway ([`AppState`](crate::state::AppState) holds it), so tests
 //!   running several gateways in one process do not share counters.
 //! - One typed method per event (below, grouped by who calls it): callers say what happened,
 //!   this file decides how it is counted.
@@ -25,9 +25,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::model::Usd;
 use crate::model::{ModelId, Quality};
-use crate::pricing::Usd;
-use crate::upstream::FailureKind;
+use crate::upstream::failure::FailureKind;
 
 pub use http::UpstreamWait;
 pub use labels::{CircuitState, Fault, Outcome, Phase, RefusalReason};

@@ -11,14 +11,14 @@ use tokio::time::Instant;
 
 use super::health::Outcome;
 use super::Candidate;
-use crate::app::AppState;
-use crate::auth::ClientKey;
 use crate::error::ApiError;
 use crate::gate;
+use crate::keys::ClientKey;
 use crate::metrics::{self, UpstreamWait};
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
+use crate::state::AppState;
 use crate::upstream::{self, CallCtx, Output, Plan, UpstreamError};
 
 /// A request served by `model`, for `cost` (already settled against the budgets), after
@@ -63,7 +63,7 @@ pub fn prepare<'a>(
     let mut first_refusal = None;
     for (i, c) in candidates.iter().enumerate() {
         req.model = c.model;
-        if let Err(why) = super::catalog::capabilities(c.model).check_output_format(req) {
+        if let Err(why) = crate::catalog::capabilities(c.model).check_output_format(req) {
             first_refusal.get_or_insert(ApiError::unsupported(
                 "output_format",
                 format!(
@@ -218,7 +218,7 @@ fn failed(error: ApiError, model: Option<ModelId>, attempts: u32, e: &UpstreamEr
 /// call when `n` was fanned out (calls that failed are not billed).
 fn billed(state: &AppState, model: ModelId, req: &ImageRequest, out: &Output) -> Usd {
     let unit = pricing::unit_cost(&state.config.models, model, req);
-    let images = if super::catalog::capabilities(model).native_n {
+    let images = if crate::catalog::capabilities(model).native_n {
         out.images.len().min(usize::from(req.n))
     } else {
         out.calls_ok as usize

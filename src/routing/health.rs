@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::CircuitConfig;
 use crate::model::{ModelId, Quality};
-use crate::upstream::FailureKind;
+use crate::upstream::failure::FailureKind;
 
 /// Latency samples kept per model and quality for the percentiles.
 const SAMPLES: usize = 200;

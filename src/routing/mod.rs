@@ -14,7 +14,6 @@
 //!
 //! [`failover::run`] then tries them in that order on failures that cost nothing.
 
-pub mod catalog;
 pub mod failover;
 pub mod health;
 
@@ -24,12 +23,13 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 
+use crate::catalog;
+pub use crate::catalog::SizePolicy;
 use crate::config::{ModelsConfig, RoutingConfig};
 use crate::error::ApiError;
 use crate::model::ModelId;
 use crate::pricing::{self, Usd};
 use crate::request::ImageRequest;
-pub use catalog::SizePolicy;
 use health::{Availability, Health};
 
 /// Caller header: the most this request may cost, in USD.
@@ -40,27 +40,7 @@ pub const MAX_LATENCY_HEADER: &str = "x-imagegate-max-latency-s";
 /// size with a model that makes the nearest aspect ratio instead.
 pub const SIZE_POLICY_HEADER: &str = "x-imagegate-size-policy";
 
-/// What a public model name stands for.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The name the caller used (or the default model's).
-    pub public: Arc<str>,
-    /// Enabled member models, in configuration order.
-    pub members: Vec<ModelId>,
-    /// A model id, not a group or alias: only that model, with its own error messages.
-    pub pinned: bool,
-}
-
-impl Route {
-    /// A route to exactly `model`.
-    pub fn pinned(model: ModelId) -> Self {
-        Self {
-            public: Arc::from(model.as_str()),
-            members: vec![model],
-            pinned: true,
-        }
-    }
-}
+pub use crate::model::Route;
 
 /// The caller's optional limits for this request.
 #[derive(Debug, Clone, Copy, Default)]

@@ -1,10 +1,17 @@
 //! The image domain shared by the front and the adapters: public model ids, sizes, qualities,
-//! formats and image bytes recognised by their magic numbers (never by a declared Content-Type).
+//! formats and image bytes recognised by their magic numbers (never by a declared Content-Type),
+//! money ([`Usd`]) and public names ([`Route`]). Layer 0: it imports nothing from the crate.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Deserialize;
+
+mod money;
+mod route;
+
+pub use money::Usd;
+pub use route::Route;
 
 /// A public model id. Each pins one upstream model (SparkPix pins two endpoints: generate and edit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
