@@ -122,7 +122,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         n = log.map_or(0, |l| l.n),
         cost_usd = log.and_then(|l| l.cost).map(|c| c.to_string()),
         task_ids = log.map_or("", |l| l.task_ids.as_str()),
-        error_code = error.map_or("", |e| e.code),
+        error_code = error.map_or("", |e| e.code.as_str()),
         error = error.map_or("", |e| e.message.as_str()),
         prompt = log.and_then(|l| l.prompt.as_deref()),
         "request"

@@ -253,7 +253,7 @@ mod tests {
         let p = payers(100);
         let r1 = b.reserve_for(&p, Usd(60)).unwrap();
         assert_eq!(
-            b.reserve_for(&p, Usd(50)).unwrap_err().code,
+            b.reserve_for(&p, Usd(50)).unwrap_err().code.as_str(),
             "insufficient_quota"
         );
         drop(r1);

@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::model::ModelId;
-use crate::model::Usd;
+use crate::error::ErrorCode;
+use crate::model::{ModelId, Usd};
 use crate::request::ImageRequest;
 
 /// One finished request.
@@ -40,11 +40,11 @@ pub struct Row {
     pub task_ids: String,
 }
 
-/// What a request's handler knows once it is finished.
+/// What is known of a request once it is finished.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct Finished {
     pub status: u16,
-    pub error_code: Option<&'static str>,
+    pub error_code: Option<ErrorCode>,
     pub served: Option<ModelId>,
     pub cost: Usd,
     pub task_ids: Vec<String>,
@@ -54,10 +54,11 @@ impl Row {
     pub fn new(
         key_id: &str,
         team: Option<&str>,
+        public: &str,
         req: &ImageRequest,
         request_id: &str,
         latency_ms: u128,
-        outcome: Outcome,
+        outcome: Finished,
     ) -> Self {
         let now = SystemTime::now();
         Self {
@@ -69,14 +70,14 @@ impl Row {
             request_id: request_id.to_owned(),
             key_id: key_id.to_owned(),
             team: team.map(str::to_owned),
-            model: req.route.public.to_string(),
+            model: public.to_owned(),
             served_model: outcome.served.map(|m| m.as_str().to_owned()),
             n: req.n,
             size: req.size.map(|s| s.to_string()),
             quality: req.quality.as_str().to_owned(),
             cost: outcome.cost,
             status: outcome.status,
-            error_code: outcome.error_code.map(str::to_owned),
+            error_code: outcome.error_code.map(|c| c.as_str().to_owned()),
             latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
             task_ids: outcome.task_ids.join(","),
         }

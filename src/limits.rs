@@ -24,7 +24,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Limits, LimitsConfig};
-use crate::error::ApiError;
+use crate::error::{ApiError, RateLimit};
 use crate::keys::ClientKey;
 use crate::model::ModelId;
 
@@ -201,7 +201,7 @@ impl RateLimits {
             if let Some(w) = &state.requests {
                 let left = w
                     .take(1)
-                    .map_err(|wait| refuse(&who, "requests", w.limit, wait))?;
+                    .map_err(|wait| refuse(&who, RateLimit::Requests, w.limit, wait))?;
                 tighter(&mut admission.requests, left);
             }
             if let Some(w) = &state.images {
@@ -216,12 +216,13 @@ impl RateLimits {
                 }
                 let left = w
                     .take(u32::from(n))
-                    .map_err(|wait| refuse(&who, "images", w.limit, wait))?;
+                    .map_err(|wait| refuse(&who, RateLimit::Images, w.limit, wait))?;
                 tighter(&mut admission.images, left);
             }
             if let Some(sem) = &state.concurrent {
                 let permit = sem.clone().try_acquire_owned().map_err(|_| {
                     ApiError::rate_limited(
+                        RateLimit::Concurrency,
                         format!(
                             "Too many concurrent requests for {who}: the limit is {}.",
                             state.limits.max_concurrent.unwrap_or_default()
@@ -243,6 +244,7 @@ impl RateLimits {
         let deadline = tokio::time::Instant::now() + cap.queue_timeout;
         let busy = |wait: Duration| {
             ApiError::rate_limited(
+                RateLimit::ModelCap,
                 format!("The gateway is at its request cap for {model}; try again shortly."),
                 retry_headers(wait),
             )
@@ -273,15 +275,17 @@ fn tighter(slot: &mut Option<Left>, left: Left) {
     }
 }
 
-fn refuse(who: &str, what: &'static str, limit: u32, wait: Duration) -> ApiError {
+fn refuse(who: &str, kind: RateLimit, limit: u32, wait: Duration) -> ApiError {
     let mut headers = retry_headers(wait);
-    let (l, r, t) = match what {
-        "requests" => (
+    let (what, l, r, t) = match kind {
+        RateLimit::Requests => (
+            "requests",
             "x-ratelimit-limit-requests",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-reset-requests",
         ),
         _ => (
+            "images",
             "x-ratelimit-limit-images",
             "x-ratelimit-remaining-images",
             "x-ratelimit-reset-images",
@@ -291,6 +295,7 @@ fn refuse(who: &str, what: &'static str, limit: u32, wait: Duration) -> ApiError
     headers.push((r, "0".to_owned()));
     headers.push((t, reset_text(wait)));
     ApiError::rate_limited(
+        kind,
         format!(
             "Rate limit reached for {who} on {what} per minute: limit {limit}. Please try again in {}.",
             reset_text(wait)

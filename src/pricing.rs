@@ -25,14 +25,35 @@ pub fn tier(size: Size) -> &'static str {
     }
 }
 
-/// What the upstream will charge for `req` (all `n` images) on `model`.
-pub fn cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
-    unit_cost(models, model, req) * u64::from(req.n)
+/// What `req` costs on one model: computed once per candidate by routing, then carried by the
+/// attempt, so the reservation, the settlement, the cost header, the ledger and the metrics all
+/// read the same value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    /// One image.
+    pub unit: Usd,
+    /// Images asked for.
+    pub n: u8,
 }
 
-/// The price of one image of `req` on `model`.
-pub fn unit_cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
-    per_image(models.get(model), model, req)
+impl Price {
+    /// All `n` images: what is reserved before the call.
+    pub fn total(self) -> Usd {
+        self.unit * u64::from(self.n)
+    }
+
+    /// What `images` images cost (at most `n`): what is settled after the call.
+    pub fn of(self, images: usize) -> Usd {
+        self.unit * images.min(usize::from(self.n)) as u64
+    }
+}
+
+/// The price of `req` on `model`.
+pub fn price(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Price {
+    Price {
+        unit: per_image(models.get(model), model, req),
+        n: req.n,
+    }
 }
 
 fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
@@ -79,16 +100,17 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::model::Route;
-    use crate::request::ImageRef;
+    use crate::request::{Head, ImageRef};
 
     fn req(fields: Value) -> ImageRequest {
         let mut map = fields.as_object().cloned().unwrap_or_default();
         map.entry("prompt").or_insert(json!("a cat"));
-        ImageRequest::from_fields(Operation::Generate, &map, Vec::new(), None, &|_| {
-            Ok(Route::pinned(ModelId::All))
-        })
-        .unwrap()
+        let head = Head::from_fields(&map).unwrap();
+        ImageRequest::from_fields(Operation::Generate, head, &map, Vec::new(), None).unwrap()
+    }
+
+    fn cost(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Usd {
+        price(models, model, req).total()
     }
 
     fn cost_of(model: ModelId, fields: Value) -> String {
@@ -204,10 +226,8 @@ mod tests {
     fn sparkpix_edits_use_the_edit_price() {
         let map = json!({"prompt": "x", "n": 2}).as_object().cloned().unwrap();
         let url = ImageRef::Url("https://example.com/a.png".to_owned());
-        let r = ImageRequest::from_fields(Operation::Edit, &map, vec![url], None, &|_| {
-            Ok(Route::pinned(ModelId::SparkPix))
-        })
-        .unwrap();
+        let head = Head::from_fields(&map).unwrap();
+        let r = ImageRequest::from_fields(Operation::Edit, head, &map, vec![url], None).unwrap();
         assert_eq!(
             cost(&ModelsConfig::default(), ModelId::SparkPix, &r).to_string(),
             "0.026"
@@ -226,5 +246,18 @@ mod tests {
         assert_eq!(Usd(1_500_000).to_string(), "1.5");
         assert_eq!(Usd(1).to_string(), "0.000001");
         assert_eq!(Usd::from_dollars(0.07), Usd(70_000));
+    }
+
+    #[test]
+    fn a_price_settles_only_the_images_made() {
+        let p = price(
+            &ModelsConfig::default(),
+            ModelId::SparkPix,
+            &req(json!({"n": 3})),
+        );
+        assert_eq!(
+            (p.total(), p.of(2), p.of(0), p.of(9)),
+            (Usd(30_000), Usd(20_000), Usd(0), Usd(30_000))
+        );
     }
 }

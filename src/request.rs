@@ -10,8 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::model::{ImageFormat, ModelId, Quality, Size};
-use crate::routing::Route;
+use crate::model::{ImageFormat, Quality, Size};
 
 /// Longest prompt OpenAI accepts.
 const MAX_PROMPT_CHARS: usize = 32_000;
@@ -60,10 +59,6 @@ impl ImageRef {
 #[derive(Debug, Clone)]
 pub struct ImageRequest {
     pub op: Operation,
-    /// The public name asked for and the models it stands for.
-    pub route: Route,
-    /// The upstream model being planned or tried (the route's first member until routing picks).
-    pub model: ModelId,
     pub prompt: String,
     pub n: u8,
     /// `None`: `auto` or absent.
@@ -80,18 +75,19 @@ pub struct ImageRequest {
     pub stream: bool,
 }
 
-impl ImageRequest {
-    /// Normalises `fields` (JSON values; multipart text arrives as strings). `images` and `mask`
-    /// were already extracted by the caller from files or `images[]`.
-    pub fn from_fields(
-        op: Operation,
-        fields: &Map<String, Value>,
-        mut images: Vec<ImageRef>,
-        mask: Option<ImageRef>,
-        resolve_model: &dyn Fn(Option<&str>) -> Result<Route, ApiError>,
-    ) -> Result<Self, ApiError> {
-        let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
+/// What a request names before anything else is read: the prompt and the public model name.
+/// Checked first, so a missing prompt or an unknown model is the error a client sees before any
+/// other field's; the caller resolves `model` to a route between this and [`ImageRequest`].
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub prompt: String,
+    /// `None`: absent or `null` (the server's default model).
+    pub model: Option<String>,
+}
 
+impl Head {
+    pub fn from_fields(fields: &Map<String, Value>) -> Result<Self, ApiError> {
+        let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
         let prompt = match get("prompt") {
             None => return Err(ApiError::missing("prompt")),
             Some(Value::String(s)) if s.trim().is_empty() => {
@@ -106,16 +102,29 @@ impl ImageRequest {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(ApiError::invalid("prompt", "The prompt must be a string.")),
         };
-
-        let route = resolve_model(match get("model") {
+        let model = match get("model") {
             None => None,
-            Some(Value::String(s)) => Some(s.as_str()),
+            Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(ApiError::invalid("model", "The model must be a string.")),
-        })?;
-        let model = *route
-            .members
-            .first()
-            .ok_or_else(|| ApiError::model_not_found(&route.public))?;
+        };
+        Ok(Self { prompt, model })
+    }
+}
+
+impl ImageRequest {
+    /// Normalises the rest of `fields` (JSON values; multipart text arrives as strings) after
+    /// their [`Head`]. `images` and `mask` were already extracted by the caller from files or
+    /// `images[]`. The request is immutable from here on: the model that serves it travels
+    /// beside it, never inside it.
+    pub fn from_fields(
+        op: Operation,
+        head: Head,
+        fields: &Map<String, Value>,
+        mut images: Vec<ImageRef>,
+        mask: Option<ImageRef>,
+    ) -> Result<Self, ApiError> {
+        let get = |k: &str| fields.get(k).filter(|v| !v.is_null());
+        let prompt = head.prompt;
 
         let n = match get("n") {
             None => 1,
@@ -280,8 +289,6 @@ impl ImageRequest {
 
         Ok(Self {
             op,
-            route,
-            model,
             prompt,
             n,
             size,
@@ -379,13 +386,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parses as a handler does: the head, the model name resolved, then the rest.
     fn build(v: Value) -> Result<ImageRequest, ApiError> {
         let map = v.as_object().cloned().unwrap_or_default();
-        ImageRequest::from_fields(Operation::Generate, &map, vec![], None, &|m| {
-            let name = m.unwrap_or("gpt-image-2-all");
-            let model: ModelId = name.parse().map_err(|_| ApiError::model_not_found(name))?;
-            Ok(Route::pinned(model))
-        })
+        let head = Head::from_fields(&map)?;
+        let name = head.model.as_deref().unwrap_or("gpt-image-2-all");
+        let _: crate::model::ModelId = name.parse().map_err(|_| ApiError::model_not_found(name))?;
+        ImageRequest::from_fields(Operation::Generate, head, &map, vec![], None)
     }
 
     #[test]

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use crate::auth::AdminKey;
 use crate::budget::Budgets;
 use crate::config::Config;
+use crate::dispatch::{Dispatch, ServedBy};
 use crate::error::ApiError;
 use crate::keys::Registry;
 use crate::limits::RateLimits;
-use crate::metrics::{CircuitState, Metrics};
+use crate::metrics::{CircuitGauge, Metrics};
 use crate::model::{ModelId, Route, Usd};
+use crate::request::ImageRequest;
+use crate::routing::health::{CircuitState, Health};
 use crate::routing::Routing;
 use crate::store::Store;
 use crate::upstream::Upstream;
@@ -21,8 +24,10 @@ pub struct AppState {
     pub config: Config,
     /// The platform client; holds the upstream keys, which nothing else sees.
     pub upstream: Upstream,
-    /// Public names, upstream health and the choice of model.
+    /// Public names and the choice of model.
     pub routing: Routing,
+    /// Passive health per upstream model: circuits, error ratios, latencies.
+    pub health: Health,
     /// Client keys (static and dynamic) and teams; owns the database handle.
     pub keys: Registry,
     /// The admin key's digest.
@@ -44,12 +49,13 @@ impl AppState {
         let metrics = Arc::new(Metrics::new()?);
         for m in ModelId::ALL {
             if config.models.get(m).enabled {
-                metrics.circuit_state(m, CircuitState::Closed);
+                metrics.circuit_state(m, CircuitGauge::Closed);
             }
         }
         Ok(Self {
             upstream: Upstream::new(&config, metrics.clone())?,
             routing: Routing::new(config.routing.clone()),
+            health: Health::new(config.routing.circuit.clone()),
             keys: Registry::new(&config, store)?,
             admin: AdminKey::new(&config.admin),
             budgets: Budgets::load(by_key, by_team),
@@ -69,8 +75,23 @@ impl AppState {
         ModelId::ALL
             .into_iter()
             .filter(|m| self.config.models.get(*m).enabled)
-            .filter(|m| self.routing.health.state(*m) != crate::routing::health::CircuitState::Open)
+            .filter(|m| self.health.state(*m) != CircuitState::Open)
             .collect()
+    }
+
+    /// The request dispatcher over this gateway's handles.
+    pub fn dispatch(&self) -> Dispatch<'_> {
+        Dispatch {
+            models: &self.config.models,
+            routing: &self.routing,
+            health: &self.health,
+            limits: &self.limits,
+            budgets: &self.budgets,
+            upstream: &self.upstream,
+            store: self.store(),
+            metrics: &self.metrics,
+            results_timeout: self.config.results.timeout,
+        }
     }
 
     /// The public model a request asked for (or the default): a model id, group or alias with
@@ -78,6 +99,27 @@ impl AppState {
     pub fn resolve_model(&self, requested: Option<&str>) -> Result<Route, ApiError> {
         let name = requested.unwrap_or(&self.config.server.default_model);
         self.routing.resolve(&self.config.models, name)
+    }
+}
+
+impl RequestLog {
+    /// What is known before the request runs.
+    pub fn new(route: &Route, req: &ImageRequest, log_prompts: bool) -> Self {
+        Self {
+            public_model: Some(route.public.clone()),
+            n: req.n,
+            prompt: log_prompts.then(|| req.prompt.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// Completed with what served it.
+    pub fn served(mut self, by: &ServedBy) -> Self {
+        self.upstream_model = by.model;
+        self.cost = Some(by.cost);
+        self.attempts = by.attempts;
+        self.task_ids = by.task_ids.join(",");
+        self
     }
 }
 

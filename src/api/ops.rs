@@ -58,7 +58,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // Circuits move from open to half-open with time, not only with traffic.
     for m in ModelId::ALL {
         if state.config.models.get(m).enabled {
-            let circuit = state.routing.health.state(m);
+            let circuit = state.health.state(m);
             state.metrics.circuit_state(m, circuit.into());
         }
     }

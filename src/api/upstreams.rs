@@ -22,7 +22,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
             });
             if let (Some(obj), Ok(Value::Object(health))) = (
                 entry.as_object_mut(),
-                serde_json::to_value(state.routing.health.snapshot(m)),
+                serde_json::to_value(state.health.snapshot(m)),
             ) {
                 obj.extend(health);
             }

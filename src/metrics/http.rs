@@ -22,7 +22,7 @@ use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::{Fault, InFlight, Metrics, UNMATCHED_ROUTE};
+use super::{InFlight, Metrics, UNMATCHED_ROUTE};
 use crate::error::ApiError;
 
 /// Wall-clock time a request spends waiting on the upstream. Concurrent waits (fanned-out calls,
@@ -113,7 +113,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, mut req: Request, next: 
     let in_flight = metrics.http_in_flight(&route);
     let res = next.run(req).await;
     if let Some(e) = res.extensions().get::<ApiError>() {
-        metrics.error(Fault::of(e));
+        metrics.error(e.code.fault());
     }
     let finish = Finish {
         metrics,

@@ -5,7 +5,7 @@
 //! - Every name starts with `imagegate_`; `dashboards/imagegate.json` and
 //!   `deploy/prometheus/alerts.yml` use only these names (a test scrapes a real gateway and checks).
 //! - Label values come from closed sets (`labels.rs`): route templates, [`ModelId`]s, [`Phase`],
-//!   [`Outcome`], [`Fault`], [`RefusalReason`], [`CircuitState`], qualities, HTTP statuses — and
+//!   [`CallOutcome`], [`Fault`], [`RefusalReason`], [`CircuitGauge`], qualities, HTTP statuses — and
 //!   key and team labels only by their configured id. Never a raw key, a prompt or any other
 //!   free-form text.
 //! - Each registry belongs to one gateway ([`AppState`](crate::state::AppState) holds it), so tests
@@ -30,7 +30,7 @@ use crate::model::{ModelId, Quality};
 use crate::upstream::failure::FailureKind;
 
 pub use http::UpstreamWait;
-pub use labels::{CircuitState, Fault, Outcome, Phase, RefusalReason};
+pub use labels::{CallOutcome, CircuitGauge, Fault, Phase, RefusalReason};
 
 /// Seconds, for whole requests, single upstream calls and tasks: a SparkPix answer takes well
 /// under a second, a high-quality 4K gpt-image-2-all task about two minutes, and model deadlines
@@ -197,7 +197,13 @@ impl Metrics {
     // === Upstream: the client (`Upstream::send`, result downloads) and the task engine ===
 
     /// One upstream call ended.
-    pub fn upstream_call(&self, model: ModelId, phase: Phase, outcome: Outcome, took: Duration) {
+    pub fn upstream_call(
+        &self,
+        model: ModelId,
+        phase: Phase,
+        outcome: CallOutcome,
+        took: Duration,
+    ) {
         let m = model.as_str();
         self.upstream_requests
             .with_label_values(&[m, phase.as_str(), outcome.as_str()])
@@ -229,7 +235,13 @@ impl Metrics {
     // === Requests on an upstream model: the image handlers ===
 
     /// One request's work on one upstream model ended (images ready, or failed).
-    pub fn task_done(&self, model: ModelId, quality: Quality, outcome: Outcome, took: Duration) {
+    pub fn task_done(
+        &self,
+        model: ModelId,
+        quality: Quality,
+        outcome: CallOutcome,
+        took: Duration,
+    ) {
         self.task_duration
             .with_label_values(&[model.as_str(), quality.as_str(), outcome.as_str()])
             .observe(took.as_secs_f64());
@@ -260,7 +272,7 @@ impl Metrics {
     }
 
     /// A model's circuit changed state. Every enabled model starts `Closed`.
-    pub fn circuit_state(&self, model: ModelId, state: CircuitState) {
+    pub fn circuit_state(&self, model: ModelId, state: CircuitGauge) {
         self.circuit_state
             .with_label_values(&[model.as_str()])
             .set(state as i64);
@@ -368,7 +380,7 @@ mod tests {
         m.error(Fault::CallerNotFound);
         m.cost(None, "demo", ModelId::Lite, Usd(40_000));
         m.cost(None, "demo", ModelId::Lite, Usd(40_000));
-        m.circuit_state(ModelId::Beta, CircuitState::Open);
+        m.circuit_state(ModelId::Beta, CircuitGauge::Open);
         let text = m.render();
         assert!(
             text.contains("imagegate_errors_total{fault=\"caller_not_found\"} 1"),

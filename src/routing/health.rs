@@ -46,7 +46,7 @@ impl CircuitState {
     }
 }
 
-impl From<CircuitState> for crate::metrics::CircuitState {
+impl From<CircuitState> for crate::metrics::CircuitGauge {
     fn from(s: CircuitState) -> Self {
         match s {
             CircuitState::Closed => Self::Closed,
@@ -58,7 +58,7 @@ impl From<CircuitState> for crate::metrics::CircuitState {
 
 /// What one attempt on a model tells about the model's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Verdict {
     Success,
     /// The model failed (it counts against it).
     Failure(FailureKind),
@@ -69,7 +69,7 @@ pub enum Outcome {
     Neutral(FailureKind),
 }
 
-impl Outcome {
+impl Verdict {
     /// How a failure of `kind` counts.
     pub fn of(kind: FailureKind) -> Self {
         use FailureKind as K;
@@ -189,6 +189,44 @@ pub enum Availability {
     },
 }
 
+/// One model's health as routing sees it (see [`Health::view`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelView {
+    pub availability: Availability,
+    /// Observed p90 latency for the request's quality; `None` until enough was seen.
+    pub p90: Option<Duration>,
+    /// Success ratio over the window (1 with no traffic).
+    pub ok: f64,
+    /// Latency EWMA in seconds for the request's quality.
+    pub ewma_s: Option<f64>,
+}
+
+/// Every model's [`ModelView`] at one instant.
+#[derive(Debug, Clone)]
+pub struct HealthView([ModelView; 4]);
+
+impl HealthView {
+    /// Every model available, nothing observed: the view of a fresh gateway.
+    pub fn fresh() -> Self {
+        Self(
+            [ModelView {
+                availability: Availability::Available,
+                p90: None,
+                ok: 1.0,
+                ewma_s: None,
+            }; 4],
+        )
+    }
+
+    pub fn get(&self, m: ModelId) -> &ModelView {
+        &self.0[index(m)]
+    }
+
+    pub fn get_mut(&mut self, m: ModelId) -> &mut ModelView {
+        &mut self.0[index(m)]
+    }
+}
+
 /// Health of every upstream model.
 pub struct Health {
     config: CircuitConfig,
@@ -239,7 +277,7 @@ impl Health {
 
     /// Takes the right to send one request to `m`: always granted while closed; once after the
     /// cooldown (the half-open probe). `None`: the circuit is open.
-    pub fn admit(&self, m: ModelId) -> Option<Admission<'_>> {
+    pub fn admit(&self, m: ModelId) -> Option<Ticket<'_>> {
         let mut h = self.lock(m);
         let now = Instant::now();
         let probe = match h.circuit {
@@ -253,7 +291,7 @@ impl Health {
             h.circuit = Circuit::HalfOpen { probing: true };
             tracing::info!(model = %m, "circuit half-open: sending one probe request");
         }
-        Some(Admission {
+        Some(Ticket {
             health: self,
             model: m,
             probe,
@@ -261,13 +299,13 @@ impl Health {
         })
     }
 
-    fn record(&self, m: ModelId, quality: Quality, outcome: Outcome, elapsed: Duration) {
+    fn record(&self, m: ModelId, quality: Quality, outcome: Verdict, elapsed: Duration) {
         let c = &self.config;
         let mut h = self.lock(m);
         let now = Instant::now();
         h.prune(now, c.window);
         match outcome {
-            Outcome::Success => {
+            Verdict::Success => {
                 h.consecutive_failures = 0;
                 h.window.push_back((now, true));
                 h.latency[quality_index(quality)].push(elapsed.as_secs_f64());
@@ -276,16 +314,16 @@ impl Health {
                 }
                 h.circuit = Circuit::Closed;
             }
-            Outcome::Neutral(kind) => {
+            Verdict::Neutral(kind) => {
                 h.last_error = Some((kind, SystemTime::now()));
                 if matches!(h.circuit, Circuit::HalfOpen { .. }) {
                     h.circuit = Circuit::Closed;
                 }
             }
-            Outcome::OutOfCredits if !c.enabled => {
+            Verdict::OutOfCredits if !c.enabled => {
                 h.last_error = Some((FailureKind::OutOfCredits, SystemTime::now()));
             }
-            Outcome::OutOfCredits => {
+            Verdict::OutOfCredits => {
                 h.last_error = Some((FailureKind::OutOfCredits, SystemTime::now()));
                 h.times_opened += 1;
                 h.circuit = Circuit::Open {
@@ -293,7 +331,7 @@ impl Health {
                 };
                 tracing::warn!(model = %m, cooldown_s = c.out_of_credits_cooldown.as_secs(), "circuit open: upstream out of credits");
             }
-            Outcome::Failure(kind) => {
+            Verdict::Failure(kind) => {
                 h.consecutive_failures += 1;
                 h.window.push_back((now, false));
                 h.last_error = Some((kind, SystemTime::now()));
@@ -334,6 +372,21 @@ impl Health {
             return None;
         }
         l.percentile(0.9).map(Duration::from_secs_f64)
+    }
+
+    /// What routing needs to know about every model for one request of `quality`, read once:
+    /// availability, observed p90 latency (once `min_samples` were seen), success ratio and
+    /// latency EWMA. Routing decides from this value alone.
+    pub fn view(&self, quality: Quality, min_samples: usize) -> HealthView {
+        HealthView(ModelId::ALL.map(|m| {
+            let (ok, ewma) = self.score(m, quality);
+            ModelView {
+                availability: self.availability(m),
+                p90: self.p90(m, quality, min_samples),
+                ok,
+                ewma_s: ewma,
+            }
+        }))
     }
 
     pub fn state(&self, m: ModelId) -> CircuitState {
@@ -380,25 +433,25 @@ impl Health {
 
 /// The right to send one request to a model; reports the outcome to the health table. Dropped
 /// without an outcome (the caller went away), a half-open probe is given back.
-pub struct Admission<'a> {
+pub struct Ticket<'a> {
     health: &'a Health,
     model: ModelId,
     probe: bool,
     done: bool,
 }
 
-impl Admission<'_> {
+impl Ticket<'_> {
     pub fn is_probe(&self) -> bool {
         self.probe
     }
 
-    pub fn finish(mut self, quality: Quality, outcome: Outcome, elapsed: Duration) {
+    pub fn finish(mut self, quality: Quality, outcome: Verdict, elapsed: Duration) {
         self.done = true;
         self.health.record(self.model, quality, outcome, elapsed);
     }
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if self.probe && !self.done {
             let mut h = self.health.lock(self.model);

@@ -1,7 +1,8 @@
 //! Choosing an upstream model for a request.
 //!
 //! A public name ([`Route`]) is a pinned model id, a group (`gpt-image-2`, `auto`) or an alias
-//! (OpenAI's own names). For a request, [`Routing::candidates`]:
+//! (OpenAI's own names). Routing is a pure choice: from the configuration, the catalog, a
+//! [`HealthView`] read once and the prices, [`Routing::choose`] (no I/O, no budget, no state):
 //!
 //! 1. keeps the members that can do this exact request ([`catalog`]),
 //! 2. drops those over the caller's cost ceiling (`x-imagegate-max-cost-usd`),
@@ -12,9 +13,9 @@
 //! 5. orders the rest by this request's exact price ([`crate::pricing`]), breaking near-ties
 //!    (within `routing.tie_tolerance`) by health: success ratio, then latency EWMA.
 //!
-//! [`failover::run`] then tries them in that order on failures that cost nothing.
+//! Each candidate carries its [`Price`], computed here once. The dispatcher then tries the
+//! candidates in that order on failures that cost nothing.
 
-pub mod failover;
 pub mod health;
 
 use std::fmt::Write as _;
@@ -27,10 +28,10 @@ use crate::catalog;
 pub use crate::catalog::SizePolicy;
 use crate::config::{ModelsConfig, RoutingConfig};
 use crate::error::ApiError;
-use crate::model::ModelId;
-use crate::pricing::{self, Usd};
+use crate::model::{ModelId, Usd};
+use crate::pricing::{self, Price};
 use crate::request::ImageRequest;
-use health::{Availability, Health};
+use health::{Availability, HealthView};
 
 /// Caller header: the most this request may cost, in USD.
 pub const MAX_COST_HEADER: &str = "x-imagegate-max-cost-usd";
@@ -90,7 +91,14 @@ impl Constraints {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     pub model: ModelId,
-    pub cost: Usd,
+    pub price: Price,
+}
+
+impl Candidate {
+    /// All `n` images on this model.
+    pub fn cost(&self) -> Usd {
+        self.price.total()
+    }
 }
 
 /// Why a member model was left out.
@@ -127,18 +135,14 @@ impl Exclusion {
     }
 }
 
-/// Public names, the health table and the routing rules.
+/// Public names and the routing rules.
 pub struct Routing {
     config: RoutingConfig,
-    pub health: Health,
 }
 
 impl Routing {
     pub fn new(config: RoutingConfig) -> Self {
-        Self {
-            health: Health::new(config.circuit.clone()),
-            config,
-        }
+        Self { config }
     }
 
     pub fn config(&self) -> &RoutingConfig {
@@ -165,11 +169,13 @@ impl Routing {
         })
     }
 
-    /// The models that may serve `req`, best first; an error says which constraint excluded
-    /// which model (400 when the request itself rules every model out, 503 when health does).
-    pub fn candidates(
+    /// The models that may serve `req`, best first, each with its price; an error says which
+    /// constraint excluded which model (400 when the request itself rules every model out, 503
+    /// when health does). `health` is the view for the request's quality.
+    pub fn choose(
         &self,
         models: &ModelsConfig,
+        health: &HealthView,
         req: &ImageRequest,
         route: &Route,
         limits: Constraints,
@@ -177,7 +183,7 @@ impl Routing {
         let mut kept = Vec::new();
         let mut excluded = Vec::new();
         for &model in &route.members {
-            match self.judge(models, req, route, limits, model) {
+            match judge(models, health, req, route, limits, model) {
                 Ok(c) => kept.push(c),
                 Err(why) => excluded.push((model, why)),
             }
@@ -185,83 +191,83 @@ impl Routing {
         if kept.is_empty() {
             return Err(refusal(route, &excluded));
         }
-        kept.sort_by_key(|c| c.cost);
-        self.break_ties(&mut kept, req);
+        kept.sort_by_key(Candidate::cost);
+        self.break_ties(&mut kept, health, req);
         Ok(kept)
     }
 
-    fn judge(
-        &self,
-        models: &ModelsConfig,
-        req: &ImageRequest,
-        route: &Route,
-        limits: Constraints,
-        model: ModelId,
-    ) -> Result<Candidate, Exclusion> {
-        // A pinned model's own checks run in its adapter's `plan`, with its own messages.
-        if !route.pinned {
-            let caps = catalog::capabilities(model);
-            caps.check(req)
-                .and_then(|()| caps.delivers(req, limits.size_policy))
-                .map_err(Exclusion::Capability)?;
-        }
-        let cost = pricing::cost(models, model, req);
-        if let Some(max) = limits.max_cost {
-            if cost > max {
-                return Err(Exclusion::Cost { cost, max });
-            }
-        }
-        if let Availability::Unavailable { retry_after } = self.health.availability(model) {
-            return Err(Exclusion::CircuitOpen { retry_after });
-        }
-        if let Some(max) = limits.max_latency {
-            let p90 = self.p90(model, req);
-            if p90 > max {
-                return Err(Exclusion::Latency { p90, max });
-            }
-        }
-        Ok(Candidate { model, cost })
-    }
-
-    /// Observed p90 for the request's quality, or the catalog's typical latency.
-    fn p90(&self, model: ModelId, req: &ImageRequest) -> Duration {
-        self.health
-            .p90(model, req.quality, self.config.latency_min_samples)
-            .unwrap_or_else(|| catalog::capabilities(model).typical_latency(req.quality))
-    }
-
     /// Within runs of near-equal prices, healthier models go first.
-    fn break_ties(&self, sorted: &mut [Candidate], req: &ImageRequest) {
+    fn break_ties(&self, sorted: &mut [Candidate], health: &HealthView, req: &ImageRequest) {
         let tol = self.config.tie_tolerance;
         let mut start = 0;
         while start < sorted.len() {
-            let base = sorted[start].cost.micros() as f64;
+            let base = sorted[start].cost().micros() as f64;
             let end = start
                 + sorted[start..]
                     .iter()
-                    .take_while(|c| c.cost.micros() as f64 <= base * (1.0 + tol))
+                    .take_while(|c| c.cost().micros() as f64 <= base * (1.0 + tol))
                     .count();
             sorted[start..end].sort_by(|a, b| {
-                let (ok_a, lat_a) = self.health_key(a.model, req);
-                let (ok_b, lat_b) = self.health_key(b.model, req);
+                let (ok_a, lat_a) = health_key(health, a.model, req);
+                let (ok_b, lat_b) = health_key(health, b.model, req);
                 ok_b.total_cmp(&ok_a)
                     .then(lat_a.total_cmp(&lat_b))
-                    .then(a.cost.cmp(&b.cost))
+                    .then(a.cost().cmp(&b.cost()))
             });
             start = end;
         }
     }
+}
 
-    fn health_key(&self, model: ModelId, req: &ImageRequest) -> (f64, f64) {
-        let (ok, ewma) = self.health.score(model, req.quality);
-        let latency = ewma.unwrap_or_else(|| {
-            catalog::capabilities(model)
-                .typical_latency(req.quality)
-                .as_secs_f64()
-        });
-        // Success ratios within 5 points are equal: latency decides.
-        ((ok * 20.0).round() / 20.0, latency)
+fn judge(
+    models: &ModelsConfig,
+    health: &HealthView,
+    req: &ImageRequest,
+    route: &Route,
+    limits: Constraints,
+    model: ModelId,
+) -> Result<Candidate, Exclusion> {
+    // A pinned model's own checks run in its adapter's `plan`, with its own messages.
+    if !route.pinned {
+        let caps = catalog::capabilities(model);
+        caps.check(req)
+            .and_then(|()| caps.delivers(req, limits.size_policy))
+            .map_err(Exclusion::Capability)?;
     }
+    let price = pricing::price(models, model, req);
+    if let Some(max) = limits.max_cost {
+        if price.total() > max {
+            return Err(Exclusion::Cost {
+                cost: price.total(),
+                max,
+            });
+        }
+    }
+    let view = health.get(model);
+    if let Availability::Unavailable { retry_after } = view.availability {
+        return Err(Exclusion::CircuitOpen { retry_after });
+    }
+    if let Some(max) = limits.max_latency {
+        // Observed p90 for the request's quality, or the catalog's typical latency.
+        let p90 = view
+            .p90
+            .unwrap_or_else(|| catalog::capabilities(model).typical_latency(req.quality));
+        if p90 > max {
+            return Err(Exclusion::Latency { p90, max });
+        }
+    }
+    Ok(Candidate { model, price })
+}
+
+fn health_key(health: &HealthView, model: ModelId, req: &ImageRequest) -> (f64, f64) {
+    let view = health.get(model);
+    let latency = view.ewma_s.unwrap_or_else(|| {
+        catalog::capabilities(model)
+            .typical_latency(req.quality)
+            .as_secs_f64()
+    });
+    // Success ratios within 5 points are equal: latency decides.
+    ((view.ok * 20.0).round() / 20.0, latency)
 }
 
 fn refusal(route: &Route, excluded: &[(ModelId, Exclusion)]) -> ApiError {

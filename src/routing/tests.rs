@@ -7,11 +7,11 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::health::{Availability, CircuitState, Outcome};
+use super::health::{Availability, CircuitState, Health, HealthView, Verdict};
 use super::*;
 use crate::config::{CircuitConfig, ModelsConfig, RoutingConfig};
 use crate::model::{ImageFormat, ModelId, Quality};
-use crate::request::{ImageRef, ImageRequest, Operation};
+use crate::request::{Head, ImageRef, ImageRequest, Operation};
 use crate::upstream::{self, FailureKind};
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n0000";
@@ -41,7 +41,14 @@ fn build(
     } else {
         Operation::Edit
     };
-    ImageRequest::from_fields(op, &map, images, mask, &|_| Ok(route.clone())).unwrap()
+    let _ = route;
+    let head = Head::from_fields(&map).unwrap();
+    ImageRequest::from_fields(op, head, &map, images, mask).unwrap()
+}
+
+/// A gateway with no traffic yet: every model available, nothing observed.
+fn fresh() -> HealthView {
+    HealthView::fresh()
 }
 
 fn routing() -> Routing {
@@ -94,7 +101,9 @@ fn catalog_agrees_with_every_adapter() {
                     let (images, mask) = make();
                     let req = build(&route, fields.clone(), images, mask);
                     let by_catalog = caps.check(&req);
-                    let by_plan = upstream::plan(&req).map(|_| ()).map_err(|e| e.message);
+                    let by_plan = upstream::plan(model, &req)
+                        .map(|_| ())
+                        .map_err(|e| e.message);
                     assert_eq!(
                         by_catalog.is_ok(),
                         by_plan.is_ok(),
@@ -275,10 +284,10 @@ fn candidate_order_for_a_grid_of_requests() {
         let (images, mask) = (case.refs)();
         let req = build(&route, case.fields.clone(), images, mask);
         let got: Vec<(ModelId, String)> = r
-            .candidates(&models, &req, &route, nearest)
+            .choose(&models, &fresh(), &req, &route, nearest)
             .unwrap()
             .into_iter()
-            .map(|c| (c.model, c.cost.to_string()))
+            .map(|c| (c.model, c.cost().to_string()))
             .collect();
         let want: Vec<(ModelId, String)> = case
             .want
@@ -298,7 +307,7 @@ fn exact_sizes_drop_nearest_ratio_models() {
     let order = |name: &str, fields: Value, images: Vec<ImageRef>| -> Vec<ModelId> {
         let route = group(&r, name);
         let req = build(&route, fields, images, None);
-        match r.candidates(&models, &req, &route, exact) {
+        match r.choose(&models, &fresh(), &req, &route, exact) {
             Ok(c) => c.iter().map(|c| c.model).collect(),
             Err(e) => panic!("{}", e.message),
         }
@@ -338,9 +347,12 @@ fn exact_sizes_drop_nearest_ratio_models() {
         ..route
     };
     let e = r
-        .candidates(&models, &req, &route_beta_only, exact)
+        .choose(&models, &fresh(), &req, &route_beta_only, exact)
         .unwrap_err();
-    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    assert_eq!(
+        (e.status().as_u16(), e.code.as_str()),
+        (400, "no_eligible_model")
+    );
     assert!(
         e.message.contains("x-imagegate-size-policy"),
         "{}",
@@ -356,7 +368,7 @@ fn url_answers_go_only_to_models_that_make_the_format() {
     let route = group(&r, "auto");
     let order = |fields: Value| -> Vec<ModelId> {
         let req = build(&route, fields, vec![], None);
-        r.candidates(&models, &req, &route, Constraints::default())
+        r.choose(&models, &fresh(), &req, &route, Constraints::default())
             .unwrap()
             .iter()
             .map(|c| c.model)
@@ -381,27 +393,28 @@ fn near_ties_go_to_the_healthier_or_faster_model() {
         size_policy: SizePolicy::Nearest,
         ..Constraints::default()
     };
-    let order = |r: &Routing| -> Vec<ModelId> {
-        r.candidates(&models, &req, &route, nearest)
+    let health = Health::new(CircuitConfig::default());
+    let order = |h: &Health| -> Vec<ModelId> {
+        r.choose(&models, &h.view(req.quality, 5), &req, &route, nearest)
             .unwrap()
             .iter()
             .map(|c| c.model)
             .collect()
     };
     // all $0.025 vs beta $0.026: a tie; beta's typical latency (40 s) beats all's (90 s).
-    assert_eq!(order(&r), [ModelId::Beta, ModelId::All, ModelId::Lite]);
+    assert_eq!(order(&health), [ModelId::Beta, ModelId::All, ModelId::Lite]);
     // Failures make beta the less healthy of the two.
     for _ in 0..3 {
-        let a = r.health.admit(ModelId::Beta).unwrap();
+        let a = health.admit(ModelId::Beta).unwrap();
         a.finish(
             Quality::Auto,
-            Outcome::Failure(FailureKind::ServerError),
+            Verdict::Failure(FailureKind::ServerError),
             Duration::ZERO,
         );
     }
-    let a = r.health.admit(ModelId::All).unwrap();
-    a.finish(Quality::Auto, Outcome::Success, Duration::from_secs(50));
-    assert_eq!(order(&r), [ModelId::All, ModelId::Beta, ModelId::Lite]);
+    let a = health.admit(ModelId::All).unwrap();
+    a.finish(Quality::Auto, Verdict::Success, Duration::from_secs(50));
+    assert_eq!(order(&health), [ModelId::All, ModelId::Beta, ModelId::Lite]);
 }
 
 #[test]
@@ -418,7 +431,7 @@ fn constraints_exclude_and_explain() {
         size_policy: SizePolicy::Nearest,
     };
     let got: Vec<ModelId> = r
-        .candidates(&models, &req, &route, limits)
+        .choose(&models, &fresh(), &req, &route, limits)
         .unwrap()
         .iter()
         .map(|c| c.model)
@@ -430,8 +443,13 @@ fn constraints_exclude_and_explain() {
         max_latency: None,
         size_policy: SizePolicy::Nearest,
     };
-    let e = r.candidates(&models, &req, &route, limits).unwrap_err();
-    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    let e = r
+        .choose(&models, &fresh(), &req, &route, limits)
+        .unwrap_err();
+    assert_eq!(
+        (e.status().as_u16(), e.code.as_str()),
+        (400, "no_eligible_model")
+    );
     assert_eq!(e.param.as_deref(), Some(MAX_COST_HEADER));
     for m in [
         "gpt-image-2-all costs $0.025",
@@ -447,7 +465,7 @@ fn constraints_exclude_and_explain() {
         max_latency: Some(Duration::from_secs(30)),
         size_policy: SizePolicy::Nearest,
     };
-    let got = r.candidates(&models, &req, &route, limits).unwrap();
+    let got = r.choose(&models, &fresh(), &req, &route, limits).unwrap();
     assert_eq!(
         got.iter().map(|c| c.model).collect::<Vec<_>>(),
         [ModelId::Lite]
@@ -457,8 +475,13 @@ fn constraints_exclude_and_explain() {
         max_latency: Some(Duration::from_secs(5)),
         size_policy: SizePolicy::Nearest,
     };
-    let e = r.candidates(&models, &req, &route, limits).unwrap_err();
-    assert_eq!((e.status.as_u16(), e.code), (503, "no_healthy_upstream"));
+    let e = r
+        .choose(&models, &fresh(), &req, &route, limits)
+        .unwrap_err();
+    assert_eq!(
+        (e.status().as_u16(), e.code.as_str()),
+        (503, "no_healthy_upstream")
+    );
     assert!(e.message.contains("p90 latency"), "{}", e.message);
 }
 
@@ -469,14 +492,18 @@ fn capability_refusal_names_each_model() {
     let refs = vec![upload(), url(0)];
     let req = build(&route, json!({"background": "transparent"}), refs, None);
     let e = r
-        .candidates(
+        .choose(
             &ModelsConfig::default(),
+            &fresh(),
             &req,
             &route,
             Constraints::default(),
         )
         .unwrap_err();
-    assert_eq!((e.status.as_u16(), e.code), (400, "no_eligible_model"));
+    assert_eq!(
+        (e.status().as_u16(), e.code.as_str()),
+        (400, "no_eligible_model")
+    );
     assert!(
         e.message
             .contains("gpt-image-2-all cannot mix uploaded images with image URLs")
@@ -503,9 +530,9 @@ fn names_resolve_and_disabled_models_drop_out() {
     let route = r.resolve(&models, "gpt-image-2").unwrap();
     assert_eq!(route.members, [ModelId::Lite, ModelId::Beta]);
     let e = r.resolve(&models, "gpt-image-2-all").unwrap_err();
-    assert_eq!(e.code, "model_not_found");
+    assert_eq!(e.code.as_str(), "model_not_found");
     assert_eq!(
-        r.resolve(&models, "dall-e-9").unwrap_err().code,
+        r.resolve(&models, "dall-e-9").unwrap_err().code.as_str(),
         "model_not_found"
     );
 }
@@ -538,13 +565,13 @@ fn breaker() -> health::Health {
 fn fail(h: &health::Health, m: ModelId, kind: FailureKind) {
     h.admit(m)
         .unwrap()
-        .finish(Quality::Low, Outcome::of(kind), Duration::ZERO);
+        .finish(Quality::Low, Verdict::of(kind), Duration::ZERO);
 }
 
 fn succeed(h: &health::Health, m: ModelId, secs: u64) {
     h.admit(m)
         .unwrap()
-        .finish(Quality::Low, Outcome::Success, Duration::from_secs(secs));
+        .finish(Quality::Low, Verdict::Success, Duration::from_secs(secs));
 }
 
 #[tokio::test(start_paused = true)]
@@ -570,7 +597,7 @@ async fn circuit_opens_half_opens_and_closes() {
     // The probe fails: open again for another cooldown.
     probe.finish(
         Quality::Low,
-        Outcome::Failure(FailureKind::ServerError),
+        Verdict::Failure(FailureKind::ServerError),
         Duration::ZERO,
     );
     assert_eq!(h.state(m), CircuitState::Open);
@@ -579,7 +606,7 @@ async fn circuit_opens_half_opens_and_closes() {
     // A probe whose caller went away is given back.
     drop(h.admit(m).unwrap());
     let probe = h.admit(m).unwrap();
-    probe.finish(Quality::Low, Outcome::Success, Duration::from_secs(1));
+    probe.finish(Quality::Low, Verdict::Success, Duration::from_secs(1));
     assert_eq!(h.state(m), CircuitState::Closed);
     assert!(!h.admit(m).unwrap().is_probe());
     assert_eq!(h.snapshot(m).times_opened, 2);

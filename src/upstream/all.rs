@@ -158,6 +158,7 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
 /// References for the JSON shapes (sync generation and async task).
 fn add_json_refs(req: &ImageRequest, body: &mut Map<String, Value>) -> Result<(), ApiError> {
     super::envelope_refs(
+        ModelId::All,
         req,
         body,
         "gpt-image-2-all's aspect_ratio mode takes one uploaded image; give a WxH size to send up to 16.",

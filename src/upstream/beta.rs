@@ -19,7 +19,7 @@ pub struct Plan {
 }
 
 pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
-    super::refuse_url_only(req)?;
+    super::refuse_url_only(ModelId::Beta, req)?;
     let mut body = Map::new();
     body.insert("model".into(), json!(ModelId::Beta.as_str()));
     body.insert("prompt".into(), json!(req.prompt));
@@ -40,7 +40,7 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
     if let Some(a) = aspect {
         body.insert("aspect_ratio".into(), json!(a));
     }
-    super::envelope_refs(req, &mut body, "", false)?;
+    super::envelope_refs(ModelId::Beta, req, &mut body, "", false)?;
     // NOTE(upstream): the page says both "on by default" and "default is off"; it is sent only
     // when the client asked, so the client's choice is explicit.
     if let Some(v) = req.extras.get("nsfw_checker") {

@@ -38,6 +38,7 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
         ));
     }
     super::envelope_refs(
+        ModelId::Lite,
         req,
         &mut body,
         "gpt-image-2-lite takes one uploaded image (plus image URLs); use gpt-image-2-all for up to 16 uploads.",

@@ -26,14 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header::AUTHORIZATION, HeaderValue};
+use futures_util::future::BoxFuture;
 use reqwest::multipart::Form;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::{Config, ModelConfig, ModelsConfig, ResultsConfig};
 use crate::error::ApiError;
-use crate::metrics::{Metrics, Outcome, Phase, UpstreamWait};
-use crate::model::ModelId;
+use crate::metrics::{CallOutcome, Metrics, Phase, UpstreamWait};
+use crate::model::{ImageFormat, ModelId};
 use crate::request::{self, ImageRequest};
 
 use classify::{classify, is_policy_message};
@@ -171,7 +172,7 @@ impl Upstream {
         let _waiting = ctx.wait.enter();
         let started = Instant::now();
         let result = self.call(make, ctx, limit).await;
-        let outcome = Outcome::of(&result);
+        let outcome = CallOutcome::of(&result);
         self.metrics
             .upstream_call(ctx.model, phase, outcome, started.elapsed());
         result
@@ -296,8 +297,8 @@ pub enum Plan {
 }
 
 /// Validates `req` against its model and builds the upstream request. No I/O.
-pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
-    match req.model {
+pub fn plan(model: ModelId, req: &ImageRequest) -> Result<Plan, ApiError> {
+    match model {
         ModelId::Lite => lite::plan(req).map(Plan::Lite),
         ModelId::All => all::plan(req).map(Plan::All),
         ModelId::Beta => beta::plan(req).map(Plan::Beta),
@@ -305,13 +306,63 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
     }
 }
 
-/// Runs a plan against the platform until the images exist (polling async tasks).
-pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
-    match plan {
-        Plan::Lite(p) => lite::execute(up, p, ctx).await,
-        Plan::All(p) => all::execute(up, p, ctx).await,
-        Plan::Beta(p) => beta::execute(up, p, ctx).await,
-        Plan::SparkPix(p) => sparkpix::execute(up, p, ctx).await,
+impl Plan {
+    /// The model this plan is for.
+    pub fn model(&self) -> ModelId {
+        match self {
+            Plan::Lite(_) => ModelId::Lite,
+            Plan::All(_) => ModelId::All,
+            Plan::Beta(_) => ModelId::Beta,
+            Plan::SparkPix(_) => ModelId::SparkPix,
+        }
+    }
+}
+
+/// What the dispatcher needs from the platform: run a plan until the images exist, and fetch
+/// result files for a `b64_json` answer. [`Upstream`] is the real one; tests give fakes.
+pub trait Upstreams: Send + Sync {
+    /// Runs a plan against the platform until the images exist (polling async tasks).
+    fn execute<'a>(
+        &'a self,
+        plan: Plan,
+        ctx: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Output, UpstreamError>>;
+
+    /// Downloads result files and base64-encodes each in the `wanted` format.
+    fn fetch_b64<'a>(
+        &'a self,
+        urls: Vec<String>,
+        wanted: ImageFormat,
+        ctx: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>>;
+}
+
+impl Upstreams for Upstream {
+    fn execute<'a>(
+        &'a self,
+        plan: Plan,
+        ctx: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Output, UpstreamError>> {
+        Box::pin(async move {
+            match plan {
+                Plan::Lite(p) => lite::execute(self, p, ctx).await,
+                Plan::All(p) => all::execute(self, p, ctx).await,
+                Plan::Beta(p) => beta::execute(self, p, ctx).await,
+                Plan::SparkPix(p) => sparkpix::execute(self, p, ctx).await,
+            }
+        })
+    }
+
+    fn fetch_b64<'a>(
+        &'a self,
+        urls: Vec<String>,
+        wanted: ImageFormat,
+        ctx: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>> {
+        Box::pin(async move {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            Upstream::fetch_b64(self, &urls, wanted, ctx).await
+        })
     }
 }
 
@@ -345,8 +396,7 @@ where
 }
 
 /// Refuses what the URL-only models (beta, SparkPix) cannot take: uploads, masks, transparency.
-fn refuse_url_only(req: &ImageRequest) -> Result<(), ApiError> {
-    let model = req.model;
+fn refuse_url_only(model: ModelId, req: &ImageRequest) -> Result<(), ApiError> {
     if req.has_bytes() {
         return Err(ApiError::unsupported(
             "image",
@@ -372,6 +422,7 @@ fn refuse_url_only(req: &ImageRequest) -> Result<(), ApiError> {
 /// single URL and no upload) or `image_urls`; a mask → `mask_base64`, or `mask_url` where the
 /// model takes one. `too_many` explains the refusal of a second upload.
 fn envelope_refs(
+    model: ModelId,
     req: &ImageRequest,
     body: &mut serde_json::Map<String, Value>,
     too_many: &str,
@@ -417,10 +468,7 @@ fn envelope_refs(
         Some(ImageRef::Url(_)) => {
             return Err(ApiError::unsupported(
                 "mask",
-                format!(
-                    "{} takes the mask as an uploaded PNG, not a URL.",
-                    req.model
-                ),
+                format!("{model} takes the mask as an uploaded PNG, not a URL."),
             ));
         }
     }

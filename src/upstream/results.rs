@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::{CallCtx, FailureKind, Upstream, UpstreamError};
-use crate::metrics::{Outcome, Phase};
+use crate::metrics::{CallOutcome, Phase};
 use crate::model::{image_dimensions, ImageFormat, Size};
 
 /// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both.
@@ -130,7 +130,7 @@ impl Upstream {
         let _waiting = ctx.wait.enter();
         let started = Instant::now();
         let result = self.download(url, ctx).await;
-        let outcome = Outcome::of(&result);
+        let outcome = CallOutcome::of(&result);
         self.metrics
             .upstream_call(ctx.model, Phase::Download, outcome, started.elapsed());
         if let Ok(bytes) = &result {

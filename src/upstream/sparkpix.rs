@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::{fan_out, result_urls, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
-use crate::model::Size;
+use crate::model::{ModelId, Size};
 use crate::request::{as_bool, as_f64, as_int, ImageRequest, Operation};
 
 const RATIOS: [&str; 7] = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"];
@@ -22,7 +22,7 @@ pub struct Plan {
 }
 
 pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
-    super::refuse_url_only(req)?;
+    super::refuse_url_only(ModelId::SparkPix, req)?;
     if let Some(size) = req.size {
         check_size(size)?;
     }

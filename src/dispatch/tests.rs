@@ -1,0 +1,355 @@
+//! The dispatcher with fake handles: a scripted upstream, real budgets, limits, health, an
+//! in-memory store and a metrics registry. Expected values are literals from the README's rules
+//! (failover on failures that cost nothing; a failed attempt is released; a served one is
+//! settled at its own price; a content-policy refusal never fails over).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::budget::Payer;
+use crate::config::{CircuitConfig, KeySpec, LimitsConfig, RoutingConfig};
+use crate::keys::KeyRecord;
+use crate::model::ImageFormat;
+use crate::request::{Head, Operation};
+use crate::upstream::failure::FailureKind;
+use crate::upstream::results::Encoded;
+use crate::upstream::Image;
+
+/// An upstream that answers each model from a script and records the models called.
+#[derive(Default)]
+struct Fake {
+    script: Mutex<HashMap<ModelId, VecDeque<Result<Output, UpstreamError>>>>,
+    calls: Mutex<Vec<ModelId>>,
+}
+
+impl Fake {
+    fn answer(&self, model: ModelId, result: Result<Output, UpstreamError>) {
+        let mut script = self.script.lock().unwrap();
+        script.entry(model).or_default().push_back(result);
+    }
+
+    fn calls(&self) -> Vec<ModelId> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+fn images(n: usize) -> Output {
+    Output {
+        images: (0..n)
+            .map(|i| Image::url(format!("https://files.test/{i}.png")))
+            .collect(),
+        task_ids: vec!["task-1".to_owned()],
+        calls_ok: n as u32,
+    }
+}
+
+fn failure(kind: FailureKind) -> Result<Output, UpstreamError> {
+    Err(UpstreamError::new(kind, "scripted".to_owned()))
+}
+
+impl Upstreams for Fake {
+    fn execute<'a>(
+        &'a self,
+        plan: Plan,
+        _: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Output, UpstreamError>> {
+        let model = plan.model();
+        self.calls.lock().unwrap().push(model);
+        let next = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&model)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or_else(|| failure(FailureKind::ServerError));
+        Box::pin(async move { next })
+    }
+
+    fn fetch_b64<'a>(
+        &'a self,
+        urls: Vec<String>,
+        _: ImageFormat,
+        _: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Vec<Encoded>, UpstreamError>> {
+        Box::pin(async move {
+            Ok(urls
+                .iter()
+                .map(|_| Encoded {
+                    b64: "iVBORw0KGgo=".to_owned(),
+                    format: Some(ImageFormat::Png),
+                    size: None,
+                })
+                .collect())
+        })
+    }
+}
+
+/// Everything a dispatcher borrows, owned by the test.
+struct Handles {
+    models: ModelsConfig,
+    routing: Routing,
+    health: Health,
+    limits: RateLimits,
+    budgets: Budgets,
+    upstream: Fake,
+    store: Store,
+    metrics: Metrics,
+}
+
+impl Handles {
+    fn new() -> Self {
+        let circuit = CircuitConfig {
+            enabled: true,
+            consecutive_failures: 1,
+            ..CircuitConfig::default()
+        };
+        Self {
+            models: ModelsConfig::default(),
+            routing: Routing::new(RoutingConfig {
+                circuit: circuit.clone(),
+                ..RoutingConfig::default()
+            }),
+            health: Health::new(circuit),
+            limits: RateLimits::new(&LimitsConfig::default()),
+            budgets: Budgets::default(),
+            upstream: Fake::default(),
+            store: Store::open(None).unwrap(),
+            metrics: Metrics::new().unwrap(),
+        }
+    }
+
+    fn dispatch(&self) -> Dispatch<'_> {
+        Dispatch {
+            models: &self.models,
+            routing: &self.routing,
+            health: &self.health,
+            limits: &self.limits,
+            budgets: &self.budgets,
+            upstream: &self.upstream,
+            store: &self.store,
+            metrics: &self.metrics,
+            results_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Runs one request for `name` through prepare and run.
+    async fn run(&self, name: &str, fields: Value) -> Finished {
+        let mut map: Map<String, Value> = fields.as_object().cloned().unwrap();
+        map.insert("prompt".into(), json!("a lighthouse"));
+        map.insert("model".into(), json!(name));
+        let head = Head::from_fields(&map).unwrap();
+        let route = self.routing.resolve(&self.models, name).unwrap();
+        let req = ImageRequest::from_fields(Operation::Generate, head, &map, vec![], None).unwrap();
+        let call = Call {
+            caller: caller(),
+            constraints: Constraints::default(),
+            request_id: "req-1".to_owned(),
+            wait: UpstreamWait::default(),
+        };
+        match self.dispatch().prepare(call, route, req) {
+            Ok(prepared) => self.dispatch().run(prepared).await,
+            Err(refused) => refused,
+        }
+    }
+
+    fn spend(&self) -> (String, String) {
+        let v = self.budgets.view(&Payer::Key("k1".to_owned()));
+        (v.total_spent_usd, v.reserved_usd)
+    }
+}
+
+fn caller() -> ClientKey {
+    let spec = KeySpec {
+        id: "k1".to_owned(),
+        ..KeySpec::default()
+    };
+    ClientKey {
+        id: Arc::from("k1"),
+        record: Arc::new(KeyRecord::from_store(spec, [0; 32], 0)),
+        team: None,
+    }
+}
+
+// `gpt-image-2` at 1K low, no size: all $0.005, beta $0.03, lite $0.04 (README "Prices").
+const LOW: &str = r#"{"quality": "low"}"#;
+
+fn low() -> Value {
+    serde_json::from_str(LOW).unwrap()
+}
+
+#[tokio::test]
+async fn failover_goes_down_the_price_order_and_books_only_the_model_that_served() {
+    let h = Handles::new();
+    h.upstream
+        .answer(ModelId::All, failure(FailureKind::ServerError));
+    h.upstream
+        .answer(ModelId::Beta, failure(FailureKind::Connect));
+    h.upstream.answer(ModelId::Lite, Ok(images(1)));
+    let done = h.run("gpt-image-2", low()).await;
+    assert!(done.result.is_ok(), "{:?}", done.result);
+    assert_eq!(
+        h.upstream.calls(),
+        [ModelId::All, ModelId::Beta, ModelId::Lite]
+    );
+    assert_eq!(done.served.model, Some(ModelId::Lite));
+    assert_eq!(done.served.attempts, 3);
+    assert_eq!(done.served.cost.to_string(), "0.04");
+    // The two failed attempts were released; the served one settled at its own price.
+    assert_eq!(h.spend(), ("0.04".to_owned(), "0".to_owned()));
+}
+
+#[tokio::test]
+async fn a_served_attempt_is_settled_at_its_own_price_per_image_made() {
+    let h = Handles::new();
+    // SparkPix fans n=3 out: two calls succeeded, so two images are billed at $0.01.
+    let mut out = images(2);
+    out.calls_ok = 2;
+    h.upstream.answer(ModelId::SparkPix, Ok(out));
+    let done = h.run("sparkpix", json!({"n": 3})).await;
+    assert!(done.result.is_ok(), "{:?}", done.result);
+    assert_eq!(done.served.cost.to_string(), "0.02");
+    assert_eq!(h.spend(), ("0.02".to_owned(), "0".to_owned()));
+}
+
+#[tokio::test]
+async fn a_failed_attempt_releases_its_reservation() {
+    let h = Handles::new();
+    h.upstream
+        .answer(ModelId::Lite, failure(FailureKind::ServerError));
+    let done = h.run("gpt-image-2-lite", json!({})).await;
+    let error = done.result.unwrap_err();
+    assert_eq!(error.code, ErrorCode::UpstreamError);
+    assert_eq!(done.served.cost, Usd::ZERO);
+    assert_eq!(h.spend(), ("0".to_owned(), "0".to_owned()));
+}
+
+#[tokio::test]
+async fn a_policy_refusal_does_not_fail_over() {
+    let h = Handles::new();
+    h.upstream
+        .answer(ModelId::All, failure(FailureKind::PolicyRejected));
+    h.upstream.answer(ModelId::Beta, Ok(images(1)));
+    let done = h.run("gpt-image-2", low()).await;
+    assert_eq!(done.result.unwrap_err().code, ErrorCode::ModerationBlocked);
+    assert_eq!(h.upstream.calls(), [ModelId::All]);
+    assert_eq!(h.spend(), ("0".to_owned(), "0".to_owned()));
+}
+
+/// Every failure kind: does it fail over, is anything booked, does it count against the model's
+/// circuit (opened after one failure here)? Written from the README's rules, not the code's.
+#[tokio::test]
+async fn every_failure_kind_against_the_failover_rules() {
+    use crate::routing::health::CircuitState::{Closed, Open};
+    use FailureKind as K;
+    // (kind, fails over, circuit of the failed model after it)
+    let table = [
+        (K::Connect, true, Open),
+        (K::ServerError, true, Open),
+        (K::RateLimited, true, Open),
+        (K::Malformed, true, Open),
+        (K::TaskFailed, true, Open),
+        (K::OutOfCredits, true, Open),
+        (K::Timeout, false, Open),
+        (K::PolicyRejected, false, Closed),
+        (K::Rejected, false, Closed),
+        (K::Unauthorized, false, Closed),
+        (K::Download, false, Closed),
+    ];
+    for (kind, fails_over, circuit) in table {
+        let h = Handles::new();
+        h.upstream.answer(ModelId::All, failure(kind));
+        h.upstream.answer(ModelId::Beta, Ok(images(1)));
+        let done = h.run("gpt-image-2", low()).await;
+        let calls = h.upstream.calls();
+        if fails_over {
+            assert!(done.result.is_ok(), "{kind:?}: {:?}", done.result);
+            assert_eq!(calls, [ModelId::All, ModelId::Beta], "{kind:?}");
+            // Only the model that served is booked: beta's $0.03.
+            assert_eq!(h.spend(), ("0.03".to_owned(), "0".to_owned()), "{kind:?}");
+        } else {
+            assert!(done.result.is_err(), "{kind:?}");
+            assert_eq!(calls, [ModelId::All], "{kind:?}");
+            assert_eq!(h.spend(), ("0".to_owned(), "0".to_owned()), "{kind:?}");
+        }
+        assert_eq!(h.health.state(ModelId::All), circuit, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn max_attempts_and_the_request_deadline_bound_the_failover() {
+    let mut h = Handles::new();
+    h.routing = Routing::new(RoutingConfig {
+        max_attempts: 2,
+        circuit: CircuitConfig {
+            enabled: false,
+            ..CircuitConfig::default()
+        },
+        ..RoutingConfig::default()
+    });
+    h.health = Health::new(CircuitConfig {
+        enabled: false,
+        ..CircuitConfig::default()
+    });
+    h.upstream
+        .answer(ModelId::All, failure(FailureKind::ServerError));
+    h.upstream
+        .answer(ModelId::Beta, failure(FailureKind::ServerError));
+    h.upstream.answer(ModelId::Lite, Ok(images(1)));
+    let done = h.run("gpt-image-2", low()).await;
+    assert_eq!(done.result.unwrap_err().code, ErrorCode::UpstreamError);
+    assert_eq!(h.upstream.calls(), [ModelId::All, ModelId::Beta]);
+    assert_eq!(done.served.attempts, 2);
+
+    // A deadline already spent: no attempt at all.
+    h.routing = Routing::new(RoutingConfig {
+        request_deadline: Duration::ZERO,
+        ..RoutingConfig::default()
+    });
+    let done = h.run("gpt-image-2", low()).await;
+    assert_eq!(done.result.unwrap_err().code, ErrorCode::NoHealthyUpstream);
+    assert_eq!(done.served.attempts, 0);
+    assert_eq!(h.upstream.calls().len(), 2, "no new call");
+}
+
+#[tokio::test]
+async fn a_budget_refusal_is_closed_before_any_call() {
+    let h = Handles::new();
+    let spec = KeySpec {
+        id: "k1".to_owned(),
+        total_budget_usd: Some(0.01),
+        ..KeySpec::default()
+    };
+    let poor = ClientKey {
+        id: Arc::from("k1"),
+        record: Arc::new(KeyRecord::from_store(spec, [0; 32], 0)),
+        team: None,
+    };
+    let map: Map<String, Value> = json!({"prompt": "p"}).as_object().cloned().unwrap();
+    let req = ImageRequest::from_fields(
+        Operation::Generate,
+        Head::from_fields(&map).unwrap(),
+        &map,
+        vec![],
+        None,
+    )
+    .unwrap();
+    let route = h.routing.resolve(&h.models, "gpt-image-2-lite").unwrap();
+    let call = Call {
+        caller: poor,
+        constraints: Constraints::default(),
+        request_id: "req-2".to_owned(),
+        wait: UpstreamWait::default(),
+    };
+    let Ok(prepared) = h.dispatch().prepare(call, route, req) else {
+        panic!("prepare refused");
+    };
+    let done = h.dispatch().run(prepared).await;
+    assert_eq!(done.result.unwrap_err().code, ErrorCode::InsufficientQuota);
+    assert!(h.upstream.calls().is_empty());
+    assert_eq!(done.served.attempts, 0);
+}
