@@ -1,6 +1,6 @@
 //! Integration tests of the upstream simulator: every endpoint's shapes, validation, the task
 //! lifecycle, result files, fault injection, callbacks and the control endpoints, driven over
-//! HTTP against `imagegate::sim::serve` on an ephemeral port.
+//! HTTP against `imagegate_sim::serve` on an ephemeral port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use imagegate::sim::{serve, SimConfig};
+use imagegate_sim::{serve, SimConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
