@@ -12,7 +12,8 @@
 //! - [`error`]: the error policy and the OpenAI error envelope.
 //! - The team gateway: [`keys`] (client keys and teams), [`limits`] (rate and concurrency),
 //!   [`budget`] (reserve/settle), [`ledger`] (one row per request, usage reports), [`store`]
-//!   (SQLite), [`admin`] (`/admin/*` and the `keys`/`teams`/`usage` commands).
+//!   (SQLite), [`admin`] (`/admin/*`; the `keys`/`teams`/`usage` commands that call it live with
+//!   the binary, in `src/cli.rs`).
 //! - [`metrics`]: every Prometheus series, declared in one file; the HTTP metrics middleware.
 //! - [`config`]: typed configuration; [`demo`]: the demo's configuration, and with the default
 //!   `demo` feature the simulator and the gateway together. The upstream simulator is its own

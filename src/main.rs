@@ -1,4 +1,7 @@
 //! The `imagegate` command: parse flags, load config, start telemetry, bind, call the library.
+//! The admin commands (`keys`, `teams`, `usage`, …) are in `cli`, a client of the admin API.
+
+mod cli;
 
 #[cfg(feature = "demo")]
 use std::net::SocketAddr;
@@ -7,7 +10,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use imagegate::admin::cli;
 use imagegate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
