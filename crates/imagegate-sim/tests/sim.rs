@@ -415,7 +415,12 @@ async fn outcome_directives() {
     let (status, v) = sim.post(GEN, lite("x [sim:fail]")).await;
     assert_eq!(status, 200);
     assert_eq!(s(&v, "/data/failMsg"), "Internal generation error");
-    let http = [("401", 401, 401), ("402", 402, 402), ("500", 500, 500)];
+    let http = [
+        ("401", 401, 401),
+        ("402", 402, 402),
+        ("403", 403, 403),
+        ("500", 500, 500),
+    ];
     let code = [("code402", 200, 402), ("code500", 200, 500)];
     for (d, status, code) in [&http[..], &code[..]].concat() {
         for path in [GEN, SYNC, EDIT] {
@@ -425,6 +430,8 @@ async fn outcome_directives() {
     }
     let r = sim.post(GEN, lite("[sim:code402]")).await;
     assert_eq!(r.1["msg"], "insufficient credits");
+    let r = sim.post(GEN, lite("[sim:403]")).await;
+    assert_eq!(r.1, json!({"code": 403, "msg": "forbidden"}));
     let (status, v) = sim.post(GEN, lite("[sim:malformed]")).await;
     assert!(status == 200 && v.is_string(), "{v}");
     // Stuck: an async task stays processing, a sync call never answers.
