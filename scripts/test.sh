@@ -17,7 +17,7 @@ promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
 promtool check config deploy/prometheus/prometheus.yml
 
-echo "==> cargo test --locked"
-cargo test --locked
+echo "==> cargo test --workspace --locked"
+cargo test --workspace --locked
 
 scripts/e2e.sh

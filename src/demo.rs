@@ -5,16 +5,14 @@
 //! `IMAGEGATE_READY {"gateway_url","simulator_url","api_key","limited_api_key","admin_key"}`, that
 //! the SDK end-to-end tests read (`limited_api_key` allows one request per minute, `admin_key`
 //! opens the admin API and the `imagegate keys …` commands).
+//!
+//! `run` needs the simulator and exists only with the `demo` feature (on by default); the
+//! configuration and the keys are always here, for the tests that start a gateway like the
+//! demo's.
 
-use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
 use crate::config::Config;
-use crate::sim::SimConfig;
 
 /// The client key the demo accepts.
 pub const DEMO_KEY: &str = "sk-imagegate-demo";
@@ -25,6 +23,7 @@ pub const DEMO_LIMITED_KEY: &str = "sk-imagegate-demo-limited";
 /// The demo's admin key (`[admin]`), for the admin API and the CLI.
 pub const DEMO_ADMIN_KEY: &str = "sk-imagegate-demo-admin";
 
+#[cfg(feature = "demo")]
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub sim_listen: SocketAddr,
@@ -81,10 +80,17 @@ enabled = false
 }
 
 /// Runs simulator + gateway until `shutdown` resolves.
+#[cfg(feature = "demo")]
 pub async fn run(
     opts: DemoOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    use imagegate_sim::SimConfig;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
     let sim_listener = TcpListener::bind(opts.sim_listen).await?;
     let sim_addr = sim_listener.local_addr()?;
     let listener = TcpListener::bind(opts.listen).await?;
@@ -93,7 +99,7 @@ pub async fn run(
     let config = demo_config(sim_addr, &upstream_key, addr)?;
 
     let stop = CancellationToken::new();
-    let sim = tokio::spawn(crate::sim::serve(
+    let sim = tokio::spawn(imagegate_sim::serve(
         SimConfig {
             api_key: upstream_key,
             public_base_url: None,

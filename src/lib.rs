@@ -12,9 +12,13 @@
 //! - [`error`]: the error policy and the OpenAI error envelope.
 //! - The team gateway: [`keys`] (client keys and teams), [`limits`] (rate and concurrency),
 //!   [`budget`] (reserve/settle), [`ledger`] (one row per request, usage reports), [`store`]
-//!   (SQLite), [`admin`] (`/admin/*` and the `keys`/`teams`/`usage` commands).
+//!   (SQLite), [`admin`] (`/admin/*`; the `keys`/`teams`/`usage` commands that call it live with
+//!   the binary, in `src/cli.rs`).
 //! - [`metrics`]: every Prometheus series, declared in one file; the HTTP metrics middleware.
-//! - [`config`]: typed configuration; [`sim`]: the upstream simulator; [`demo`]: both together.
+//! - [`config`]: typed configuration; [`demo`]: the demo's configuration, and with the default
+//!   `demo` feature the simulator and the gateway together. The upstream simulator is its own
+//!   crate, `imagegate-sim` (`crates/imagegate-sim`), a dependency only of that feature and of
+//!   the tests.
 
 pub mod admin;
 mod api;
@@ -35,7 +39,6 @@ pub mod model;
 pub mod pricing;
 pub mod request;
 pub mod routing;
-pub mod sim;
 pub mod state;
 pub mod store;
 pub mod upstream;

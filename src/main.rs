@@ -1,12 +1,15 @@
 //! The `imagegate` command: parse flags, load config, start telemetry, bind, call the library.
+//! The admin commands (`keys`, `teams`, `usage`, …) are in `cli`, a client of the admin API.
 
+mod cli;
+
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use imagegate::admin::cli;
 use imagegate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +37,7 @@ enum Command {
     /// Validate a configuration file and exit.
     CheckConfig { config: PathBuf },
     /// Run the upstream simulator.
+    #[cfg(feature = "demo")]
     Sim {
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: SocketAddr,
@@ -48,6 +52,7 @@ enum Command {
         public_base_url: Option<String>,
     },
     /// Run the simulator and the gateway together with a ready config.
+    #[cfg(feature = "demo")]
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -137,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 imagegate::serve(config, listener, shutdown_signal()).await
             })
         }
+        #[cfg(feature = "demo")]
         Command::Sim {
             listen,
             api_key,
@@ -150,15 +156,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(addr = %listener.local_addr()?, "simulator listening");
-                let config = imagegate::sim::SimConfig {
+                let config = imagegate_sim::SimConfig {
                     api_key,
                     public_base_url,
                     time_scale,
                 };
-                imagegate::sim::serve(config, listener, shutdown_signal()).await?;
+                imagegate_sim::serve(config, listener, shutdown_signal()).await?;
                 Ok(())
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             sim_listen,

@@ -16,8 +16,6 @@
 //! their source of truth. Every change invalidates the key's cache entry before answering, so
 //! it applies to the key's next request.
 
-pub mod cli;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -85,6 +85,7 @@ fn hash_key_refuses_a_secret_shorter_than_a_config_key() {
 
 /// `imagegate demo` prints an admin key on its READY line that the CLI can use, with the
 /// `/v1` URL the demo prints and the flags after the subcommand.
+#[cfg(feature = "demo")]
 #[test]
 fn demo_admin_key_works_with_the_cli() {
     let mut demo = Command::new(BIN)
@@ -158,12 +159,12 @@ fn demo_admin_key_works_with_the_cli() {
 async fn start_sim(stop: &CancellationToken) -> std::net::SocketAddr {
     let sim_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sim = sim_listener.local_addr().unwrap();
-    let sim_config = imagegate::sim::SimConfig {
+    let sim_config = imagegate_sim::SimConfig {
         api_key: UPSTREAM_KEY.to_owned(),
         public_base_url: None,
         time_scale: 0.002,
     };
-    tokio::spawn(imagegate::sim::serve(
+    tokio::spawn(imagegate_sim::serve(
         sim_config,
         sim_listener,
         stop.clone().cancelled_owned(),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use imagegate::config::Config;
-use imagegate::sim::SimConfig;
+use imagegate_sim::SimConfig;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -63,7 +63,7 @@ pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> E
         public_base_url: None,
         time_scale,
     };
-    tokio::spawn(imagegate::sim::serve(
+    tokio::spawn(imagegate_sim::serve(
         sim_config,
         sim_listener,
         sim_stop.clone().cancelled_owned(),

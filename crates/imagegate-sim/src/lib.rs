@@ -1,12 +1,15 @@
 //! The upstream simulator (`imagegate sim`): a faithful stand-in for the image platform described in
 //! `UPSTREAM.md`, used for offline development, the demo, tests and benchmarks.
 //!
-//! Public surface (used by `main.rs`, `demo.rs` and the tests):
+//! Its own crate, so the gateway library does not carry it: `imagegate` uses it behind its
+//! default `demo` feature (`imagegate sim`, `imagegate demo`) and in its tests.
+//!
+//! Public surface (used by the gateway's `main.rs` and `demo.rs`, and the tests):
 //! - [`SimConfig`]: what the simulator accepts and how fast it runs.
 //! - [`serve`]: run it on a listener the caller bound, until `shutdown` resolves.
 //! - [`router`]: the same routes as a bare [`axum::Router`] (no shutdown wiring), for embedding.
 //!
-//! Layout of the module:
+//! Layout of the crate:
 //! - `api`: the `/api/v1` gate (request recording, bearer auth) and the error body type.
 //! - `generations`: `POST /api/v1/images/generations` dispatch, `gpt-image-2-lite` and `gpt-image-2-beta`.
 //! - `gpt_all`: `gpt-image-2-all` on the JSON endpoint (sync and async modes).

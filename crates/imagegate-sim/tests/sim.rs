@@ -1,6 +1,6 @@
 //! Integration tests of the upstream simulator: every endpoint's shapes, validation, the task
 //! lifecycle, result files, fault injection, callbacks and the control endpoints, driven over
-//! HTTP against `imagegate::sim::serve` on an ephemeral port.
+//! HTTP against `imagegate_sim::serve` on an ephemeral port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use imagegate::sim::{serve, SimConfig};
+use imagegate_sim::{serve, SimConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -415,7 +415,12 @@ async fn outcome_directives() {
     let (status, v) = sim.post(GEN, lite("x [sim:fail]")).await;
     assert_eq!(status, 200);
     assert_eq!(s(&v, "/data/failMsg"), "Internal generation error");
-    let http = [("401", 401, 401), ("402", 402, 402), ("500", 500, 500)];
+    let http = [
+        ("401", 401, 401),
+        ("402", 402, 402),
+        ("403", 403, 403),
+        ("500", 500, 500),
+    ];
     let code = [("code402", 200, 402), ("code500", 200, 500)];
     for (d, status, code) in [&http[..], &code[..]].concat() {
         for path in [GEN, SYNC, EDIT] {
@@ -425,6 +430,8 @@ async fn outcome_directives() {
     }
     let r = sim.post(GEN, lite("[sim:code402]")).await;
     assert_eq!(r.1["msg"], "insufficient credits");
+    let r = sim.post(GEN, lite("[sim:403]")).await;
+    assert_eq!(r.1, json!({"code": 403, "msg": "forbidden"}));
     let (status, v) = sim.post(GEN, lite("[sim:malformed]")).await;
     assert!(status == 200 && v.is_string(), "{v}");
     // Stuck: an async task stays processing, a sync call never answers.

@@ -7,8 +7,9 @@
 //! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail` and
 //! `filebytes` combine with any outcome.
 //!
-//! HTTP-level faults (`401`, `402`, `429`, `500`, `code402`, `code500`, `malformed`) answer at once,
-//! before field validation and without creating a task. The others act on the accepted job.
+//! HTTP-level faults (`401`, `402`, `403`, `429`, `500`, `code402`, `code500`, `malformed`) answer
+//! at once, before field validation and without creating a task. The others act on the accepted
+//! job.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +37,9 @@ pub(crate) enum FaultKind {
     /// The call answers HTTP 402 with an error body.
     #[serde(rename = "402")]
     Http402,
+    /// The call answers HTTP 403 with an error body (`{"code":403,"msg":"forbidden"}`).
+    #[serde(rename = "403")]
+    Http403,
     /// The call answers HTTP 429 with an error body and `retry-after` (7 s, or `[sim:429=SECS]`).
     #[serde(rename = "429")]
     Http429,
@@ -72,6 +76,7 @@ impl FaultKind {
             Self::Http402 => {
                 err(StatusCode::PAYMENT_REQUIRED, 402, "insufficient credits").into_response()
             }
+            Self::Http403 => err(StatusCode::FORBIDDEN, 403, "forbidden").into_response(),
             Self::Http429 => {
                 let mut res =
                     err(StatusCode::TOO_MANY_REQUESTS, 429, "rate limit exceeded").into_response();
@@ -274,6 +279,9 @@ mod tests {
             Directives::parse("[sim:500]").kind,
             Some(FaultKind::Http500)
         );
+        let forbidden = Directives::parse("[sim:403]");
+        assert_eq!(forbidden.kind, Some(FaultKind::Http403));
+        assert_eq!(forbidden.http_fault().unwrap().status(), 403);
         assert!(Directives::parse("[sim:bogus] [sim:stuck").kind.is_none());
         let d = Directives::parse("[sim:429=12]");
         assert_eq!(

@@ -6,7 +6,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use imagegate::sim::{serve, SimConfig};
+use imagegate_sim::{serve, SimConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
