@@ -107,7 +107,11 @@ async fn policy_message_is_kept_for_the_client() {
 
 #[tokio::test]
 async fn stuck_task_hits_the_deadline_with_its_task_id() {
-    let env = start_with(|c| c.models.beta.deadline = Duration::from_millis(1500)).await;
+    let env = start_with(|c| {
+        c.models.beta.deadline = Duration::from_millis(1500);
+        c.models.beta.poll_interval = Duration::from_secs(1);
+    })
+    .await;
     let a = env
         .generate(json!({"model": "gpt-image-2-beta", "prompt": "x [sim:stuck]"}))
         .await;

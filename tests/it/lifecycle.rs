@@ -32,7 +32,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test]
 async fn drain_timeout_bounds_shutdown() {
-    let env = start_with(|c| c.server.drain_timeout = Duration::from_millis(200)).await;
+    let drain = Duration::from_millis(500);
+    let env = start_with(|c| c.server.drain_timeout = drain).await;
     let request = env.post_raw("/v1/images/generations");
     let stuck = tokio::spawn(async move {
         request
@@ -41,8 +42,16 @@ async fn drain_timeout_bounds_shutdown() {
             .await
     });
     env.until_upstream_called().await;
-    // Returns although the request would wait for the model's 120 s deadline.
+    // Returns once the drain timeout is over, although the request would wait for the
+    // model's 120 s deadline.
+    let stopping = std::time::Instant::now();
     env.shutdown().await.unwrap();
+    let took = stopping.elapsed();
+    assert!(took >= drain, "waited the drain timeout first: {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "did not wait for the stuck request: {took:?}"
+    );
     stuck.abort();
 }
 
@@ -50,7 +59,8 @@ async fn drain_timeout_bounds_shutdown() {
 async fn hundreds_of_async_requests_wait_at_once() {
     // beta: 15–40 s scaled by 0.02 → 0.3–0.8 s per task; all 300 wait concurrently.
     let env = start_scaled(0.02, |c| {
-        c.models.beta.first_poll_delay = Duration::from_millis(500)
+        c.models.beta.first_poll_delay = Duration::from_millis(500);
+        c.models.beta.poll_interval = Duration::from_secs(1);
     })
     .await;
     let calls = (0..300).map(|i| {

@@ -1,5 +1,7 @@
 //! Rate limits, exact at their edges, with OpenAI's 429 headers.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::support::start_with;
@@ -83,37 +85,69 @@ async fn concurrency_limit_refuses_the_extra_request() {
     assert_eq!(env.generate(sparkpix(1)).await.status, 200);
 }
 
-#[tokio::test]
-async fn upstream_model_cap_queues_briefly_then_refuses() {
-    let env = start_with(|c| {
+/// A cap of one request at a time towards sparkpix, waiting up to `queue_timeout` for room.
+fn one_at_a_time(queue_timeout: Duration) -> impl FnOnce(&mut imagegate::config::Config) {
+    move |c| {
         c.limits.models.insert(
             "sparkpix".into(),
             imagegate::config::ModelLimits {
                 requests_per_minute: None,
                 max_concurrent: Some(1),
-                queue_timeout: std::time::Duration::from_millis(200),
+                queue_timeout,
             },
         );
-    })
-    .await;
-    let slow = json!({"model": "sparkpix", "prompt": "x [sim:slow=1]", "response_format": "url"});
-    let first = env.generate(slow);
-    let second = async {
-        env.until_upstream_called().await;
-        env.generate(sparkpix(1)).await
-    };
-    let (first, second) = tokio::join!(first, second);
-    assert_eq!(first.status, 200);
-    assert_eq!(second.status, 429);
+    }
+}
+
+#[tokio::test]
+async fn upstream_model_cap_queues_briefly_then_refuses() {
+    // Refused: the request holding the only slot never ends (the upstream never answers), so
+    // the queued one times out however slow the machine is.
+    let env = start_with(one_at_a_time(Duration::from_millis(300))).await;
+    let holder = env
+        .post_raw("/v1/images/generations")
+        .json(&json!({"model": "sparkpix", "prompt": "x [sim:stuck]", "response_format": "url"}));
+    let holder = tokio::spawn(async move { holder.send().await });
+    env.until_upstream_called().await;
+    let asked = Instant::now();
+    let second = env.generate(sparkpix(1)).await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "waited its queue_timeout first: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        (second.status, second.code()),
+        (429, "rate_limit_exceeded"),
+        "{}",
+        second.body
+    );
     assert!(second.body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("sparkpix"));
-    // A queued request that gets room in time goes through.
-    let fast =
-        json!({"model": "sparkpix", "prompt": "x [sim:slow=0.05]", "response_format": "url"});
-    let (a, b) = tokio::join!(env.generate(fast.clone()), env.generate(fast));
-    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(
+        env.upstream_stats().await["creates"],
+        json!(1),
+        "the refused request never reached the upstream"
+    );
+    holder.abort();
+    drop(env);
+
+    // Queued: a wait far longer than the slot is held, so the second always gets room, and only
+    // after the first is done: the two upstream calls (0.3 s each, unscaled) run one after the
+    // other.
+    let env = start_with(one_at_a_time(Duration::from_secs(30))).await;
+    let body = json!({"model": "sparkpix", "prompt": "x [sim:slow=0.3]", "response_format": "url"});
+    let started = Instant::now();
+    let (a, b) = tokio::join!(env.generate(body.clone()), env.generate(body));
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the second call waited for the first: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.upstream_stats().await["creates"], json!(2));
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 )]
 
 mod binary;
+mod boundaries;
 mod budgets;
 mod capabilities;
 mod edits;
@@ -14,6 +15,7 @@ mod errors;
 mod failures;
 mod generate;
 mod keys;
+mod ledger;
 mod lifecycle;
 mod limits;
 mod metrics;

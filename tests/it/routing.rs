@@ -166,18 +166,35 @@ async fn no_failover_on_a_content_policy_rejection() {
     assert_eq!(posts, 1, "the prompt, not the model: no second model tried");
 }
 
+/// Polls `GET /admin/upstreams` (observable state, not a clock) until `model`'s circuit is
+/// `state`; fails after 20 s.
+async fn until_circuit(env: &Env, model: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while circuit(env, model).await != state {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{model}'s circuit never became {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn circuit_opens_stops_sending_half_opens_and_recovers() {
-    let env = start_with(|c| {
-        c.admin.key = Some(ADMIN_KEY.to_owned());
-        c.routing.circuit.enabled = true;
-        c.routing.circuit.consecutive_failures = 2;
-        c.routing.circuit.cooldown = Duration::from_millis(300);
-    })
-    .await;
+    let breaker = |cooldown: Duration| {
+        move |c: &mut imagegate::config::Config| {
+            c.admin.key = Some(ADMIN_KEY.to_owned());
+            c.routing.circuit.enabled = true;
+            c.routing.circuit.consecutive_failures = 2;
+            c.routing.circuit.cooldown = cooldown;
+        }
+    };
+    let pinned = json!({"model": "gpt-image-2-all", "prompt": "a fox", "response_format": "url"});
+
+    // Open: a cooldown no test run outlasts, so every check below sees the circuit open.
+    let env = start_with(breaker(Duration::from_secs(600))).await;
     env.set_faults(json!({"gpt-image-2-all": {"rate": 1.0, "kind": "500"}}))
         .await;
-    let pinned = json!({"model": "gpt-image-2-all", "prompt": "a fox", "response_format": "url"});
     for _ in 0..2 {
         let a = env.generate(pinned.clone()).await;
         assert_eq!((a.status, a.code()), (502, "upstream_error"));
@@ -196,8 +213,8 @@ async fn circuit_opens_stops_sending_half_opens_and_recovers() {
         .contains("gpt-image-2-all"));
     assert_eq!(
         header(&a, "retry-after"),
-        "1",
-        "the 300 ms cooldown, rounded up"
+        "60",
+        "the cooldown's time left, capped at 60 s"
     );
     // A group skips the open model without calling it.
     let a = env
@@ -211,16 +228,22 @@ async fn circuit_opens_stops_sending_half_opens_and_recovers() {
         2,
         "nothing sent while open"
     );
+    assert_eq!(circuit(&env, "gpt-image-2-all").await, "open");
+    drop(env);
 
+    // Recovery: a short cooldown; the test waits on the circuit state, not on a clock.
+    let env = start_with(breaker(Duration::from_millis(300))).await;
+    env.set_faults(json!({"gpt-image-2-all": {"rate": 1.0, "kind": "500"}}))
+        .await;
+    for _ in 0..2 {
+        let a = env.generate(pinned.clone()).await;
+        assert_eq!((a.status, a.code()), (502, "upstream_error"));
+    }
+    assert_ne!(circuit(&env, "gpt-image-2-all").await, "closed");
     // The model recovers; after the cooldown one probe closes the circuit.
     env.set_faults(json!({})).await;
-    for _ in 0..200 {
-        if circuit(&env, "gpt-image-2-all").await == "half_open" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(circuit(&env, "gpt-image-2-all").await, "half_open");
+    until_circuit(&env, "gpt-image-2-all", "half_open").await;
+    assert_eq!(creates(&env, "gpt-image-2-all").await, 2);
     let a = env.generate(pinned.clone()).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(circuit(&env, "gpt-image-2-all").await, "closed");
