@@ -10,8 +10,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use imagegate::config::{ModelsConfig, RoutingConfig};
 use imagegate::model::{ImageFormat, ModelId};
-use imagegate::request::{ImageRef, ImageRequest, Operation};
-use imagegate::routing::{Constraints, Route, Routing};
+use imagegate::request::{Head, ImageRef, ImageRequest, Operation};
+use imagegate::routing::health::{Health, HealthView};
+use imagegate::routing::{Constraints, Routing};
 use imagegate::upstream::{self, results};
 use serde_json::{json, Map, Value};
 use std::hint::black_box;
@@ -20,12 +21,19 @@ fn fields(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap()
 }
 
-fn resolve(m: Option<&str>) -> Result<Route, imagegate::error::ApiError> {
-    let name = m.unwrap_or("gpt-image-2-all");
-    let model = name
+/// Parses as a handler does: the head, the model name resolved (a pinned id here), the rest.
+fn parse(op: Operation, f: &Map<String, Value>, images: Vec<ImageRef>) -> (ModelId, ImageRequest) {
+    let head = Head::from_fields(f).unwrap();
+    let model = head
+        .model
+        .as_deref()
+        .unwrap_or("gpt-image-2-all")
         .parse::<ModelId>()
-        .map_err(|_| imagegate::error::ApiError::model_not_found(name))?;
-    Ok(Route::pinned(model))
+        .unwrap();
+    (
+        model,
+        ImageRequest::from_fields(op, head, f, images, None).unwrap(),
+    )
 }
 
 /// A PNG of `len` bytes (valid header; the rest is filler the gateway never decodes).
@@ -64,15 +72,8 @@ fn translation(c: &mut Criterion) {
         let f = fields(body);
         g.bench_function(name, |b| {
             b.iter(|| {
-                let req = ImageRequest::from_fields(
-                    Operation::Generate,
-                    black_box(&f),
-                    Vec::new(),
-                    None,
-                    &resolve,
-                )
-                .unwrap();
-                upstream::plan(&req).unwrap()
+                let (model, req) = parse(Operation::Generate, black_box(&f), Vec::new());
+                upstream::plan(model, &req).unwrap()
             });
         });
     }
@@ -87,10 +88,8 @@ fn translation(c: &mut Criterion) {
         fields(json!({"model":"gpt-image-2-all","prompt":"both on one shelf","size":"1024x1024"}));
     g.bench_function("edit/gpt-image-2-all 16 x 2 MiB uploads", |b| {
         b.iter(|| {
-            let req =
-                ImageRequest::from_fields(Operation::Edit, &f, uploads.clone(), None, &resolve)
-                    .unwrap();
-            upstream::plan(&req).unwrap()
+            let (model, req) = parse(Operation::Edit, &f, uploads.clone());
+            upstream::plan(model, &req).unwrap()
         });
     });
     g.finish();
@@ -99,6 +98,7 @@ fn translation(c: &mut Criterion) {
 fn routing_choice(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
     let routing = Routing::new(RoutingConfig::default());
+    let health = Health::new(RoutingConfig::default().circuit);
     let models = ModelsConfig::default();
     let cases = [
         (
@@ -119,18 +119,22 @@ fn routing_choice(c: &mut Criterion) {
     ];
     for (name, group, body) in cases {
         let route = routing.resolve(&models, group).unwrap();
-        let req = ImageRequest::from_fields(
-            Operation::Generate,
-            &fields(body),
-            Vec::new(),
-            None,
-            &|_| Ok(route.clone()),
-        )
-        .unwrap();
+        let f = fields(body);
+        let head = Head::from_fields(&f).unwrap();
+        let req =
+            ImageRequest::from_fields(Operation::Generate, head, &f, Vec::new(), None).unwrap();
+        // The health view is read once per request, then routing decides from it alone.
         g.bench_function(name, |b| {
             b.iter(|| {
+                let view: HealthView = health.view(req.quality, 20);
                 routing
-                    .candidates(&models, black_box(&req), &route, Constraints::default())
+                    .choose(
+                        &models,
+                        &view,
+                        black_box(&req),
+                        &route,
+                        Constraints::default(),
+                    )
                     .unwrap()
             });
         });

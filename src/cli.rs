@@ -305,7 +305,11 @@ pub async fn run(conn: &Connection, spec: CallSpec) -> anyhow::Result<String> {
     })?;
     let call = spec.0;
     let url = format!("{}{}", base_url(&conn.url), call.path);
-    let mut rb = reqwest::Client::new()
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?;
+    let mut rb = client
         .request(call.method, &url)
         .bearer_auth(admin_key)
         .query(&call.query);

@@ -99,6 +99,10 @@ pub async fn run(
     let config = demo_config(sim_addr, &upstream_key, addr)?;
 
     let stop = CancellationToken::new();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the demo owns the simulator's task: it is cancelled and awaited below"
+    )]
     let sim = tokio::spawn(imagegate_sim::serve(
         SimConfig {
             api_key: upstream_key,

@@ -138,6 +138,10 @@ fn ledger_writer(conn: Arc<Mutex<Connection>>, rx: std::sync::mpsc::Receiver<Led
         // Let rows gather rather than wake this thread for every request: a request's send is
         // then a queue push, and the rows go in as one transaction.
         if !flushed {
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the ledger writer is a thread of its own, not a runtime worker"
+            )]
             std::thread::sleep(LEDGER_PAUSE);
         }
     }

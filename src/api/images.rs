@@ -161,7 +161,7 @@ async fn answer(state: Arc<AppState>, call: Call, route: Route, req: ImageReques
     let stream = req.stream;
     let prepared = match state.dispatch().prepare(call, route, req) {
         Ok(p) => p,
-        Err(refused) => return render(refused, log),
+        Err(refused) => return render(*refused, log),
     };
     if stream {
         return sse(state, prepared, log);

@@ -140,7 +140,7 @@ impl Dispatch<'_> {
         call: Call,
         route: Route,
         req: ImageRequest,
-    ) -> Result<Prepared, Finished> {
+    ) -> Result<Prepared, Box<Finished>> {
         let started = Instant::now();
         match self.check(&call, &route, &req) {
             Ok((candidates, first, admission)) => Ok(Prepared {
@@ -152,7 +152,7 @@ impl Dispatch<'_> {
                 admission,
                 started,
             }),
-            Err(error) => Err(self.close(
+            Err(error) => Err(Box::new(self.close(
                 &call,
                 &route,
                 &req,
@@ -160,7 +160,7 @@ impl Dispatch<'_> {
                 None,
                 Err(error),
                 ServedBy::default(),
-            )),
+            ))),
         }
     }
 

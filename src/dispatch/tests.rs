@@ -153,7 +153,7 @@ impl Handles {
         };
         match self.dispatch().prepare(call, route, req) {
             Ok(prepared) => self.dispatch().run(prepared).await,
-            Err(refused) => refused,
+            Err(refused) => *refused,
         }
     }
 

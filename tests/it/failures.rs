@@ -30,6 +30,8 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ),
     ("gpt-image-2-all", "[sim:401]", 502, "upstream_auth_failed"),
     ("sparkpix", "[sim:401]", 502, "upstream_auth_failed"),
+    ("gpt-image-2-lite", "[sim:403]", 502, "upstream_auth_failed"),
+    ("sparkpix", "[sim:429]", 503, "upstream_rate_limited"),
     (
         "gpt-image-2-lite",
         "[sim:402]",

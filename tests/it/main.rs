@@ -5,6 +5,10 @@
     clippy::expect_used,
     reason = "test support helpers fail loudly; allow-unwrap-in-tests covers only #[test] fns"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run gateways, simulators and clients as background tasks of the test"
+)]
 
 mod binary;
 mod boundaries;
