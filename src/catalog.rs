@@ -1,169 +1,17 @@
-//! What each upstream model can do, from the platform's docs: the routing filter reads this
-//! table, `GET /admin/upstreams` shows it, and a test keeps it in step with the adapters' own
-//! checks (`upstream::plan` must accept exactly what [`Capabilities::check`] accepts).
+//! What each upstream model can do, checked against a request. The rows themselves are data in
+//! the model registry ([`crate::model::registry`]): the routing filter reads them,
+//! `GET /admin/upstreams` shows them, and a test keeps them in step with the adapters' own checks
+//! (`upstream::plan` must accept exactly what [`Capabilities::check`] accepts).
 
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::model::{ImageFormat, ModelId, Quality, Size};
+pub use crate::model::capabilities::{Capabilities, MaskSupport, Mode, SizePolicy, SizeRule};
+use crate::model::{ModelId, Quality, Size};
 use crate::request::{ImageRef, ImageRequest, Operation, ResponseFormat};
-
-/// How a model takes a mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MaskSupport {
-    None,
-    /// An uploaded PNG only.
-    Upload,
-    /// An uploaded PNG, or a URL when no image is uploaded.
-    UploadOrUrl,
-}
-
-/// Which output sizes a model makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SizeRule {
-    /// gpt-image-2: sides multiples of 16, longest ≤ 3840, ratio ≤ 3:1, 655,360–8,294,400 px.
-    GptImage2,
-    /// Any `WxH`: the nearest supported aspect ratio is sent.
-    NearestRatio,
-    /// Each side from `min` to `max` in steps of 16.
-    Sides { min: u32, max: u32 },
-}
-
-/// What a group may do with an explicit `WxH` size (`x-imagegate-size-policy`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SizePolicy {
-    /// Only models that make exactly that size (the default).
-    #[default]
-    Exact,
-    /// Models that make the nearest aspect ratio are eligible too.
-    Nearest,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Sync,
-    Async,
-    /// Sync for `WxH` sizes, async tasks for `aspect_ratio`/`resolution`.
-    SyncOrAsync,
-}
-
-/// One upstream model's capabilities.
-#[derive(Debug, Clone, Serialize)]
-pub struct Capabilities {
-    pub model: ModelId,
-    pub generate: bool,
-    pub edit: bool,
-    /// Most uploaded (byte) reference images; 0: URLs only.
-    pub max_uploads: usize,
-    /// Whether reference URLs are accepted.
-    pub urls: bool,
-    /// Whether uploads and URLs can be mixed in one request.
-    pub mix_uploads_and_urls: bool,
-    /// Most reference images of any kind.
-    pub max_references: usize,
-    pub mask: MaskSupport,
-    pub transparent_background: bool,
-    pub sizes: SizeRule,
-    /// Edits (and generations with reference images) get the nearest aspect ratio, not `WxH`.
-    pub nearest_ratio_on_edit: bool,
-    /// Formats the model itself makes (`output_format`); the gateway converts the others when it
-    /// holds the bytes (`b64_json`), never a `url` answer.
-    pub output_formats: &'static [ImageFormat],
-    /// `n` in one call; otherwise `n` independent calls.
-    pub native_n: bool,
-    pub mode: Mode,
-    /// Typical latency (seconds) by quality `[low, medium, high]`: the routing prior until real
-    /// traffic has been observed.
-    pub typical_latency_s: [f64; 3],
-}
-
-const CATALOG: [Capabilities; 4] = [
-    Capabilities {
-        model: ModelId::Lite,
-        generate: true,
-        edit: true,
-        max_uploads: 1,
-        urls: true,
-        mix_uploads_and_urls: true,
-        max_references: 16,
-        mask: MaskSupport::Upload,
-        transparent_background: false,
-        sizes: SizeRule::GptImage2,
-        nearest_ratio_on_edit: false,
-        output_formats: &[ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp],
-        native_n: true,
-        mode: Mode::Sync,
-        typical_latency_s: [10.0, 15.0, 25.0],
-    },
-    Capabilities {
-        model: ModelId::All,
-        generate: true,
-        edit: true,
-        max_uploads: 16,
-        urls: true,
-        mix_uploads_and_urls: false,
-        max_references: 16,
-        mask: MaskSupport::UploadOrUrl,
-        transparent_background: true,
-        sizes: SizeRule::GptImage2,
-        nearest_ratio_on_edit: false,
-        output_formats: &[ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp],
-        native_n: true,
-        mode: Mode::SyncOrAsync,
-        typical_latency_s: [40.0, 90.0, 120.0],
-    },
-    Capabilities {
-        model: ModelId::Beta,
-        generate: true,
-        edit: true,
-        max_uploads: 0,
-        urls: true,
-        mix_uploads_and_urls: false,
-        max_references: 16,
-        mask: MaskSupport::None,
-        transparent_background: false,
-        sizes: SizeRule::NearestRatio,
-        nearest_ratio_on_edit: false,
-        output_formats: &[ImageFormat::Png],
-        native_n: false,
-        mode: Mode::Async,
-        typical_latency_s: [40.0, 40.0, 40.0],
-    },
-    Capabilities {
-        model: ModelId::SparkPix,
-        generate: true,
-        edit: true,
-        max_uploads: 0,
-        urls: true,
-        mix_uploads_and_urls: false,
-        max_references: 16,
-        mask: MaskSupport::None,
-        transparent_background: false,
-        sizes: SizeRule::Sides {
-            min: 256,
-            max: 1440,
-        },
-        nearest_ratio_on_edit: true,
-        output_formats: &[ImageFormat::Jpeg],
-        native_n: false,
-        mode: Mode::Sync,
-        typical_latency_s: [1.0, 1.0, 1.0],
-    },
-];
 
 /// The catalog entry of `model`.
 pub fn capabilities(model: ModelId) -> &'static Capabilities {
-    match model {
-        ModelId::Lite => &CATALOG[0],
-        ModelId::All => &CATALOG[1],
-        ModelId::Beta => &CATALOG[2],
-        ModelId::SparkPix => &CATALOG[3],
-    }
+    &model.def().catalog
 }
 
 impl Capabilities {

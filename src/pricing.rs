@@ -1,17 +1,19 @@
 //! The exact price of a request on one upstream model, from the platform's tables
 //! (`models.<id>` in the config, whose defaults are the documented prices).
 //!
-//! | model | price per image |
-//! |---|---|
-//! | gpt-image-2-lite | flat `price_usd` ($0.04) |
-//! | gpt-image-2-all | `price_matrix_usd[tier][quality]`: tier by the longest side (1K ≤ 1536 < 2K ≤ 2048 < 4K), `auto` quality priced as `medium` |
-//! | gpt-image-2-beta | `price_usd` (not documented by the platform: set it in config) |
-//! | sparkpix | `price_usd` ($0.010) to generate, `edit_price_usd` ($0.013) to edit |
+//! Each model's [`PriceRule`] (in the registry) says which keys apply:
+//!
+//! | rule | price per image | models |
+//! |---|---|---|
+//! | flat | `price_usd` | gpt-image-2-lite ($0.04), gpt-image-2-beta ($0.03, not published: set it) |
+//! | matrix | `price_matrix_usd[tier][quality]`: tier by the longest side (1K ≤ 1536 < 2K ≤ 2048 < 4K), `auto` quality priced as `medium` | gpt-image-2-all |
+//! | generate/edit | `price_usd` to generate, `edit_price_usd` to edit | sparkpix ($0.010 / $0.013) |
 //!
 //! Every price is × `n`. Amounts are integer micro-dollars ([`Usd`]) so sums over a ledger are
 //! exact.
 
 use crate::config::{ModelConfig, ModelsConfig};
+use crate::model::registry::PriceRule;
 pub use crate::model::Usd;
 use crate::model::{ModelId, Quality, Size};
 use crate::request::{ImageRequest, Operation};
@@ -58,19 +60,18 @@ pub fn price(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Price
 
 fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
     let flat = |p: Option<f64>| Usd::from_dollars(p.unwrap_or_default());
-    match model {
-        ModelId::Lite | ModelId::Beta => flat(m.price_usd),
+    match model.def().price {
+        PriceRule::Flat { .. } => flat(m.price_usd),
         // The edit endpoint serves edits and generations with reference images.
-        ModelId::SparkPix if req.op == Operation::Edit || !req.images.is_empty() => {
+        PriceRule::GenerateEdit { .. } if req.op == Operation::Edit || !req.images.is_empty() => {
             flat(m.edit_price_usd)
         }
-        ModelId::SparkPix => flat(m.price_usd),
-        ModelId::All => {
+        PriceRule::GenerateEdit { .. } => flat(m.price_usd),
+        PriceRule::Matrix { .. } => {
             let Some(matrix) = &m.price_matrix_usd else {
                 return Usd::ZERO;
             };
-            let tier = all_tier(req);
-            let Some(row) = matrix.get(tier) else {
+            let Some(row) = matrix.get(matrix_tier(req)) else {
                 return Usd::ZERO;
             };
             Usd::from_dollars(match req.quality {
@@ -82,9 +83,9 @@ fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
     }
 }
 
-/// The tier gpt-image-2-all bills: the size's, or the async mode's `resolution`, or 1K (its
-/// default size, 1024x1024).
-fn all_tier(req: &ImageRequest) -> &'static str {
+/// The tier a matrix-priced model bills: the size's, or the async mode's `resolution`, or 1K
+/// (its default size, 1024x1024).
+fn matrix_tier(req: &ImageRequest) -> &'static str {
     if let Some(size) = req.size {
         return tier(size);
     }
@@ -237,7 +238,7 @@ mod tests {
     #[test]
     fn configured_prices_win_and_usd_prints_exactly() {
         let mut models = ModelsConfig::default();
-        models.beta.price_usd = Some(0.0333);
+        models.get_mut(ModelId::Beta).price_usd = Some(0.0333);
         assert_eq!(
             cost(&models, ModelId::Beta, &req(json!({"n": 3}))),
             Usd(99_900)

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 /// specific entries come first.
 const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
+    // The registry's one list of models, a macro at the crate root.
+    ("for_each_model", 0),
     ("upstream::failure", 0),
     ("config", 1),
     ("error", 1),

@@ -258,12 +258,6 @@ impl Config {
             let path = e.path().to_string();
             ConfigError(format!("{path}: {}", e.into_inner()))
         })?;
-        let RawModels {
-            lite,
-            all,
-            beta,
-            sparkpix,
-        } = raw.models;
         let mut config = Config {
             server: raw.server,
             upstream: raw.upstream,
@@ -275,12 +269,7 @@ impl Config {
             routing: raw.routing.merged(),
             data: raw.data,
             limits: raw.limits,
-            models: ModelsConfig {
-                lite: lite.over(ModelConfig::defaults(ModelId::Lite)),
-                all: all.over(ModelConfig::defaults(ModelId::All)),
-                beta: beta.over(ModelConfig::defaults(ModelId::Beta)),
-                sparkpix: sparkpix.over(ModelConfig::defaults(ModelId::SparkPix)),
-            },
+            models: models::merged(raw.models),
         };
         if let Some(listen) = env("IMAGEGATE_LISTEN") {
             config.server.listen = listen

@@ -6,25 +6,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::registry::PriceRule;
 use crate::model::ModelId;
 
-/// Per-model settings, one table per public model id.
+/// Per-model settings, one table per public model id (`[models.<id>]`).
 #[derive(Debug, Clone)]
-pub struct ModelsConfig {
-    pub lite: ModelConfig,
-    pub all: ModelConfig,
-    pub beta: ModelConfig,
-    pub sparkpix: ModelConfig,
-}
+pub struct ModelsConfig([ModelConfig; ModelId::COUNT]);
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        Self {
-            lite: ModelConfig::defaults(ModelId::Lite),
-            all: ModelConfig::defaults(ModelId::All),
-            beta: ModelConfig::defaults(ModelId::Beta),
-            sparkpix: ModelConfig::defaults(ModelId::SparkPix),
-        }
+        Self(ModelId::ALL.map(ModelConfig::defaults))
     }
 }
 
@@ -50,13 +41,13 @@ impl ModelsConfig {
                 }
             }
             // Every request must have an exact price: the model's own price keys must be set.
-            let needed: &[(&str, bool)] = match id {
-                ModelId::All => &[("price_matrix_usd", m.price_matrix_usd.is_some())],
-                ModelId::SparkPix => &[
+            let needed: &[(&str, bool)] = match id.def().price {
+                PriceRule::Matrix { .. } => &[("price_matrix_usd", m.price_matrix_usd.is_some())],
+                PriceRule::GenerateEdit { .. } => &[
                     ("price_usd", m.price_usd.is_some()),
                     ("edit_price_usd", m.edit_price_usd.is_some()),
                 ],
-                ModelId::Lite | ModelId::Beta => &[("price_usd", m.price_usd.is_some())],
+                PriceRule::Flat { .. } => &[("price_usd", m.price_usd.is_some())],
             };
             for (name, set) in needed {
                 if !set {
@@ -91,12 +82,11 @@ impl ModelsConfig {
     }
 
     pub fn get(&self, id: ModelId) -> &ModelConfig {
-        match id {
-            ModelId::Lite => &self.lite,
-            ModelId::All => &self.all,
-            ModelId::Beta => &self.beta,
-            ModelId::SparkPix => &self.sparkpix,
-        }
+        &self.0[id.index()]
+    }
+
+    pub fn get_mut(&mut self, id: ModelId) -> &mut ModelConfig {
+        &mut self.0[id.index()]
     }
 }
 
@@ -130,59 +120,38 @@ pub struct QualityPrices {
 }
 
 impl ModelConfig {
-    /// Defaults from the platform's documented latencies and prices.
+    /// Defaults from the registry: the platform's documented latencies and prices.
     pub fn defaults(id: ModelId) -> Self {
-        let secs = Duration::from_secs;
-        let base = Self {
-            enabled: true,
-            deadline: secs(240),
-            first_poll_delay: secs(5),
-            poll_interval: secs(3),
-            price_usd: None,
-            edit_price_usd: None,
-            price_matrix_usd: None,
+        let def = id.def();
+        let t = def.timings;
+        let (price_usd, edit_price_usd, price_matrix_usd) = match def.price {
+            PriceRule::Flat { usd } => (Some(usd), None, None),
+            PriceRule::GenerateEdit {
+                generate_usd,
+                edit_usd,
+            } => (Some(generate_usd), Some(edit_usd), None),
+            PriceRule::Matrix { usd } => {
+                let rows = usd.iter().map(|(tier, [low, medium, high])| {
+                    let row = QualityPrices {
+                        low: *low,
+                        medium: *medium,
+                        high: *high,
+                    };
+                    ((*tier).to_owned(), row)
+                });
+                (None, None, Some(rows.collect()))
+            }
         };
-        match id {
-            // Synchronous task envelope: the create call already carries the result.
-            ModelId::Lite => Self {
-                deadline: secs(180),
-                price_usd: Some(0.04),
-                ..base
-            },
-            // low ≈ 40 s, medium 60–90 s, high ≈ 2 min.
-            ModelId::All => Self {
-                deadline: secs(240),
-                first_poll_delay: secs(10),
-                poll_interval: secs(3),
-                price_matrix_usd: Some(default_all_matrix()),
-                ..base
-            },
-            // Typical 15–40 s; price is not documented: set it in config.
-            ModelId::Beta => Self {
-                deadline: secs(120),
-                first_poll_delay: secs(5),
-                poll_interval: secs(2),
-                price_usd: Some(0.03),
-                ..base
-            },
-            // Sub-second sync endpoints.
-            ModelId::SparkPix => Self {
-                deadline: secs(30),
-                price_usd: Some(0.010),
-                edit_price_usd: Some(0.013),
-                ..base
-            },
+        Self {
+            enabled: true,
+            deadline: Duration::from_secs(t.deadline_s),
+            first_poll_delay: Duration::from_secs(t.first_poll_delay_s),
+            poll_interval: Duration::from_secs(t.poll_interval_s),
+            price_usd,
+            edit_price_usd,
+            price_matrix_usd,
         }
     }
-}
-
-fn default_all_matrix() -> BTreeMap<String, QualityPrices> {
-    let row = |low, medium, high| QualityPrices { low, medium, high };
-    BTreeMap::from([
-        ("1K".to_owned(), row(0.005, 0.025, 0.07)),
-        ("2K".to_owned(), row(0.01, 0.04, 0.10)),
-        ("4K".to_owned(), row(0.015, 0.06, 0.23)),
-    ])
 }
 
 /// Model tables are partial in files: unknown keys are rejected, missing keys take the model's
@@ -202,17 +171,16 @@ pub(super) struct RawModelConfig {
     price_matrix_usd: Option<BTreeMap<String, QualityPrices>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawModels {
-    #[serde(rename = "gpt-image-2-lite", default)]
-    pub lite: RawModelConfig,
-    #[serde(rename = "gpt-image-2-all", default)]
-    pub all: RawModelConfig,
-    #[serde(rename = "gpt-image-2-beta", default)]
-    pub beta: RawModelConfig,
-    #[serde(default)]
-    pub sparkpix: RawModelConfig,
+/// `[models.<id>]` tables as written: keyed by a model id (an unknown id is refused by name).
+pub(super) type RawModels = BTreeMap<ModelId, RawModelConfig>;
+
+/// The file's tables merged over every model's defaults.
+pub(super) fn merged(mut raw: RawModels) -> ModelsConfig {
+    ModelsConfig(ModelId::ALL.map(|id| {
+        raw.remove(&id)
+            .unwrap_or_default()
+            .over(ModelConfig::defaults(id))
+    }))
 }
 
 impl RawModelConfig {

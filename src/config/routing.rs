@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::ModelId;
+use crate::model::{registry, ModelId};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,14 +82,14 @@ impl Default for RoutingConfig {
     }
 }
 
+/// `auto` (every model) and the registry's groups.
 fn default_groups() -> BTreeMap<String, Vec<ModelId>> {
-    BTreeMap::from([
-        (
-            "gpt-image-2".to_owned(),
-            vec![ModelId::All, ModelId::Lite, ModelId::Beta],
-        ),
-        ("auto".to_owned(), ModelId::ALL.to_vec()),
-    ])
+    let mut groups: BTreeMap<String, Vec<ModelId>> = registry::GROUPS
+        .iter()
+        .map(|(name, members)| ((*name).to_owned(), members.to_vec()))
+        .collect();
+    groups.insert("auto".to_owned(), ModelId::ALL.to_vec());
+    groups
 }
 
 /// OpenAI's model names, so clients with a hard-coded name work. The gpt-image family maps to

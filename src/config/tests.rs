@@ -19,16 +19,22 @@ fn env(name: &str) -> Option<String> {
 fn interpolates_and_fills_model_defaults() {
     let c = Config::from_toml(MIN, &env).unwrap();
     assert_eq!(c.upstream.api_key, "up-secret");
-    assert_eq!(c.models.all.poll_interval, Duration::from_secs(3));
-    assert_eq!(c.models.lite.price_usd, Some(0.04));
+    assert_eq!(
+        c.models.get(ModelId::All).poll_interval,
+        Duration::from_secs(3)
+    );
+    assert_eq!(c.models.get(ModelId::Lite).price_usd, Some(0.04));
 }
 
 #[test]
 fn partial_model_table_keeps_other_defaults() {
     let text = format!("{MIN}\n[models.gpt-image-2-beta]\nprice_usd = 0.05\n");
     let c = Config::from_toml(&text, &env).unwrap();
-    assert_eq!(c.models.beta.price_usd, Some(0.05));
-    assert_eq!(c.models.beta.deadline, Duration::from_secs(120));
+    assert_eq!(c.models.get(ModelId::Beta).price_usd, Some(0.05));
+    assert_eq!(
+        c.models.get(ModelId::Beta).deadline,
+        Duration::from_secs(120)
+    );
 }
 
 #[test]

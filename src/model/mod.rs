@@ -7,32 +7,47 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+pub mod capabilities;
 mod money;
+pub mod registry;
 mod route;
 
 pub use money::Usd;
 pub use route::Route;
 
-/// A public model id. Each pins one upstream model (SparkPix pins two endpoints: generate and edit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub enum ModelId {
-    Lite,
-    All,
-    Beta,
-    SparkPix,
+macro_rules! declare_model_ids {
+    ($($variant:ident => $adapter:ident),+ $(,)?) => {
+        /// A public model id. Each pins one upstream model (SparkPix pins two endpoints:
+        /// generate and edit). Generated from the registry's one list ([`for_each_model!`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
+        pub enum ModelId {
+            $($variant),+
+        }
+
+        impl ModelId {
+            /// Every model, in registry order.
+            pub const ALL: [ModelId; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+            pub const COUNT: usize = Self::ALL.len();
+        }
+    };
 }
 
+crate::for_each_model!(declare_model_ids);
+
 impl ModelId {
-    pub const ALL: [ModelId; 4] = [Self::Lite, Self::All, Self::Beta, Self::SparkPix];
+    /// The model's place in [`registry::MODELS`] and in per-model tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Everything the registry says about this model.
+    pub fn def(self) -> &'static registry::ModelDef {
+        &registry::MODELS[self.index()]
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Lite => "gpt-image-2-lite",
-            Self::All => "gpt-image-2-all",
-            Self::Beta => "gpt-image-2-beta",
-            Self::SparkPix => "sparkpix",
-        }
+        self.def().id
     }
 }
 

@@ -203,7 +203,7 @@ pub struct ModelView {
 
 /// Every model's [`ModelView`] at one instant.
 #[derive(Debug, Clone)]
-pub struct HealthView([ModelView; 4]);
+pub struct HealthView([ModelView; ModelId::COUNT]);
 
 impl HealthView {
     /// Every model available, nothing observed: the view of a fresh gateway.
@@ -214,7 +214,7 @@ impl HealthView {
                 p90: None,
                 ok: 1.0,
                 ewma_s: None,
-            }; 4],
+            }; ModelId::COUNT],
         )
     }
 
@@ -230,16 +230,11 @@ impl HealthView {
 /// Health of every upstream model.
 pub struct Health {
     config: CircuitConfig,
-    models: [Mutex<ModelHealth>; 4],
+    models: [Mutex<ModelHealth>; ModelId::COUNT],
 }
 
 fn index(m: ModelId) -> usize {
-    match m {
-        ModelId::Lite => 0,
-        ModelId::All => 1,
-        ModelId::Beta => 2,
-        ModelId::SparkPix => 3,
-    }
+    m.index()
 }
 
 impl Health {

@@ -385,7 +385,7 @@ fn url_answers_go_only_to_models_that_make_the_format() {
 #[test]
 fn near_ties_go_to_the_healthier_or_faster_model() {
     let mut models = ModelsConfig::default();
-    models.beta.price_usd = Some(0.026);
+    models.get_mut(ModelId::Beta).price_usd = Some(0.026);
     let r = routing();
     let route = group(&r, "gpt-image-2");
     let req = build(&route, json!({"size": "1024x1024"}), vec![], None);
@@ -526,7 +526,7 @@ fn names_resolve_and_disabled_models_drop_out() {
     );
     assert!(group(&r, "gpt-image-2-lite").pinned);
     assert!(!group(&r, "auto").pinned);
-    models.all.enabled = false;
+    models.get_mut(ModelId::All).enabled = false;
     let route = r.resolve(&models, "gpt-image-2").unwrap();
     assert_eq!(route.members, [ModelId::Lite, ModelId::Beta]);
     let e = r.resolve(&models, "gpt-image-2-all").unwrap_err();

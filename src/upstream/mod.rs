@@ -10,15 +10,11 @@
 //! builds the upstream body (so bad input is refused before any upstream call), and an `execute`
 //! that talks to the platform.
 
-mod all;
-mod beta;
 mod classify;
 pub mod failure;
-mod lite;
 pub mod pool;
 pub mod reach;
 pub mod results;
-mod sparkpix;
 mod task;
 mod transcode;
 
@@ -287,36 +283,44 @@ pub struct Output {
     pub calls_ok: u32,
 }
 
-/// A validated, translated request for one model: built before any upstream call.
-#[derive(Debug)]
-pub enum Plan {
-    Lite(lite::Plan),
-    All(all::Plan),
-    Beta(beta::Plan),
-    SparkPix(sparkpix::Plan),
-}
+macro_rules! adapters {
+    ($($variant:ident => $adapter:ident),+ $(,)?) => {
+        $(mod $adapter;)+
 
-/// Validates `req` against its model and builds the upstream request. No I/O.
-pub fn plan(model: ModelId, req: &ImageRequest) -> Result<Plan, ApiError> {
-    match model {
-        ModelId::Lite => lite::plan(req).map(Plan::Lite),
-        ModelId::All => all::plan(req).map(Plan::All),
-        ModelId::Beta => beta::plan(req).map(Plan::Beta),
-        ModelId::SparkPix => sparkpix::plan(req).map(Plan::SparkPix),
-    }
-}
-
-impl Plan {
-    /// The model this plan is for.
-    pub fn model(&self) -> ModelId {
-        match self {
-            Plan::Lite(_) => ModelId::Lite,
-            Plan::All(_) => ModelId::All,
-            Plan::Beta(_) => ModelId::Beta,
-            Plan::SparkPix(_) => ModelId::SparkPix,
+        /// A validated, translated request for one model: built before any upstream call.
+        #[derive(Debug)]
+        pub enum Plan {
+            $($variant($adapter::Plan)),+
         }
-    }
+
+        /// Validates `req` for `model` and builds the upstream request. No I/O.
+        pub fn plan(model: ModelId, req: &ImageRequest) -> Result<Plan, ApiError> {
+            match model {
+                $(ModelId::$variant => $adapter::plan(req).map(Plan::$variant)),+
+            }
+        }
+
+        impl Plan {
+            /// The model this plan is for.
+            pub fn model(&self) -> ModelId {
+                match self {
+                    $(Plan::$variant(_) => ModelId::$variant),+
+                }
+            }
+
+            /// Runs the plan against the platform until the images exist (polling async tasks).
+            async fn run(self, up: &Upstream, ctx: &CallCtx) -> Result<Output, UpstreamError> {
+                match self {
+                    $(Plan::$variant(p) => $adapter::execute(up, p, ctx).await),+
+                }
+            }
+        }
+    };
 }
+
+// One adapter module per model of the registry (`src/upstream/<adapter>.rs`), each with a pure
+// `plan(&ImageRequest) -> Result<Plan, ApiError>` and an `execute(&Upstream, Plan, &CallCtx)`.
+crate::for_each_model!(adapters);
 
 /// What the dispatcher needs from the platform: run a plan until the images exist, and fetch
 /// result files for a `b64_json` answer. [`Upstream`] is the real one; tests give fakes.
@@ -343,14 +347,7 @@ impl Upstreams for Upstream {
         plan: Plan,
         ctx: &'a CallCtx,
     ) -> BoxFuture<'a, Result<Output, UpstreamError>> {
-        Box::pin(async move {
-            match plan {
-                Plan::Lite(p) => lite::execute(self, p, ctx).await,
-                Plan::All(p) => all::execute(self, p, ctx).await,
-                Plan::Beta(p) => beta::execute(self, p, ctx).await,
-                Plan::SparkPix(p) => sparkpix::execute(self, p, ctx).await,
-            }
-        })
+        Box::pin(plan.run(self, ctx))
     }
 
     fn fetch_b64<'a>(

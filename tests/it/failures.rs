@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use imagegate::model::ModelId;
 use serde_json::json;
 
 use crate::support::{start, start_with, UPSTREAM_KEY};
@@ -110,8 +111,8 @@ async fn policy_message_is_kept_for_the_client() {
 #[tokio::test]
 async fn stuck_task_hits_the_deadline_with_its_task_id() {
     let env = start_with(|c| {
-        c.models.beta.deadline = Duration::from_millis(1500);
-        c.models.beta.poll_interval = Duration::from_secs(1);
+        c.models.get_mut(ModelId::Beta).deadline = Duration::from_millis(1500);
+        c.models.get_mut(ModelId::Beta).poll_interval = Duration::from_secs(1);
     })
     .await;
     let a = env
@@ -143,7 +144,8 @@ async fn stuck_task_hits_the_deadline_with_its_task_id() {
 
 #[tokio::test]
 async fn stuck_sync_call_hits_the_deadline() {
-    let env = start_with(|c| c.models.sparkpix.deadline = Duration::from_secs(1)).await;
+    let env =
+        start_with(|c| c.models.get_mut(ModelId::SparkPix).deadline = Duration::from_secs(1)).await;
     let a = env
         .generate(json!({"model": "sparkpix", "prompt": "x [sim:stuck]"}))
         .await;
@@ -157,7 +159,8 @@ async fn stuck_sync_call_hits_the_deadline() {
 
 #[tokio::test]
 async fn transient_poll_failures_do_not_lose_the_task() {
-    let env = start_with(|c| c.models.beta.deadline = Duration::from_secs(20)).await;
+    let env =
+        start_with(|c| c.models.get_mut(ModelId::Beta).deadline = Duration::from_secs(20)).await;
     let a = env
         .generate(json!({"model": "gpt-image-2-beta", "prompt": "x [sim:pollfail=2]"}))
         .await;

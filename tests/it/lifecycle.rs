@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use imagegate::model::ModelId;
 use serde_json::json;
 
 use crate::support::{start, start_scaled, start_with};
@@ -59,8 +60,8 @@ async fn drain_timeout_bounds_shutdown() {
 async fn hundreds_of_async_requests_wait_at_once() {
     // beta: 15–40 s scaled by 0.02 → 0.3–0.8 s per task; all 300 wait concurrently.
     let env = start_scaled(0.02, |c| {
-        c.models.beta.first_poll_delay = Duration::from_millis(500);
-        c.models.beta.poll_interval = Duration::from_secs(1);
+        c.models.get_mut(ModelId::Beta).first_poll_delay = Duration::from_millis(500);
+        c.models.get_mut(ModelId::Beta).poll_interval = Duration::from_secs(1);
     })
     .await;
     let calls = (0..300).map(|i| {

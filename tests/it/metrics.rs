@@ -1,6 +1,7 @@
 //! `/metrics`, `/readyz` and request ids: exact series after known requests, and the dashboard and
 //! alert rules checked against what a real gateway emits.
 
+use imagegate::model::ModelId;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
@@ -353,7 +354,7 @@ async fn request_ids_are_kept_or_made_returned_and_sent_upstream() {
 
 #[tokio::test]
 async fn probes_need_no_key_and_readyz_lists_ready_models() {
-    let env = start_with(|c| c.models.beta.enabled = false).await;
+    let env = start_with(|c| c.models.get_mut(ModelId::Beta).enabled = false).await;
     let get = |path: &'static str| {
         let url = format!("{}{path}", env.gateway);
         let http = env.http.clone();

@@ -52,7 +52,7 @@ async fn lists_and_retrieves_models() {
 #[tokio::test]
 async fn disabled_models_are_hidden_and_refused() {
     let env = start_with(|c| {
-        c.models.beta.enabled = false;
+        c.models.get_mut(ModelId::Beta).enabled = false;
         c.routing
             .groups
             .insert("beta-only".into(), vec![ModelId::Beta]);

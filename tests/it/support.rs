@@ -1,5 +1,6 @@
 //! Test support: a simulator and a gateway per test, each on its own ephemeral port.
 
+use imagegate::model::ModelId;
 use std::time::Duration;
 
 use imagegate::config::Config;
@@ -79,22 +80,19 @@ pub async fn start_scaled(time_scale: f64, tweak: impl FnOnce(&mut Config)) -> E
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = imagegate::demo::demo_config(sim_addr, UPSTREAM_KEY, addr).unwrap();
-    for m in [
-        &mut config.models.all,
-        &mut config.models.beta,
-        &mut config.models.lite,
-    ] {
-        m.first_poll_delay = Duration::from_millis(30);
+    for id in [ModelId::All, ModelId::Beta, ModelId::Lite] {
+        config.models.get_mut(id).first_poll_delay = Duration::from_millis(30);
     }
-    for m in [&mut config.models.all, &mut config.models.beta] {
-        m.poll_interval = poll_interval(time_scale);
+    for id in [ModelId::All, ModelId::Beta] {
+        config.models.get_mut(id).poll_interval = poll_interval(time_scale);
     }
     tweak(&mut config);
     // Checked as a deployment's file would be, but for the poll interval: the config accepts
     // none under 1 s (it spares the real platform), while the simulator's tasks are over long
     // before that. `imagegate::serve` takes the config as given.
     let mut checked = config.clone();
-    for m in [&mut checked.models.all, &mut checked.models.beta] {
+    for id in [ModelId::All, ModelId::Beta] {
+        let m = checked.models.get_mut(id);
         m.poll_interval = m.poll_interval.max(Duration::from_secs(1));
     }
     checked.validate().unwrap();
