@@ -16,7 +16,7 @@ pub use money::Usd;
 pub use route::Route;
 
 macro_rules! declare_model_ids {
-    ($($variant:ident => $adapter:ident),+ $(,)?) => {
+    ($($variant:ident = $id:literal => $adapter:ident),+ $(,)?) => {
         /// A public model id. Each pins one upstream model (SparkPix pins two endpoints:
         /// generate and edit). Generated from the registry's one list ([`for_each_model!`]).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -29,6 +29,13 @@ macro_rules! declare_model_ids {
             /// Every model, in registry order.
             pub const ALL: [ModelId; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
             pub const COUNT: usize = Self::ALL.len();
+
+            /// The public id, as clients and the config name it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $id),+
+                }
+            }
         }
     };
 }
@@ -44,10 +51,6 @@ impl ModelId {
     /// Everything the registry says about this model.
     pub fn def(self) -> &'static registry::ModelDef {
         &registry::MODELS[self.index()]
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.def().id
     }
 }
 

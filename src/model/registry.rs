@@ -10,17 +10,17 @@
 use super::capabilities::{Capabilities, MaskSupport, Mode, SizeRule};
 use super::ImageFormat;
 
-/// Calls `$callback!` with every model as `Variant => adapter_module`, in [`MODELS`] order. The
-/// one list of models: [`super::ModelId`] and the upstream's adapter dispatch are generated
-/// from it.
+/// Calls `$callback!` with every model as `Variant = "public id" => adapter_module`, in
+/// [`MODELS`] order. The one list of models: [`super::ModelId`] and the upstream's adapter
+/// dispatch are generated from it.
 #[macro_export]
 macro_rules! for_each_model {
     ($callback:path) => {
         $callback! {
-            Lite => lite,
-            All => all,
-            Beta => beta,
-            SparkPix => sparkpix,
+            Lite = "gpt-image-2-lite" => lite,
+            All = "gpt-image-2-all" => all,
+            Beta = "gpt-image-2-beta" => beta,
+            SparkPix = "sparkpix" => sparkpix,
         }
     };
 }
@@ -195,3 +195,18 @@ pub const GROUPS: [(&str, &[super::ModelId]); 1] = [(
         super::ModelId::Beta,
     ],
 )];
+
+#[cfg(test)]
+mod tests {
+    use super::super::ModelId;
+    use super::MODELS;
+
+    #[test]
+    fn the_table_follows_the_list() {
+        for m in ModelId::ALL {
+            assert_eq!(m.def().id, m.as_str(), "{m:?}: MODELS is out of order");
+            assert_eq!(m.as_str().parse::<ModelId>(), Ok(m));
+        }
+        assert_eq!(MODELS.len(), ModelId::COUNT);
+    }
+}

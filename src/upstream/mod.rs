@@ -284,7 +284,7 @@ pub struct Output {
 }
 
 macro_rules! adapters {
-    ($($variant:ident => $adapter:ident),+ $(,)?) => {
+    ($($variant:ident = $id:literal => $adapter:ident),+ $(,)?) => {
         $(mod $adapter;)+
 
         /// A validated, translated request for one model: built before any upstream call.
