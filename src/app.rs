@@ -11,17 +11,17 @@
 //! | 4 | `metrics::http::track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
 //! | 5 | `access_log` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
 //! | 6 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
-//! | 7 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts [`ClientKey`](crate::auth::ClientKey) |
+//! | 7 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
 //! | 8 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
 //! | 9 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
 //!
-//! Shared state lives in [`state`](crate::state). Request/response extensions: [`UpstreamWait`] (metrics → handlers → upstream client, and
-//! read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
+//! Shared state lives in [`state`](crate::state). Request/response extensions: [`UpstreamWait`]
+//! (metrics → handlers → upstream client, and read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
 //! response for the access log; it carries the key's and team's settings); `ApiError` and
 //! [`RequestLog`] (handlers → access log and metrics, on the response).
 //!
 //! Per-key limits and budgets are not a layer: images/min needs the parsed `n` and the budget
-//! needs the priced request, so the image handlers run them ([`gate`](crate::gate)) after
+//! needs the priced request, so the dispatcher runs them ([`dispatch`](crate::dispatch)) after
 //! parsing and before any upstream call. Routes: `api::routes()` (the OpenAI surface),
 //! `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) and
 //! [`admin::routes()`](crate::admin::routes) (`/admin/*`, admin key only, enforced by auth).

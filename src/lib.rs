@@ -1,24 +1,43 @@
 //! imagegate: an OpenAI-compatible gateway for image generation.
 //!
-//! # Layout
-//! Read top to bottom:
-//! - [`serve`] (here): binds nothing, takes a listener and a shutdown future — tests run it on
-//!   port 0, `main` on the configured address with SIGTERM/ctrl-c.
-//! - [`app`]: shared state and the one documented middleware stack.
-//! - `api`: the OpenAI routes (`images`, `edits`, `models`).
-//! - [`request`]: the normalised [`request::ImageRequest`] every wire form becomes.
-//! - [`upstream`]: the platform client, failure classification, one adapter per upstream shape,
-//!   the async task engine and result downloads.
-//! - [`error`]: the error policy and the OpenAI error envelope.
-//! - The team gateway: [`keys`] (client keys and teams), [`limits`] (rate and concurrency),
-//!   [`budget`] (reserve/settle), [`ledger`] (one row per request, usage reports), [`store`]
-//!   (SQLite), [`admin`] (`/admin/*`; the `keys`/`teams`/`usage` commands that call it live with
-//!   the binary, in `src/cli.rs`).
-//! - [`metrics`]: every Prometheus series, declared in one file; the HTTP metrics middleware.
-//! - [`config`]: typed configuration; [`demo`]: the demo's configuration, and with the default
-//!   `demo` feature the simulator and the gateway together. The upstream simulator is its own
-//!   crate, `imagegate-sim` (`crates/imagegate-sim`), a dependency only of that feature and of
-//!   the tests.
+//! # Where to look
+//!
+//! | to change… | open |
+//! |---|---|
+//! | how the server starts and stops | [`serve`] (here), `main.rs` |
+//! | the middleware stack, in order | [`app`] (the numbered layer table) |
+//! | an OpenAI route: parsing and the answer's shape | `api/images.rs`, `api/edits.rs` |
+//! | what happens to an image request, start to end | [`dispatch`] — admit, choose, plan, reserve, execute with failover, settle, results, close |
+//! | which model serves a request | [`routing`] (pure choice), [`catalog`] (what a model can do) |
+//! | a model: its id, catalog row, price rule, timings | [`model::registry`] — plus its adapter `upstream/<model>.rs` |
+//! | how the platform is called and its answers classified | [`upstream`], `upstream/classify.rs`, [`upstream::failure`] |
+//! | prices | [`pricing`]; money is [`model::Usd`] (exact micro-dollars) |
+//! | keys, limits, budgets, the ledger | [`keys`], [`limits`], [`budget`], [`ledger`], [`store`] |
+//! | an error a client sees | [`error`] ([`error::ErrorCode`]: status, type, fault, retry advice) |
+//! | metrics and logs | [`metrics`], the access log in [`app`] |
+//! | the operator's API | [`admin`]; the `imagegate keys|teams|usage` commands are `cli.rs`, beside `main.rs` |
+//! | configuration | [`config`] |
+//!
+//! The upstream simulator is its own crate, `imagegate-sim` (`crates/imagegate-sim`), used by
+//! `imagegate sim`/`demo` (the default `demo` feature: [`demo`]) and by the tests.
+//!
+//! # Layers
+//!
+//! Each module belongs to a layer and imports only from layers with a lower number (or its
+//! own): no module reaches up. `tests/layers.rs` fails on any `crate::` path, in a `use` or
+//! inline, that points to a higher layer than its file's.
+//!
+//! | layer | modules |
+//! |---|---|
+//! | L0 domain | [`model`] (ids, sizes, formats, money, routes, the model registry), [`upstream::failure`] |
+//! | L1 | [`config`], [`error`] |
+//! | L2 | [`request`] (parsing), [`metrics`] |
+//! | L3 | [`pricing`], [`catalog`], [`upstream`] (adapters), [`store`], [`ledger`] |
+//! | L4 | [`keys`], [`limits`], [`budget`] |
+//! | L5 | [`routing`] (a pure choice) |
+//! | L6 | [`dispatch`] |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain` |
+//! | L8 | [`app`] (router and middleware), [`serve`], [`demo`], `main` |
 
 pub mod admin;
 mod api;

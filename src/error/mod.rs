@@ -1,7 +1,7 @@
 //! The error policy, in one place.
 //!
 //! - `anyhow` only in `main` and at startup.
-//! - Adapters return [`UpstreamError`](crate::upstream::UpstreamError): a classified failure
+//! - Adapters return `UpstreamError` (`upstream::failure`): a classified failure
 //!   (`FailureKind`), never a string to match on.
 //! - Everything a client sees is an [`ApiError`], rendered as OpenAI's
 //!   `{"error":{"message","type","param","code"}}` with the right status. The one mapping from an

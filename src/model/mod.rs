@@ -18,7 +18,7 @@ pub use route::Route;
 macro_rules! declare_model_ids {
     ($($variant:ident = $id:literal => $adapter:ident),+ $(,)?) => {
         /// A public model id. Each pins one upstream model (SparkPix pins two endpoints:
-        /// generate and edit). Generated from the registry's one list ([`for_each_model!`]).
+        /// generate and edit). Generated from the registry's one list ([`for_each_model!`](crate::for_each_model)).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
         #[serde(try_from = "String")]
         pub enum ModelId {

@@ -1,7 +1,7 @@
 //! Every upstream model in one place: its public id, its adapter, what it can do (the catalog
 //! row), its price rule and its default timings.
 //!
-//! **Adding a model** is one entry here — a line in [`for_each_model!`] naming its variant and
+//! **Adding a model** is one entry here — a line in [`for_each_model!`](crate::for_each_model) naming its variant and
 //! adapter module, and its [`ModelDef`] in [`MODELS`] (same order) — plus its adapter file
 //! `src/upstream/<module>.rs` with a pure `plan` and an `execute`. Everything else (the id's
 //! parsing and display, `[models.<id>]` settings, prices, routing's catalog, health, metrics,
@@ -59,7 +59,7 @@ pub struct ModelDef {
     pub timings: Timings,
 }
 
-/// Every model, in [`for_each_model!`] order (a test checks the two agree).
+/// Every model, in [`for_each_model!`](crate::for_each_model) order (a test checks the two agree).
 pub const MODELS: [ModelDef; super::ModelId::COUNT] = [
     // Lite: `src/upstream/lite.rs`
     ModelDef {

@@ -485,3 +485,7 @@ pub struct LatencySnapshot {
     pub p90_s: Option<f64>,
     pub p99_s: Option<f64>,
 }
+
+#[cfg(test)]
+#[path = "health_tests.rs"]
+mod tests;

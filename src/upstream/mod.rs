@@ -1,10 +1,11 @@
 //! Everything behind the gateway: one HTTP client for the platform, the failure classification,
 //! one adapter per upstream API shape, the async task engine and result fetching.
 //!
-//! Reading order: this file (client + [`UpstreamError`]), `classify` (answers → failure kinds),
-//! then [`plan`] / [`execute`] (the one place a model id is matched to its adapter), then the
-//! adapters (`lite`, `all`, `beta`, `sparkpix`), then `task` (polling), `pool` (upstream keys)
-//! and `results` (downloading result files).
+//! Reading order: this file (client + [`Upstreams`], the interface the dispatcher uses),
+//! [`failure`] and `classify` (answers → failure kinds), then [`plan`] and [`Plan`] (generated
+//! from the model registry's one list: the one place a model id is matched to its adapter), then
+//! the adapters (`lite`, `all`, `beta`, `sparkpix`), then `task` (polling), `pool` (upstream
+//! keys) and `results` (downloading result files).
 //!
 //! Every adapter is split in two: a pure `plan` that validates the request for that model and
 //! builds the upstream body (so bad input is refused before any upstream call), and an `execute`
