@@ -308,12 +308,30 @@ macro_rules! adapters {
                     $(Plan::$variant(_) => ModelId::$variant),+
                 }
             }
+        }
 
-            /// Runs the plan against the platform until the images exist (polling async tasks).
-            async fn run(self, up: &Upstream, ctx: &CallCtx) -> Result<Output, UpstreamError> {
-                match self {
-                    $(Plan::$variant(p) => $adapter::execute(up, p, ctx).await),+
+        impl Upstreams for Upstream {
+            fn execute<'a>(
+                &'a self,
+                plan: Plan,
+                ctx: &'a CallCtx,
+            ) -> BoxFuture<'a, Result<Output, UpstreamError>> {
+                // The adapter's own `execute`, straight from the dispatcher's attempt.
+                match plan {
+                    $(Plan::$variant(p) => Box::pin($adapter::execute(self, p, ctx))),+
                 }
+            }
+
+            fn fetch_b64<'a>(
+                &'a self,
+                urls: Vec<String>,
+                wanted: ImageFormat,
+                ctx: &'a CallCtx,
+            ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>> {
+                Box::pin(async move {
+                    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+                    Upstream::fetch_b64(self, &urls, wanted, ctx).await
+                })
             }
         }
     };
@@ -340,28 +358,6 @@ pub trait Upstreams: Send + Sync {
         wanted: ImageFormat,
         ctx: &'a CallCtx,
     ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>>;
-}
-
-impl Upstreams for Upstream {
-    fn execute<'a>(
-        &'a self,
-        plan: Plan,
-        ctx: &'a CallCtx,
-    ) -> BoxFuture<'a, Result<Output, UpstreamError>> {
-        Box::pin(plan.run(self, ctx))
-    }
-
-    fn fetch_b64<'a>(
-        &'a self,
-        urls: Vec<String>,
-        wanted: ImageFormat,
-        ctx: &'a CallCtx,
-    ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>> {
-        Box::pin(async move {
-            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-            Upstream::fetch_b64(self, &urls, wanted, ctx).await
-        })
-    }
 }
 
 /// Runs `n` independent calls concurrently and keeps every image that was produced: images the
