@@ -10,10 +10,11 @@
 //! | 3 | `PropagateRequestIdLayer` | returns `x-request-id` on every response, errors included |
 //! | 4 | `metrics::http::track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
 //! | 5 | `access_log` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
-//! | 6 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
-//! | 7 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
-//! | 8 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
-//! | 9 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
+//! | 6 | `shed::shed` | past `server.max_in_flight`, 503 `server_overloaded` before any read or parse (probes excepted) |
+//! | 7 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
+//! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
+//! | 9 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
+//! | 10 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
 //!
 //! Shared state lives in [`state`](crate::state). Request/response extensions: [`UpstreamWait`]
 //! (metrics → handlers → upstream client, and read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
@@ -64,6 +65,10 @@ pub fn build_router(state: Arc<AppState>) -> Router {
             crate::metrics::http::track,
         ))
         .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            crate::shed::shed,
+        ))
         .layer(middleware::from_fn(move |req, next| {
             crate::drain::drain_unread_body(limit, req, next)
         }))

@@ -36,7 +36,7 @@
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain` |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed` |
 //! | L8 | [`app`] (router and middleware), [`serve`], [`demo`], `main` |
 
 pub mod admin;
@@ -58,6 +58,7 @@ pub mod model;
 pub mod pricing;
 pub mod request;
 pub mod routing;
+mod shed;
 pub mod state;
 pub mod store;
 pub mod upstream;

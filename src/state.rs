@@ -36,6 +36,8 @@ pub struct AppState {
     pub budgets: Budgets,
     /// Rate and concurrency limiters.
     pub limits: RateLimits,
+    /// Slots for requests in flight (`server.max_in_flight`); see `shed`.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
     pub metrics: Arc<Metrics>,
 }
@@ -60,6 +62,7 @@ impl AppState {
             admin: AdminKey::new(&config.admin),
             budgets: Budgets::load(by_key, by_team),
             limits: RateLimits::new(&config.limits),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             metrics,
             config,
         })

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 7),
     ("admin", 7),
     ("drain", 7),
+    ("shed", 7),
     ("app", 8),
     ("demo", 8),
     ("serve", 8),

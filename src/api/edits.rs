@@ -51,11 +51,41 @@ pub async fn from_multipart(mut form: Multipart, limit: usize) -> Result<EditPar
                 "markup overlays are not supported; use a mask.",
             ));
         } else {
-            let text = field.text().await.map_err(|e| multipart_error(&e, limit))?;
+            if parts.fields.len() == MAX_TEXT_PARTS {
+                return Err(ApiError::bad_body(format!(
+                    "At most {MAX_TEXT_PARTS} text parts are read in a multipart body."
+                )));
+            }
+            let text = text_part(field, &name, limit).await?;
             parts.fields.insert(name, Value::String(text));
         }
     }
     Ok(parts)
+}
+
+/// Most text parts a multipart edit may carry (the SDKs send about a dozen).
+const MAX_TEXT_PARTS: usize = 64;
+/// Longest text part: a 32,000-character prompt of 4-byte characters fits.
+const MAX_TEXT_BYTES: usize = 128 * 1024;
+
+/// A text part, read up to [`MAX_TEXT_BYTES`] and required to be UTF-8 (never decoded lossily).
+async fn text_part(mut field: Field<'_>, name: &str, limit: usize) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multipart_error(&e, limit))?
+    {
+        if bytes.len() + chunk.len() > MAX_TEXT_BYTES {
+            return Err(ApiError::invalid(
+                name,
+                format!("The `{name}` part is longer than {MAX_TEXT_BYTES} bytes."),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::invalid(name, format!("The `{name}` part is not valid UTF-8.")))
 }
 
 /// `image`, `image[]` and, defensively, `image[0]`…`image[15]`.

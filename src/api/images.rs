@@ -38,9 +38,12 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         Err(e) => return e.into_response(),
     };
     let limit = state.config.server.max_body_bytes;
-    let parsed = match Bytes::from_request(request, &()).await {
-        Ok(body) => json_object(&body),
-        Err(e) => Err(body_error(e.status(), limit)),
+    let parsed = match json_content_type(request.headers()) {
+        Err(e) => Err(e),
+        Ok(()) => match Bytes::from_request(request, &()).await {
+            Ok(body) => json_object(&body),
+            Err(e) => Err(body_error(e.status(), limit)),
+        },
     }
     .and_then(|fields| {
         let parts = EditParts {
@@ -123,6 +126,20 @@ async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, Api
         edits::from_json(json_object(&body)?)
     } else {
         Err(ApiError::unsupported_media_type(&content_type))
+    }
+}
+
+/// A generation is JSON: `application/json` (any parameters), or no `Content-Type` at all.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or_default().to_ascii_lowercase();
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    if essence == "application/json" {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(&text))
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::model::ModelId;
 
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     /// Interval of `: keepalive` comments on streamed (`stream: true`) responses.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Requests served at once; past it, 503 `server_overloaded` before any parse.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             default_model: ModelId::All.as_str().to_owned(),
             keepalive_interval: Duration::from_secs(15),
+            max_in_flight: 20_000,
         }
     }
 }
@@ -302,6 +306,9 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             problems.push("server.max_body_bytes: must be at least 1024".to_owned());
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.server.max_in_flight) {
+            problems.push("server.max_in_flight: must be at least 1".to_owned());
         }
         if self.keys.is_empty() && self.data.dir.is_none() {
             problems.push(

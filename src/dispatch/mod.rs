@@ -1,7 +1,8 @@
 //! The one owner of an image request, from admission to ledger row. Read top to bottom:
 //!
-//! 1. **admit** — the key may use the public name; the key's and team's rate and concurrency
-//!    limits ([`limits`](crate::limits));
+//! 1. **admit** — the key may use the public name (checked before anything else, so a key hears
+//!    nothing of a model it may not use); the key's and team's rate and concurrency limits
+//!    ([`limits`](crate::limits));
 //! 2. **choose** — [`Routing::choose`] over one [`HealthView`]: the candidates, each with its
 //!    [`Price`](crate::pricing::Price), computed once;
 //! 3. **plan** — the first candidate whose adapter accepts the request (a pure `plan`): bad input
@@ -170,6 +171,10 @@ impl Dispatch<'_> {
         route: &Route,
         req: &ImageRequest,
     ) -> Result<(Vec<Candidate>, Plan, Admission), ApiError> {
+        // Authorization first: a key that may not use the name hears nothing of its health.
+        if !call.caller.record.allows(&route.public) {
+            return Err(ApiError::model_not_allowed(&route.public));
+        }
         let view: HealthView = self
             .health
             .view(req.quality, self.routing.config().latency_min_samples);
@@ -177,20 +182,13 @@ impl Dispatch<'_> {
             .routing
             .choose(self.models, &view, req, route, call.constraints)?;
         let (first, candidates) = plan_first(req, route, candidates)?;
-        let admission = self.admit(&call.caller, route, req)?;
+        let admission = self.admit(&call.caller, req)?;
         Ok((candidates, first, admission))
     }
 
-    /// Step 1: the key may use the name; its and its team's rate and concurrency limits.
-    fn admit(
-        &self,
-        caller: &ClientKey,
-        route: &Route,
-        req: &ImageRequest,
-    ) -> Result<Admission, ApiError> {
-        if !caller.record.allows(&route.public) {
-            return Err(ApiError::model_not_allowed(&route.public));
-        }
+    /// Step 1: the key's and its team's rate and concurrency limits (that the key may use the
+    /// name at all is checked first of everything, in `check`).
+    fn admit(&self, caller: &ClientKey, req: &ImageRequest) -> Result<Admission, ApiError> {
         self.limits
             .admit(caller, req.n)
             .inspect_err(|e| self.count_refusal(caller, e))

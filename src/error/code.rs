@@ -49,13 +49,15 @@ pub enum ErrorCode {
     ResultDownloadFailed,
     UpstreamTimeout,
     InternalError,
+    /// The gateway is at its in-flight limit (`server.max_in_flight`): load shed before parsing.
+    ServerOverloaded,
     /// Ledger only: the client hung up while the upstream worked (status 499).
     ClientClosedRequest,
 }
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -87,6 +89,7 @@ impl ErrorCode {
         Self::ResultDownloadFailed,
         Self::UpstreamTimeout,
         Self::InternalError,
+        Self::ServerOverloaded,
         Self::ClientClosedRequest,
     ];
 
@@ -121,6 +124,7 @@ impl ErrorCode {
             Self::ResultDownloadFailed => "result_download_failed",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::InternalError => "internal_error",
+            Self::ServerOverloaded => "server_overloaded",
             Self::ClientClosedRequest => "client_closed_request",
         }
     }
@@ -153,7 +157,9 @@ impl ErrorCode {
             | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed => StatusCode::BAD_GATEWAY,
-            Self::UpstreamRateLimited | Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamRateLimited | Self::NoHealthyUpstream | Self::ServerOverloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -189,7 +195,7 @@ impl ErrorCode {
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout => "upstream_error",
-            Self::InternalError => "server_error",
+            Self::InternalError | Self::ServerOverloaded => "server_error",
         }
     }
 
@@ -225,6 +231,7 @@ impl ErrorCode {
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout
             | Self::InternalError
+            | Self::ServerOverloaded
             | Self::ClientClosedRequest => true,
         }
     }
@@ -259,6 +266,7 @@ impl ErrorCode {
             Self::ResultDownloadFailed => Fault::UpstreamDownload,
             Self::UpstreamTimeout => Fault::UpstreamTimeout,
             Self::InternalError => Fault::GatewayInternal,
+            Self::ServerOverloaded => Fault::GatewayOverloaded,
         }
     }
 }
@@ -295,6 +303,8 @@ pub enum Fault {
     UpstreamDownload,
     UpstreamTimeout,
     GatewayInternal,
+    /// Shed at the in-flight limit.
+    GatewayOverloaded,
     GatewayPanic,
 }
 
@@ -322,6 +332,7 @@ impl Fault {
             Self::UpstreamDownload => "upstream_download",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::GatewayInternal => "gateway_internal",
+            Self::GatewayOverloaded => "gateway_overloaded",
             Self::GatewayPanic => "gateway_panic",
         }
     }

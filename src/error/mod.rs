@@ -154,6 +154,15 @@ impl ApiError {
         Self::new(ErrorCode::InsufficientQuota, message)
     }
 
+    /// 503: the gateway is at `server.max_in_flight`; retry shortly.
+    pub fn overloaded() -> Self {
+        Self::new(
+            ErrorCode::ServerOverloaded,
+            "The gateway is at its limit of requests in flight; retry shortly.",
+        )
+        .with_headers(vec![("retry-after", "1".to_owned())])
+    }
+
     /// 400 on the admin API.
     pub fn admin_invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidValue, message.into())

@@ -14,6 +14,7 @@ mod binary;
 mod boundaries;
 mod budgets;
 mod capabilities;
+mod edge;
 mod edits;
 mod errors;
 mod failures;

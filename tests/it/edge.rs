@@ -1,0 +1,171 @@
+//! The edge holds: load shedding past the in-flight limit, authorization before health,
+//! multipart and content-type limits, the admin key.
+
+use serde_json::json;
+
+use crate::support::{png_part, start_with, with_admin, Env, ADMIN_KEY};
+
+/// Waits (on the simulator's request log) until it has `n` requests.
+async fn until_upstream_has(env: &Env, n: usize) {
+    for _ in 0..1000 {
+        if env.upstream_requests().await.len() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the upstream never got {n} requests");
+}
+
+#[tokio::test]
+async fn past_the_in_flight_limit_requests_are_shed_and_service_recovers() {
+    let env = start_with(|c| c.server.max_in_flight = 2).await;
+    let slow = |i: usize| {
+        let rb = env.post_raw("/v1/images/generations").json(
+            &json!({"model": "sparkpix", "prompt": format!("hold {i} [sim:slow=3]"), "response_format": "url"}),
+        );
+        async move { Env::read(rb.send().await.unwrap()).await }
+    };
+    let held = tokio::spawn(futures_util::future::join_all([slow(1), slow(2)]));
+    until_upstream_has(&env, 2).await;
+
+    let shed = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert_eq!(shed.code(), "server_overloaded");
+    assert_eq!(shed.headers["retry-after"], "1");
+    assert_eq!(
+        env.upstream_requests().await.len(),
+        2,
+        "shed before any upstream call"
+    );
+    // The probes still answer.
+    assert_eq!(env.get("/healthz").await.status, 200);
+    assert_eq!(env.get("/metrics").await.status, 200);
+
+    for a in held.await.unwrap() {
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let again = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let metrics = env.get("/metrics").await.body.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("imagegate_errors_total{fault=\"gateway_overloaded\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_may_not_use_a_model_is_refused_before_its_health_is_told() {
+    // The model is disabled by health (its circuit opens on the first failure); the key may not
+    // use it at all: it must hear 403, not the model's health.
+    let env = start_with(|c| {
+        c.routing.circuit.enabled = true;
+        c.routing.circuit.consecutive_failures = 1;
+        c.keys[0].models = Some(vec!["sparkpix".to_owned()]);
+        c.keys.push(imagegate::config::KeySpec {
+            id: "open".to_owned(),
+            key: Some("sk-open-key-12345".to_owned()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let a = env
+        .generate_as(
+            "sk-open-key-12345",
+            json!({"model": "gpt-image-2-lite", "prompt": "x [sim:500]"}),
+        )
+        .await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let open = env
+        .generate_as(
+            "sk-open-key-12345",
+            json!({"model": "gpt-image-2-lite", "prompt": "x"}),
+        )
+        .await;
+    assert_eq!(open.status, 503, "the circuit is open: {}", open.code());
+    let a = env
+        .generate(json!({"model": "gpt-image-2-lite", "prompt": "x"}))
+        .await;
+    assert_eq!((a.status, a.code()), (403, "model_not_allowed"));
+}
+
+#[tokio::test]
+async fn generations_take_json_only() {
+    let env = start_with(|_| {}).await;
+    let res = env
+        .post_raw("/v1/images/generations")
+        .header("content-type", "text/plain")
+        .body(r#"{"prompt": "p", "model": "sparkpix"}"#)
+        .send()
+        .await
+        .unwrap();
+    let a = Env::read(res).await;
+    assert_eq!(a.status, 415, "{}", a.body);
+    assert_eq!(a.code(), "unsupported_media_type");
+    assert!(env.upstream_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn multipart_text_must_be_utf8_and_parts_are_capped() {
+    let env = start_with(|_| {}).await;
+    let bad = reqwest::multipart::Form::new()
+        .text("model", "gpt-image-2-all")
+        .part(
+            "prompt",
+            reqwest::multipart::Part::bytes(vec![0x66, 0xff, 0xfe, 0x6f]),
+        )
+        .part("image", png_part("a.png"));
+    let a = env.post_form(bad).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.param(), "prompt");
+
+    let mut many = reqwest::multipart::Form::new()
+        .text("model", "gpt-image-2-all")
+        .text("prompt", "p")
+        .part("image", png_part("a.png"));
+    for i in 0..5000 {
+        many = many.text(format!("x{i}"), "1");
+    }
+    let a = env.post_form(many).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("parts"),
+        "{}",
+        a.body
+    );
+
+    // A field the gateway does not use is still not read past the cap.
+    let long = reqwest::multipart::Form::new()
+        .text("model", "gpt-image-2-all")
+        .text("prompt", "p")
+        .text("user", "u".repeat(300_000))
+        .part("image", png_part("a.png"));
+    let a = env.post_form(long).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.param(), "user");
+    assert!(env.upstream_requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_admin_key_is_checked_in_full() {
+    let env = start_with(with_admin).await;
+    let status = |key: String| {
+        let rb = env
+            .http
+            .get(format!("{}/admin/keys", env.gateway))
+            .bearer_auth(key);
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(ADMIN_KEY.to_owned()).await, 200);
+    let mut near = ADMIN_KEY.to_owned();
+    near.pop();
+    assert_eq!(status(near.clone()).await, 401);
+    near.push('x');
+    assert_eq!(status(near).await, 401);
+}
