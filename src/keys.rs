@@ -103,10 +103,19 @@ impl TeamRecord {
     }
 }
 
+/// How long an unknown `sk-ig-…` key is answered from memory. A key created meanwhile is not
+/// affected: creating one forgets its digest here (and a new secret's digest was never seen).
+const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(60);
+
 /// Every client key and team.
 pub struct Registry {
     statics: HashMap<[u8; 32], Arc<KeyRecord>>,
     dynamic: Cache<[u8; 32], Arc<KeyRecord>>,
+    /// Digests of `sk-ig-…` keys the database does not know, remembered briefly so a flood of
+    /// unknown keys does not reach the database on every request.
+    unknown: Cache<[u8; 32], ()>,
+    /// Lookups that reached the database.
+    store_lookups: AtomicU64,
     /// Bumped by every change: a lookup that read the database before a change does not cache
     /// what it read.
     epoch: AtomicU64,
@@ -148,6 +157,11 @@ impl Registry {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
+            unknown: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UNKNOWN_KEY_TTL)
+                .build(),
+            store_lookups: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             teams: RwLock::new(teams),
             store,
@@ -164,11 +178,15 @@ impl Registry {
             return Ok(Some(k));
         }
         // Only keys with our prefix can be dynamic: anything else never touches the database.
-        if !presented.starts_with(SECRET_PREFIX) {
+        if !presented.starts_with(SECRET_PREFIX) || self.unknown.contains_key(&d) {
             return Ok(None);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
+        self.store_lookups.fetch_add(1, Ordering::Relaxed);
         let Some(stored) = self.store.key_by_digest(hex::encode(d)).await? else {
+            if self.epoch.load(Ordering::Acquire) == epoch {
+                self.unknown.insert(d, ());
+            }
             return Ok(None);
         };
         let record = Arc::new(KeyRecord::from_store(stored.spec, d, stored.created_at));
@@ -194,6 +212,12 @@ impl Registry {
     pub fn invalidate(&self, digest: &[u8; 32]) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.dynamic.invalidate(digest);
+        self.unknown.invalidate(digest);
+    }
+
+    /// Lookups that reached the database so far.
+    pub fn store_lookups(&self) -> u64 {
+        self.store_lookups.load(Ordering::Relaxed)
     }
 
     pub fn team(&self, id: &str) -> Option<Arc<TeamRecord>> {
@@ -255,6 +279,26 @@ impl ClientKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unknown_keys_reach_the_database_once() {
+        let config = Config::from_toml(
+            "[upstream]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"sk-up\"\n[[keys]]\nid = \"a\"\nkey = \"sk-static-1\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let registry = Registry::new(&config, Store::open(None).unwrap()).unwrap();
+        let unknown = "sk-ig-not-a-key-anyone-made";
+        for _ in 0..5 {
+            assert!(registry.lookup(unknown).await.unwrap().is_none());
+        }
+        assert_eq!(registry.store_lookups(), 1);
+        // Other prefixes never reach it; a change forgets the digest.
+        assert!(registry.lookup("sk-other").await.unwrap().is_none());
+        registry.invalidate(&digest(unknown));
+        assert!(registry.lookup(unknown).await.unwrap().is_none());
+        assert_eq!(registry.store_lookups(), 2);
+    }
 
     #[test]
     fn secrets_are_prefixed_and_random() {

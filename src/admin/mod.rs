@@ -114,6 +114,8 @@ async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> AdminRes
         .store()
         .insert_key(spec.clone(), hex::encode(digest))
         .await?;
+    // A digest tried before the key existed must not stay known as unknown.
+    state.keys.invalidate(&digest);
     let record = KeyRecord::from_store(spec, digest, crate::store::now_secs());
     let mut view = key_view(&state, &record);
     view["secret"] = json!(secret);

@@ -140,18 +140,30 @@ async fn poll(
     let path = format!("/api/v1/images/generations?task_id={}", encode(task_id));
     let timeout = || UpstreamError::new(FailureKind::Timeout, String::new()).with_task(task_id);
     let mut next = Instant::now() + model.first_poll_delay;
+    let mut failures = 0u32;
     loop {
         if next >= ctx.deadline {
             sleep_until_deadline(ctx).await;
             return Err(timeout());
         }
         tokio::time::sleep_until(next).await;
-        next = Instant::now() + model.poll_interval;
         *polls += 1;
         let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT).await {
-            Ok(v) => v,
+            Ok(v) => {
+                failures = 0;
+                next = Instant::now() + next_poll(model.poll_interval, 0, None, fastrand::f64());
+                v
+            }
             Err(e) if e.kind.is_transient() || e.kind == FailureKind::Timeout => {
-                tracing::debug!(task_id, polls = *polls, kind = ?e.kind, "poll failed; polling again");
+                failures = failures.saturating_add(1);
+                let wait = next_poll(
+                    model.poll_interval,
+                    failures,
+                    e.retry_after,
+                    fastrand::f64(),
+                );
+                next = Instant::now() + wait;
+                tracing::debug!(task_id, polls = *polls, kind = ?e.kind, wait_ms = wait.as_millis() as u64, "poll failed; polling again");
                 continue;
             }
             Err(e) => return Err(e.with_task(task_id)),
@@ -195,6 +207,25 @@ impl Drop for AbandonWatch<'_> {
     }
 }
 
+/// The wait before the next poll: the interval with ±10% jitter (so tasks started together do not
+/// poll together); after `failures` failed polls in a row, doubled per failure up to 8× the
+/// interval (±25% jitter); and never less than the upstream's own `retry-after`. `unit` is a
+/// random number in `0..1`.
+fn next_poll(
+    interval: Duration,
+    failures: u32,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Duration {
+    let (factor, spread) = match failures {
+        0 => (1.0, 0.1),
+        n => (f64::from(1u32 << n.min(3)), 0.25),
+    };
+    let jitter = 1.0 + spread * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    let wait = interval.mul_f64(factor * jitter);
+    retry_after.map_or(wait, |r| wait.max(r))
+}
+
 async fn sleep_until_deadline(ctx: &CallCtx) {
     sleep(ctx.deadline.saturating_duration_since(Instant::now())).await;
 }
@@ -214,6 +245,29 @@ fn encode(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_back_off_with_jitter_and_honour_retry_after() {
+        let i = Duration::from_secs(2);
+        let ms = |d: Duration| d.as_millis();
+        // Healthy: the interval ±10%.
+        assert_eq!(ms(next_poll(i, 0, None, 0.5)), 2000);
+        assert_eq!(ms(next_poll(i, 0, None, 0.0)), 1800);
+        assert_eq!(ms(next_poll(i, 0, None, 1.0)), 2200);
+        // Failing: doubled per failure, capped at 8x, ±25%.
+        assert_eq!(ms(next_poll(i, 1, None, 0.5)), 4000);
+        assert_eq!(ms(next_poll(i, 2, None, 0.5)), 8000);
+        assert_eq!(ms(next_poll(i, 3, None, 0.5)), 16000);
+        assert_eq!(ms(next_poll(i, 30, None, 0.5)), 16000);
+        assert_eq!(ms(next_poll(i, 1, None, 0.0)), 3000);
+        // A 429's retry-after is the least wait.
+        let after = Some(Duration::from_secs(30));
+        assert_eq!(ms(next_poll(i, 1, after, 0.5)), 30000);
+        assert_eq!(
+            ms(next_poll(i, 3, Some(Duration::from_secs(1)), 0.5)),
+            16000
+        );
+    }
     use serde_json::json;
 
     #[test]
