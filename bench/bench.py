@@ -204,6 +204,10 @@ api_key = "{SIM_KEY}"
 [results]
 allowed_hosts = ["{HOST}:{sim_port}"]
 
+[urls]
+allow_http = true
+allow_loopback = true
+
 [logging]
 filter = "info"
 

@@ -50,6 +50,11 @@ api_key = "{upstream_key}"
 [results]
 allowed_hosts = ["{sim}"]
 
+# The simulator answers on this machine, over plain http.
+[urls]
+allow_http = true
+allow_loopback = true
+
 [admin]
 key = "{DEMO_ADMIN_KEY}"
 

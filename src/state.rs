@@ -94,6 +94,7 @@ impl AppState {
             store: self.store(),
             metrics: &self.metrics,
             results_timeout: self.config.results.timeout,
+            urls: self.upstream.urls,
         }
     }
 

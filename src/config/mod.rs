@@ -36,6 +36,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub results: ResultsConfig,
+    pub urls: UrlsConfig,
     pub logging: LoggingConfig,
     /// Static client keys (more can be created through the admin API when `data.dir` is set).
     pub keys: Vec<KeySpec>,
@@ -161,6 +162,23 @@ impl Default for ResultsConfig {
     }
 }
 
+/// `[urls]`: what the URLs the gateway fetches or passes on may point at (result files, `url`
+/// answers, client reference images). Strict by default: `https` only, no loopback, private or
+/// link-local addresses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlsConfig {
+    /// Plain `http` URLs too.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Loopback addresses (`127.0.0.0/8`, `::1`, `localhost`): a simulator on this machine.
+    #[serde(default)]
+    pub allow_loopback: bool,
+    /// Private addresses (RFC 1918, `100.64.0.0/10`, `fc00::/7`).
+    #[serde(default)]
+    pub allow_private: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -219,6 +237,8 @@ struct RawConfig {
     #[serde(default)]
     results: ResultsConfig,
     #[serde(default)]
+    urls: UrlsConfig,
+    #[serde(default)]
     logging: LoggingConfig,
     #[serde(default)]
     keys: Vec<KeySpec>,
@@ -266,6 +286,7 @@ impl Config {
             server: raw.server,
             upstream: raw.upstream,
             results: raw.results,
+            urls: raw.urls,
             logging: raw.logging,
             keys: raw.keys,
             teams: raw.teams,

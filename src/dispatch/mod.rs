@@ -44,11 +44,12 @@ use crate::ledger::{self, Row};
 use crate::limits::{Admission, RateLimits};
 use crate::metrics::{CallOutcome, Metrics, RefusalReason, UpstreamWait};
 use crate::model::{ModelId, Route, Usd};
-use crate::request::{ImageRequest, Operation};
+use crate::request::{ImageRef, ImageRequest, Operation};
 use crate::routing::health::{Health, HealthView, Verdict};
 use crate::routing::{Candidate, Constraints, Routing};
 use crate::store::Store;
 use crate::upstream::failure::UpstreamError;
+use crate::upstream::urls::UrlPolicy;
 use crate::upstream::{self, CallCtx, Output, Plan, Upstreams};
 pub use attempt::Attempt;
 
@@ -64,6 +65,8 @@ pub struct Dispatch<'a> {
     pub metrics: &'a Metrics,
     /// How long result downloads may take.
     pub results_timeout: Duration,
+    /// What client reference URLs may be (`[urls]`).
+    pub urls: UrlPolicy,
 }
 
 /// Who is calling and how: the authenticated key, the caller's routing constraints, the request
@@ -175,6 +178,7 @@ impl Dispatch<'_> {
         if !call.caller.record.allows(&route.public) {
             return Err(ApiError::model_not_allowed(&route.public));
         }
+        self.check_reference_urls(req)?;
         let view: HealthView = self
             .health
             .view(req.quality, self.routing.config().latency_min_samples);
@@ -406,6 +410,26 @@ impl Dispatch<'_> {
             served: by,
             rate_headers: admission.map(Admission::headers).unwrap_or_default(),
         }
+    }
+
+    /// Client reference URLs (images and mask) are handed to the platform: they must pass the URL
+    /// policy (no loopback, private or link-local address, `https` unless allowed).
+    fn check_reference_urls(&self, req: &ImageRequest) -> Result<(), ApiError> {
+        let refs = req.images.iter().map(|r| ("image", r));
+        for (param, r) in refs.chain(req.mask.iter().map(|m| ("mask", m))) {
+            let ImageRef::Url(u) = r else { continue };
+            let refused = match reqwest::Url::parse(u) {
+                Ok(url) => self.urls.check(&url).err(),
+                Err(_) => Some("not a URL".to_owned()),
+            };
+            if let Some(why) = refused {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("The reference URL `{u}` is refused: {why}."),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Counts a 429 of the gateway's own limits by reason (`imagegate_refusals_total`).

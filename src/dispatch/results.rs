@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::metrics::UpstreamWait;
 use crate::model::{ImageFormat, ModelId, Quality};
 use crate::request::{ImageRequest, ResponseFormat};
+use crate::upstream::failure::{FailureKind, UpstreamError};
 use crate::upstream::{results, CallCtx, Image, Upstreams};
 
 /// Where and how long result files may be fetched for one request.
@@ -46,7 +47,16 @@ pub async fn body(
             for img in images {
                 // NOTE: an answer with no URL at all (inline base64 only) is returned as b64_json.
                 data.push(match (img.url, img.b64) {
-                    (Some(url), _) => json!({ "url": url }),
+                    (Some(url), _) => {
+                        // A client is handed only URLs the gateway itself would fetch.
+                        fetch.upstream.check_result_url(&url).map_err(|why| {
+                            ApiError::from_upstream(&UpstreamError::new(
+                                FailureKind::Malformed,
+                                why,
+                            ))
+                        })?;
+                        json!({ "url": url })
+                    }
                     (None, Some(b64)) => json!({ "b64_json": b64 }),
                     (None, None) => continue,
                 });

@@ -87,6 +87,10 @@ impl Upstreams for Fake {
                 .collect())
         })
     }
+
+    fn check_result_url(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Everything a dispatcher borrows, owned by the test.
@@ -134,6 +138,7 @@ impl Handles {
             store: &self.store,
             metrics: &self.metrics,
             results_timeout: Duration::from_secs(5),
+            urls: crate::upstream::urls::UrlPolicy::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod reach;
 pub mod results;
 mod task;
 mod transcode;
+pub mod urls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,8 @@ pub struct Upstream {
     pub pool: pool::KeyPool,
     /// Whether the platform's host answers a TCP connect (cached; see [`reach`]).
     pub reach: reach::Reachability,
+    /// What result and reference URLs may be (see [`urls`]).
+    pub urls: urls::UrlPolicy,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -101,9 +104,11 @@ impl Upstream {
             // new TCP connection per poll (connect, then TIME_WAIT); 256 idle cost about 5 MB.
             .pool_max_idle_per_host(256)
             .build()?;
+        let url_policy = urls::UrlPolicy::new(&config.urls);
         let files = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(url_policy.resolver())
             .build()?;
         Ok(Self {
             http,
@@ -111,6 +116,7 @@ impl Upstream {
             base: config.upstream.base_url.trim_end_matches('/').to_owned(),
             pool: pool::KeyPool::new(&config.upstream)?,
             reach: reach::Reachability::new(&config.upstream.base_url),
+            urls: url_policy,
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
@@ -333,6 +339,10 @@ macro_rules! adapters {
                     Upstream::fetch_b64(self, &urls, wanted, ctx).await
                 })
             }
+
+            fn check_result_url(&self, url: &str) -> Result<(), String> {
+                Upstream::check_result_url(self, url)
+            }
         }
     };
 }
@@ -358,6 +368,10 @@ pub trait Upstreams: Send + Sync {
         wanted: ImageFormat,
         ctx: &'a CallCtx,
     ) -> BoxFuture<'a, Result<Vec<results::Encoded>, UpstreamError>>;
+
+    /// Whether a result URL may be handed to a client as a `url` answer: the URL policy and
+    /// `results.allowed_hosts`, as for a download.
+    fn check_result_url(&self, url: &str) -> Result<(), String>;
 }
 
 /// Runs `n` independent calls concurrently and keeps every image that was produced: images the

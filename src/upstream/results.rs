@@ -139,15 +139,27 @@ impl Upstream {
         result
     }
 
-    async fn download(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
-        let err = |msg: String| UpstreamError::new(FailureKind::Download, msg);
-        let parsed = reqwest::Url::parse(url).map_err(|_| err("invalid result URL".to_owned()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || !self.host_allowed(&parsed) {
-            return Err(err(format!(
+    /// Whether `url` may be fetched or handed to a client: the URL policy (scheme, literal
+    /// address) and `results.allowed_hosts`. Resolved addresses are checked when a download
+    /// connects.
+    pub fn check_result_url(&self, url: &str) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "invalid result URL".to_owned())?;
+        self.urls
+            .check(&parsed)
+            .map_err(|why| format!("result URL refused: {why}"))?;
+        if !self.host_allowed(&parsed) {
+            return Err(format!(
                 "result host `{}` is not in results.allowed_hosts",
                 parsed.host_str().unwrap_or("")
-            )));
+            ));
         }
+        Ok(())
+    }
+
+    async fn download(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
+        let err = |msg: String| UpstreamError::new(FailureKind::Download, msg);
+        self.check_result_url(url).map_err(err)?;
+        let parsed = reqwest::Url::parse(url).map_err(|_| err("invalid result URL".to_owned()))?;
         let limit = self.results.timeout.min(ctx.remaining());
         let max = self.results.max_bytes;
         let download = async {

@@ -177,7 +177,7 @@ async fn start_sim(stop: &CancellationToken) -> std::net::SocketAddr {
 fn gateway_config(sim: std::net::SocketAddr, logging: &str) -> tempfile::NamedTempFile {
     write_config(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
-         [results]\nallowed_hosts = [\"{sim}\"]\n[logging]\nfilter = \"trace\"\n{logging}\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n[logging]\nfilter = \"trace\"\n{logging}\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n"
     ))
 }

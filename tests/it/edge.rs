@@ -169,3 +169,96 @@ async fn the_admin_key_is_checked_in_full() {
     near.push('x');
     assert_eq!(status(near).await, 401);
 }
+
+#[tokio::test]
+async fn reference_urls_to_internal_addresses_are_refused_before_any_call() {
+    let env = start_with(|c| c.urls.allow_loopback = false).await;
+    for (url, param) in [
+        ("http://169.254.169.254/latest/meta-data/iam", "image"),
+        ("https://10.0.0.7/a.png", "image"),
+        ("https://localhost/a.png", "image"),
+        ("https://[::1]/a.png", "image"),
+        ("file:///etc/passwd", "images[0]"),
+    ] {
+        let a = env
+            .post(
+                "/v1/images/edits",
+                json!({"model": "sparkpix", "prompt": "p", "images": [{"image_url": url}]}),
+            )
+            .await;
+        assert_eq!((a.status, a.param()), (400, param), "{url}: {}", a.body);
+    }
+    let a = env
+        .post(
+            "/v1/images/edits",
+            json!({"model": "gpt-image-2-all", "prompt": "p",
+                   "images": [{"image_url": "https://example.com/a.png"}],
+                   "mask": {"image_url": "http://192.168.0.1/m.png"}}),
+        )
+        .await;
+    assert_eq!((a.status, a.param()), (400, "mask"), "{}", a.body);
+    assert!(env.upstream_requests().await.is_empty());
+    // An ordinary public URL passes on to the platform (whose result file, on this machine's
+    // loopback, is then refused: that is the next test).
+    let a = env
+        .post(
+            "/v1/images/edits",
+            json!({"model": "sparkpix", "prompt": "p", "images": [{"image_url": "https://example.com/a.png"}]}),
+        )
+        .await;
+    assert_ne!(a.status, 400, "{}", a.body);
+    assert_eq!(env.upstream_requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn result_files_on_loopback_are_neither_fetched_nor_handed_out_unless_allowed() {
+    // The simulator's files are on 127.0.0.1: allowed as a host, refused as an address.
+    let env = start_with(|c| c.urls.allow_loopback = false).await;
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p"}))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (502, "result_download_failed"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loopback"),
+        "{}",
+        a.body
+    );
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (502, "upstream_bad_response"),
+        "{}",
+        a.body
+    );
+    assert_eq!(env.upstream_stats().await["downloads"], 0);
+
+    // Plain http is refused unless allowed, even for an allowed host and address.
+    let env = start_with(|c| c.urls.allow_http = false).await;
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p"}))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (502, "result_download_failed"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https"),
+        "{}",
+        a.body
+    );
+}
