@@ -5,6 +5,7 @@
 //! | to change… | open |
 //! |---|---|
 //! | how the server starts and stops | [`serve`] (here), `main.rs` |
+//! | client connections: timeouts for slow clients, connection caps, the drain | [`server`] |
 //! | the middleware stack, in order | [`app`] (the numbered layer table) |
 //! | an OpenAI route: parsing and the answer's shape | `api/images.rs`, `api/edits.rs` |
 //! | what happens to an image request, start to end | [`dispatch`] — admit, choose, plan, reserve, execute with failover, settle, results, close |
@@ -37,7 +38,7 @@
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
 //! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed` |
-//! | L8 | [`app`] (router and middleware), [`serve`], [`demo`], `main` |
+//! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
 mod api;
@@ -59,6 +60,7 @@ pub mod pricing;
 pub mod request;
 pub mod routing;
 mod shed;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod upstream;
@@ -73,14 +75,16 @@ pub use config::Config;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests (including ones waiting on upstream tasks) finish for up to
-/// `server.drain_timeout`.
+/// `server.drain_timeout`. Connections, their limits and timeouts: [`server`].
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let drain = config.server.drain_timeout;
+    let server_config = config.server.clone();
+    let drain = server_config.drain_timeout;
     let state = Arc::new(state::AppState::new(config)?);
+    // Built once: every connection and request uses this router (a reference count per request).
     let router = app::build_router(state.clone());
     let stopping = CancellationToken::new();
     let signal = {
@@ -94,22 +98,11 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    // Answers are written whole (or as a few large buffers): send the last segment at once
-    // rather than wait for the client's ACK of the previous one.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a client connection");
-        }
-    });
-    // `into_make_service` resolves the routes once; serving the `Router` itself would rebuild its
-    // route table for every connection (about 20 KiB each, held while the connection lives).
-    let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(signal);
-    tokio::select! {
-        result = server => result?,
-        () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!("drain timeout reached; abandoning remaining requests");
-        }
-    }
+    // `run` returns once `stopping` is cancelled and the drain is over.
+    tokio::join!(
+        signal,
+        server::run(&server_config, listener, router, stopping)
+    );
     // Every ledger row of the requests served is on disk before the process goes.
     state.store().flush().await;
     Ok(())

@@ -40,6 +40,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("app", 8),
     ("demo", 8),
     ("serve", 8),
+    ("server", 8),
 ];
 
 fn layer_of(module: &str) -> Option<u8> {

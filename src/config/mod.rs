@@ -66,6 +66,48 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// Requests served at once; past it, 503 `server_overloaded` before any parse.
     pub max_in_flight: usize,
+    /// Longest time a client may take to send a request's line and headers, counted from the
+    /// connection's start or, on a kept-alive connection, from the end of the previous answer:
+    /// it is also the idle timeout of kept-alive connections.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body once the handler asks for it.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Longest time a whole request body may take, counted from the end of its headers.
+    #[serde(with = "humantime_serde")]
+    pub body_total_timeout: Duration,
+    /// Most client connections open at once; beyond it the gateway accepts no more until one
+    /// closes (new ones wait in the listen backlog).
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP address (the TCP peer's); beyond it a
+    /// new connection is closed without an answer.
+    pub max_connections_per_ip: usize,
+}
+
+impl ServerConfig {
+    /// The client-connection limits: none may be zero (zero would refuse every client).
+    fn check(&self, problems: &mut Vec<String>) {
+        let durations = [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("body_total_timeout", self.body_total_timeout),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                problems.push(format!("server.{key}: must be more than 0"));
+            }
+        }
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
+                problems.push(format!("server.{key}: must be at least 1"));
+            }
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -77,6 +119,11 @@ impl Default for ServerConfig {
             default_model: ModelId::All.as_str().to_owned(),
             keepalive_interval: Duration::from_secs(15),
             max_in_flight: 20_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            body_total_timeout: Duration::from_secs(600),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -331,6 +378,7 @@ impl Config {
         if !(1..=Semaphore::MAX_PERMITS).contains(&self.server.max_in_flight) {
             problems.push("server.max_in_flight: must be at least 1".to_owned());
         }
+        self.server.check(&mut problems);
         if self.keys.is_empty() && self.data.dir.is_none() {
             problems.push(
                 "keys: at least one client key is required (or set data.dir and create keys through the admin API)"

@@ -90,6 +90,30 @@ fn example_config_parses() {
 }
 
 #[test]
+fn connection_limits_default_and_refuse_zero() {
+    let c = Config::from_toml(MIN, &env).unwrap();
+    assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.body_total_timeout, Duration::from_secs(600));
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.max_connections_per_ip, 1_000);
+    let text = format!(
+        "[server]\nheader_read_timeout = \"0s\"\nbody_read_timeout = \"0s\"\n\
+         body_total_timeout = \"0s\"\nmax_connections = 0\nmax_connections_per_ip = 0\n{MIN}"
+    );
+    let e = Config::from_toml(&text, &env).unwrap_err().to_string();
+    for key in [
+        "server.header_read_timeout",
+        "server.body_read_timeout",
+        "server.body_total_timeout",
+        "server.max_connections:",
+        "server.max_connections_per_ip",
+    ] {
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}
+
+#[test]
 fn debug_never_shows_secrets() {
     let c = Config::from_toml(MIN, &env).unwrap();
     let dbg = format!("{c:?}");

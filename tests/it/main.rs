@@ -28,4 +28,5 @@ mod metrics_teams;
 mod models;
 mod pool;
 mod routing;
+mod slow_clients;
 mod support;
