@@ -1,5 +1,8 @@
 //! The application: shared state and **the one place the middleware order lives**.
 //!
+//! Before any layer, the connection itself is bounded by [`server`](crate::server): header,
+//! idle and body read timeouts, and connection caps.
+//!
 //! Layers, outermost first (a request passes them top to bottom, the response bottom to top):
 //!
 //! | # | layer | why |
