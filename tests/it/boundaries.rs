@@ -186,6 +186,8 @@ async fn a_fanned_out_request_bills_only_the_calls_that_made_an_image() {
     let env = start_with(|c| {
         with_admin(c);
         c.upstream.base_url = upstream;
+        // The stand-in's result URLs are handed out as they are (`url` answers).
+        c.results.allowed_hosts.push("files.example".to_owned());
         c.keys[0].total_budget_usd = Some(1.0);
     })
     .await;
@@ -228,6 +230,7 @@ async fn native_n_bills_the_images_made_when_fewer_than_asked() {
     let env = start_with(|c| {
         with_admin(c);
         c.upstream.base_url = upstream;
+        c.results.allowed_hosts.push("files.example".to_owned());
     })
     .await;
     let a = env
