@@ -6,15 +6,22 @@
 //! keys are refused here with a 401. The client's key is never forwarded upstream (the
 //! upstream client injects the platform key instead).
 
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 use crate::config::AdminConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, RateLimit};
 pub use crate::keys::digest;
 pub use crate::keys::ClientKey;
 use crate::state::AppState;
@@ -49,6 +56,53 @@ impl AdminKey {
     }
 }
 
+/// Failed authentications per client address: past `server.auth_failures_per_minute`, a failed
+/// attempt is answered 429 with `retry-after` instead of 401, so guessing keys is slow. Valid
+/// keys are never held back. The address is the TCP peer's.
+pub struct AuthFailures {
+    limiter: RateLimiter<IpAddr, HashMapStateStore<IpAddr>, DefaultClock>,
+    seen: AtomicU64,
+}
+
+impl AuthFailures {
+    pub fn new(per_minute: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::hashmap(Quota::per_minute(per_minute)),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one failure from `ip`: `Err(wait)` once over the limit.
+    fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
+        // Forget addresses whose allowance is whole again, now and then.
+        if self.seen.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&ip)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
+/// A failed authentication: its 401, or a 429 once the address failed too often.
+fn refuse(state: &AppState, peer: Option<IpAddr>, error: ApiError) -> Response {
+    let Some(ip) = peer else {
+        return error.into_response();
+    };
+    match state.auth_failures.fail(ip) {
+        Ok(()) => error.into_response(),
+        Err(wait) => {
+            let secs = wait.as_secs().clamp(1, 60);
+            ApiError::rate_limited(
+                RateLimit::AuthFailures,
+                format!("Too many failed authentications from this address; retry in {secs} s."),
+                vec![("retry-after", secs.to_string())],
+            )
+            .into_response()
+        }
+    }
+}
+
 pub async fn require_key(
     State(state): State<Arc<AppState>>,
     mut req: Request,
@@ -57,6 +111,10 @@ pub async fn require_key(
     if PUBLIC_ROUTES.contains(&req.uri().path()) {
         return next.run(req).await;
     }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -73,22 +131,25 @@ pub async fn require_key(
                 req.extensions_mut().insert(Admin);
                 next.run(req).await
             }
-            _ => ApiError::unauthorized(
-                "The admin API needs the admin key: `Authorization: Bearer <admin key>`.",
-            )
-            .into_response(),
+            _ => refuse(
+                &state,
+                peer,
+                ApiError::unauthorized(
+                    "The admin API needs the admin key: `Authorization: Bearer <admin key>`.",
+                ),
+            ),
         };
     }
     let key = match presented {
         None | Some("") => {
-            return ApiError::unauthorized(
+            let e = ApiError::unauthorized(
                 "You didn't provide an API key. Send `Authorization: Bearer <key>`.",
-            )
-            .into_response()
+            );
+            return refuse(&state, peer, e);
         }
         Some(k) => match state.keys.lookup(k).await {
             Ok(Some(record)) => match record.refusal() {
-                Some(why) => return ApiError::unauthorized(why).into_response(),
+                Some(why) => return refuse(&state, peer, ApiError::unauthorized(why)),
                 None => ClientKey {
                     id: Arc::from(record.spec.id.as_str()),
                     team: record.spec.team.as_deref().and_then(|t| state.keys.team(t)),
@@ -96,7 +157,8 @@ pub async fn require_key(
                 },
             },
             Ok(None) => {
-                return ApiError::unauthorized("Incorrect API key provided.").into_response()
+                let e = ApiError::unauthorized("Incorrect API key provided.");
+                return refuse(&state, peer, e);
             }
             Err(e) => return ApiError::from(e).into_response(),
         },

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::AdminKey;
+use crate::auth::{AdminKey, AuthFailures};
 use crate::budget::Budgets;
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ServedBy};
@@ -36,6 +36,8 @@ pub struct AppState {
     pub budgets: Budgets,
     /// Rate and concurrency limiters.
     pub limits: RateLimits,
+    /// Failed authentications per client address.
+    pub auth_failures: AuthFailures,
     /// Slots for requests in flight (`server.max_in_flight`); see `shed`.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
@@ -62,6 +64,7 @@ impl AppState {
             admin: AdminKey::new(&config.admin),
             budgets: Budgets::load(by_key, by_team),
             limits: RateLimits::new(&config.limits),
+            auth_failures: AuthFailures::new(config.server.auth_failures_per_minute),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             metrics,
             config,

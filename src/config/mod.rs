@@ -6,6 +6,7 @@
 //! `config/imagegate.example.toml` documents every key; a test parses it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// Requests served at once; past it, 503 `server_overloaded` before any parse.
     pub max_in_flight: usize,
+    /// Failed authentications per minute from one client address (the TCP peer's); past it, a
+    /// failed attempt is answered 429 with `retry-after` instead of 401.
+    pub auth_failures_per_minute: NonZeroU32,
     /// Longest time a client may take to send a request's line and headers, counted from the
     /// connection's start or, on a kept-alive connection, from the end of the previous answer:
     /// it is also the idle timeout of kept-alive connections.
@@ -119,6 +123,7 @@ impl Default for ServerConfig {
             default_model: ModelId::All.as_str().to_owned(),
             keepalive_interval: Duration::from_secs(15),
             max_in_flight: 20_000,
+            auth_failures_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             body_total_timeout: Duration::from_secs(600),

@@ -16,6 +16,8 @@ pub enum RateLimit {
     Concurrency,
     /// The operator's cap towards one upstream model (`[limits.models.<id>]`).
     ModelCap,
+    /// Failed authentications from one client address (`server.auth_failures_per_minute`).
+    AuthFailures,
 }
 
 /// Every error code an answer (or a ledger row) can carry: OpenAI's own where one exists.
@@ -57,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -75,6 +77,7 @@ impl ErrorCode {
         Self::RateLimitExceeded(RateLimit::Images),
         Self::RateLimitExceeded(RateLimit::Concurrency),
         Self::RateLimitExceeded(RateLimit::ModelCap),
+        Self::RateLimitExceeded(RateLimit::AuthFailures),
         Self::InsufficientQuota,
         Self::ModerationBlocked,
         Self::UpstreamRejectedRequest,

@@ -146,7 +146,10 @@ async fn serve_connection(
     let service = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let req = req.map(|body| axum::body::Body::new(TimedBody::new(body, shared.body)));
+            let mut req = req.map(|body| axum::body::Body::new(TimedBody::new(body, shared.body)));
+            // The TCP peer, for what is counted per client address (failed authentications).
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             shared.router.clone().oneshot(req)
         })
     };

@@ -262,3 +262,32 @@ async fn result_files_on_loopback_are_neither_fetched_nor_handed_out_unless_allo
         a.body
     );
 }
+
+#[tokio::test]
+async fn guessing_keys_is_slowed_per_address_while_valid_keys_pass() {
+    let env = start_with(|c| {
+        c.server.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
+    })
+    .await;
+    for i in 0..3 {
+        let a = env
+            .generate_as(&format!("sk-ig-guess-{i}"), json!({"prompt": "p"}))
+            .await;
+        assert_eq!(a.status, 401);
+    }
+    let slowed = env
+        .generate_as("sk-ig-guess-3", json!({"prompt": "p"}))
+        .await;
+    assert_eq!((slowed.status, slowed.code()), (429, "rate_limit_exceeded"));
+    let wait: u64 = slowed.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // The valid key from the same address is not held back.
+    let ok = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}
