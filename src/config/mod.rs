@@ -152,6 +152,14 @@ pub struct UpstreamConfig {
     pub bench_out_of_credits: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Largest answer read from a platform API call (a sync answer carries up to 10 images as
+    /// base64); a longer one is a malformed answer, not a memory spike.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response_bytes() -> usize {
+    512 * 1024 * 1024
 }
 
 impl UpstreamConfig {
@@ -176,6 +184,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("api_key", &"<redacted>")
             .field("keys", &self.keys)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }

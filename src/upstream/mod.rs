@@ -87,6 +87,8 @@ pub struct Upstream {
     pub reach: reach::Reachability,
     /// What result and reference URLs may be (see [`urls`]).
     pub urls: urls::UrlPolicy,
+    /// Largest platform API answer read (`upstream.max_response_bytes`).
+    max_response: usize,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -117,6 +119,7 @@ impl Upstream {
             pool: pool::KeyPool::new(&config.upstream)?,
             reach: reach::Reachability::new(&config.upstream.base_url),
             urls: url_policy,
+            max_response: config.upstream.max_response_bytes,
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
@@ -238,13 +241,22 @@ impl Upstream {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(|s| Duration::from_secs_f64(s.min(3600.0)));
-            let body = res.bytes().await?;
+            let body = read_capped(res, self.max_response).await?;
             Ok::<_, reqwest::Error>((status, retry_after, body))
         };
         let (status, retry_after, body) = match tokio::time::timeout_at(until, call).await {
             Err(_) => return Err(UpstreamError::new(FailureKind::Timeout, String::new())),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
-            Ok(Ok(v)) => v,
+            Ok(Ok((_, _, None))) => {
+                return Err(UpstreamError::new(
+                    FailureKind::Malformed,
+                    format!(
+                        "the answer is longer than upstream.max_response_bytes ({})",
+                        self.max_response
+                    ),
+                ))
+            }
+            Ok(Ok((status, retry_after, Some(body)))) => (status, retry_after, body),
         };
         classify(status, &body, &self.redactor).map_err(|mut e| {
             if e.kind == FailureKind::RateLimited {
@@ -279,6 +291,27 @@ impl WithoutUrl for reqwest::Error {
         }
         s
     }
+}
+
+/// The body of `res`, or `None` as soon as it is longer than `max` bytes (never held whole).
+async fn read_capped(
+    res: reqwest::Response,
+    max: usize,
+) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    use futures_util::StreamExt as _;
+    if res.content_length().is_some_and(|len| len > max as u64) {
+        return Ok(None);
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
 }
 
 /// What an adapter produced: images (inline base64 and/or URL) and the upstream task ids.

@@ -189,6 +189,7 @@ mod tests {
             bench_unauthorized: Duration::from_secs(60),
             bench_out_of_credits: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(1),
+            max_response_bytes: 1024,
         };
         KeyPool::new(&config).unwrap()
     }

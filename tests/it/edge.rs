@@ -291,3 +291,31 @@ async fn guessing_keys_is_slowed_per_address_while_valid_keys_pass() {
         .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
 }
+
+#[tokio::test]
+async fn an_upstream_answer_longer_than_the_cap_is_not_read() {
+    // gpt-image-2-all answers its sync calls with the image inline: far more than 4 KiB.
+    let env = start_with(|c| c.upstream.max_response_bytes = 4096).await;
+    let a = env
+        .generate(json!({"model": "gpt-image-2-all", "prompt": "p", "size": "1024x1024"}))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (502, "upstream_bad_response"),
+        "{}",
+        a.body
+    );
+    assert!(
+        a.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_response_bytes"),
+        "{}",
+        a.body
+    );
+    // A small answer (SparkPix's JSON with a URL) is read as ever.
+    let a = env
+        .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}
