@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
 
 use crate::config::AdminConfig;
 use crate::error::{ApiError, RateLimit};
@@ -84,6 +86,54 @@ impl AuthFailures {
     }
 }
 
+/// The client's address: the TCP peer's, unless the peer is a trusted proxy — then the nearest
+/// address in `X-Forwarded-For` (or `Forwarded: for=`) that is not a trusted proxy. Headers
+/// from anyone else are ignored: they would let a client pick its own address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let text = v.to_str().unwrap_or_default();
+        chain.extend(
+            text.split(',')
+                .filter_map(|a| a.trim().parse::<IpAddr>().ok()),
+        );
+    }
+    if chain.is_empty() {
+        for v in headers.get_all("forwarded") {
+            let text = v.to_str().unwrap_or_default();
+            chain.extend(text.split(',').filter_map(forwarded_for));
+        }
+    }
+    // The right end was added by the nearest proxy: walk left past the trusted ones.
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or_else(|| chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// The `for=` address of one `Forwarded` element: `for=192.0.2.60`, `for="[2001:db8::1]:4711"`.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    value
+        .parse()
+        .ok()
+        .or_else(|| value.rsplit_once(':')?.0.parse().ok())
+}
+
 /// A failed authentication: its 401, or a 429 once the address failed too often.
 fn refuse(state: &AppState, peer: Option<IpAddr>, error: ApiError) -> Response {
     let Some(ip) = peer else {
@@ -114,7 +164,7 @@ pub async fn require_key(
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_ip(c.0.ip(), req.headers(), &state.proxies));
     let presented = req
         .headers()
         .get(AUTHORIZATION)
@@ -167,4 +217,59 @@ pub async fn require_key(
     let mut res = next.run(req).await;
     res.extensions_mut().insert(key);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_address_comes_from_trusted_proxies_only() {
+        let trusted: Vec<IpNet> = ["10.0.0.0/8", "192.0.2.1/32"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = headers(&[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]);
+        // An untrusted peer's headers are ignored: it could name any address.
+        assert_eq!(
+            client_ip(ip("198.51.100.7"), &xff, &trusted),
+            ip("198.51.100.7")
+        );
+        // Through trusted proxies: the nearest untrusted address.
+        assert_eq!(client_ip(ip("10.0.0.5"), &xff, &trusted), ip("203.0.113.9"));
+        let spoofed = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9, 10.1.1.1")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &spoofed, &trusted),
+            ip("203.0.113.9")
+        );
+        let two = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "192.0.2.1"),
+        ]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &two, &trusted), ip("203.0.113.9"));
+        let fwd = headers(&[(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https, for=10.2.2.2",
+        )]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &fwd, &trusted), ip("2001:db8::1"));
+        let fwd4 = headers(&[("forwarded", "for=198.51.100.17:8080")]);
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &fwd4, &trusted),
+            ip("198.51.100.17")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.5")
+        );
+    }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub limits: RateLimits,
     /// Failed authentications per client address.
     pub auth_failures: AuthFailures,
+    /// `server.trusted_proxies`, parsed.
+    pub proxies: Vec<ipnet::IpNet>,
     /// Slots for requests in flight (`server.max_in_flight`); see `shed`.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
@@ -65,6 +67,7 @@ impl AppState {
             budgets: Budgets::load(by_key, by_team),
             limits: RateLimits::new(&config.limits),
             auth_failures: AuthFailures::new(config.server.auth_failures_per_minute),
+            proxies: config.server.proxies(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             metrics,
             config,

@@ -67,9 +67,13 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// Requests served at once; past it, 503 `server_overloaded` before any parse.
     pub max_in_flight: usize,
-    /// Failed authentications per minute from one client address (the TCP peer's); past it, a
-    /// failed attempt is answered 429 with `retry-after` instead of 401.
+    /// Failed authentications per minute from one client address; past it, a failed attempt
+    /// is answered 429 with `retry-after` instead of 401.
     pub auth_failures_per_minute: NonZeroU32,
+    /// Proxies in front of the gateway (addresses or CIDR ranges). When the TCP peer is one, the
+    /// client address is read from `X-Forwarded-For` / `Forwarded` (the nearest address that is
+    /// not a trusted proxy); otherwise those headers are ignored.
+    pub trusted_proxies: Vec<String>,
     /// Longest time a client may take to send a request's line and headers, counted from the
     /// connection's start or, on a kept-alive connection, from the end of the previous answer:
     /// it is also the idle timeout of kept-alive connections.
@@ -89,7 +93,26 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
 }
 
+/// A `trusted_proxies` entry as a network: `10.0.0.0/8`, or one address.
+pub fn proxy_net(entry: &str) -> Option<ipnet::IpNet> {
+    let entry = entry.trim();
+    entry.parse::<ipnet::IpNet>().ok().or_else(|| {
+        entry
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 impl ServerConfig {
+    /// The parsed `trusted_proxies` (entries were checked at startup).
+    pub fn proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| proxy_net(p))
+            .collect()
+    }
+
     /// The client-connection limits: none may be zero (zero would refuse every client).
     fn check(&self, problems: &mut Vec<String>) {
         let durations = [
@@ -111,6 +134,13 @@ impl ServerConfig {
                 problems.push(format!("server.{key}: must be at least 1"));
             }
         }
+        for (i, p) in self.trusted_proxies.iter().enumerate() {
+            if proxy_net(p).is_none() {
+                problems.push(format!(
+                    "server.trusted_proxies[{i}]: `{p}` is not an address or a CIDR range"
+                ));
+            }
+        }
     }
 }
 
@@ -124,6 +154,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::from_secs(15),
             max_in_flight: 20_000,
             auth_failures_per_minute: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+            trusted_proxies: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             body_total_timeout: Duration::from_secs(600),

@@ -181,3 +181,21 @@ fn key_team_must_be_declared() {
     let c = Config::from_toml(&declared, &env).unwrap();
     assert_eq!(c.keys[0].team.as_deref(), Some("design"));
 }
+
+#[test]
+fn trusted_proxies_must_be_addresses_or_ranges() {
+    let base = "[upstream]\nbase_url = \"http://x\"\napi_key = \"k\"\n[[keys]]\nid = \"a\"\nkey = \"sk-aaaaaaaa\"\n";
+    let ok = Config::from_toml(
+        &format!("{base}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"::1\"]\n"),
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(ok.server.proxies().len(), 3);
+    let e = Config::from_toml(
+        &format!("{base}[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]\n"),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("server.trusted_proxies[1]"), "{e}");
+}

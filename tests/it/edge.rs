@@ -319,3 +319,26 @@ async fn an_upstream_answer_longer_than_the_cap_is_not_read() {
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_per_forwarded_address() {
+    let env = start_with(|c| {
+        c.server.auth_failures_per_minute = std::num::NonZeroU32::new(2).unwrap();
+        c.server.trusted_proxies = vec!["127.0.0.1".to_owned()];
+    })
+    .await;
+    let guess = |from: &'static str| {
+        env.http
+            .post(format!("{}/v1/images/generations", env.gateway))
+            .bearer_auth("sk-ig-guess")
+            .header("x-forwarded-for", from)
+            .json(&json!({"prompt": "p"}))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(guess("203.0.113.9").await.unwrap().status(), 401);
+    }
+    assert_eq!(guess("203.0.113.9").await.unwrap().status(), 429);
+    // Another client behind the same proxy has its own allowance.
+    assert_eq!(guess("198.51.100.4").await.unwrap().status(), 401);
+}
