@@ -7,12 +7,13 @@
 //!
 //! | # | layer | why |
 //! |---|---|---|
-//! | 0 | `CatchPanicLayer` | a panic becomes an OpenAI-shaped 500, never a dropped connection |
+//! | 0 | `CatchPanicLayer` | a panic in the layers themselves becomes an OpenAI-shaped 500, never a dropped connection |
 //! | 1 | `SetSensitiveRequestHeadersLayer(Authorization)` | keys never appear in traces |
 //! | 2 | `SetRequestIdLayer` | keeps the caller's `x-request-id` or makes one (UUID) |
 //! | 3 | `PropagateRequestIdLayer` | returns `x-request-id` on every response, errors included |
 //! | 4 | `metrics::http::track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
 //! | 5 | `access_log` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
+//! | 5a | `CatchPanicLayer` (inner) | a handler's panic becomes a 500 with its access-log line and request id; counted `gateway_panic` |
 //! | 6 | `shed::shed` | past `server.max_in_flight`, 503 `server_overloaded` before any read or parse (probes excepted) |
 //! | 7 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
 //! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
@@ -44,7 +45,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tracing::Instrument as _;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::keys::ClientKey;
 use crate::metrics::{Fault, UpstreamWait};
 use crate::model::ModelId;
@@ -52,6 +53,14 @@ use crate::state::{AppState, RequestLog};
 
 /// Builds the router with the full middleware stack (see the table above).
 pub fn build_router(state: Arc<AppState>) -> Router {
+    let routes = crate::api::routes()
+        .merge(crate::admin::routes())
+        .merge(crate::api::ops::routes());
+    with_middleware(routes, state)
+}
+
+/// `routes` behind the middleware stack, with the fallbacks.
+fn with_middleware(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let limit = state.config.server.max_body_bytes;
     let panics = state.metrics.clone();
     let middleware = ServiceBuilder::new()
@@ -68,6 +77,20 @@ pub fn build_router(state: Arc<AppState>) -> Router {
             crate::metrics::http::track,
         ))
         .layer(middleware::from_fn(access_log))
+        // Inside the access log and the metrics: a handler's panic is answered, counted as
+        // `gateway_panic`, logged with its request id, and has its access-log line.
+        .layer(CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = what, "a request handler panicked");
+                ApiError::new(ErrorCode::Panicked, "The gateway hit an internal error.")
+                    .into_response()
+            },
+        ))
         .layer(middleware::from_fn_with_state(
             state.in_flight.clone(),
             crate::shed::shed,
@@ -80,9 +103,7 @@ pub fn build_router(state: Arc<AppState>) -> Router {
             crate::auth::require_key,
         ))
         .layer(DefaultBodyLimit::max(limit));
-    crate::api::routes()
-        .merge(crate::admin::routes())
-        .merge(crate::api::ops::routes())
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware)
@@ -136,4 +157,58 @@ async fn access_log(req: Request, next: Next) -> Response {
         "request"
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_panic_is_answered_logged_and_counted() {
+        let sim = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let config = crate::demo::demo_config(sim, "sk-up", sim).unwrap();
+        let state = Arc::new(AppState::new(config).unwrap());
+        let routes = Router::new().route(
+            "/v1/boom",
+            axum::routing::get(|| async {
+                // A value that is not there, as a bug would meet one.
+                let found: Option<&str> = std::hint::black_box(None);
+                found.map(str::to_owned).unwrap_or_else(|| panic!("boom"))
+            }),
+        );
+        let app = with_middleware(routes, state.clone());
+        let res = app
+            .oneshot(
+                Request::get("/v1/boom")
+                    .header("authorization", format!("Bearer {}", crate::demo::DEMO_KEY))
+                    .header("x-request-id", "req-boom")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.headers()["x-request-id"], "req-boom");
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal_error");
+        let metrics = state.metrics.render();
+        assert!(
+            metrics.contains("imagegate_errors_total{fault=\"gateway_panic\"} 1"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("fault=\"gateway_internal\""), "{metrics}");
+        assert!(
+            metrics.contains(
+                "imagegate_http_requests_total{method=\"GET\",route=\"/v1/boom\",status=\"500\"} 1"
+            ),
+            "{metrics}"
+        );
+    }
 }

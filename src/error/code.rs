@@ -51,6 +51,8 @@ pub enum ErrorCode {
     ResultDownloadFailed,
     UpstreamTimeout,
     InternalError,
+    /// A handler panicked: answered as `internal_error`, counted as `gateway_panic`.
+    Panicked,
     /// The gateway is at its in-flight limit (`server.max_in_flight`): load shed before parsing.
     ServerOverloaded,
     /// Ledger only: the client hung up while the upstream worked (status 499).
@@ -59,7 +61,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 35] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -92,6 +94,7 @@ impl ErrorCode {
         Self::ResultDownloadFailed,
         Self::UpstreamTimeout,
         Self::InternalError,
+        Self::Panicked,
         Self::ServerOverloaded,
         Self::ClientClosedRequest,
     ];
@@ -126,7 +129,7 @@ impl ErrorCode {
             Self::UpstreamTaskFailed => "upstream_task_failed",
             Self::ResultDownloadFailed => "result_download_failed",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::InternalError => "internal_error",
+            Self::InternalError | Self::Panicked => "internal_error",
             Self::ServerOverloaded => "server_overloaded",
             Self::ClientClosedRequest => "client_closed_request",
         }
@@ -152,7 +155,7 @@ impl ErrorCode {
             Self::ClientClosedRequest => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InternalError | Self::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UpstreamAuthFailed
             | Self::UpstreamInsufficientCredits
             | Self::UpstreamUnavailable
@@ -198,7 +201,7 @@ impl ErrorCode {
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout => "upstream_error",
-            Self::InternalError | Self::ServerOverloaded => "server_error",
+            Self::InternalError | Self::Panicked | Self::ServerOverloaded => "server_error",
         }
     }
 
@@ -234,6 +237,7 @@ impl ErrorCode {
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout
             | Self::InternalError
+            | Self::Panicked
             | Self::ServerOverloaded
             | Self::ClientClosedRequest => true,
         }
@@ -269,6 +273,7 @@ impl ErrorCode {
             Self::ResultDownloadFailed => Fault::UpstreamDownload,
             Self::UpstreamTimeout => Fault::UpstreamTimeout,
             Self::InternalError => Fault::GatewayInternal,
+            Self::Panicked => Fault::GatewayPanic,
             Self::ServerOverloaded => Fault::GatewayOverloaded,
         }
     }
