@@ -3,6 +3,7 @@
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     reason = "test support helpers fail loudly; allow-unwrap-in-tests covers only #[test] fns"
 )]
 #![allow(

@@ -2,7 +2,12 @@
 //! lifecycle, result files, fault injection, callbacks and the control endpoints, driven over
 //! HTTP against `imagegate_sim::serve` on an ephemeral port.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail loudly"
+)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
