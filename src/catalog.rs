@@ -123,7 +123,7 @@ impl Capabilities {
                 let ok = s.width % 16 == 0
                     && s.height % 16 == 0
                     && long <= 3840
-                    && long <= short * 3
+                    && long <= short.saturating_mul(3)
                     && (655_360..=8_294_400).contains(&s.pixels());
                 if ok {
                     Ok(())

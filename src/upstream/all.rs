@@ -55,7 +55,7 @@ pub fn check_size(model: ModelId, s: Size) -> Result<(), ApiError> {
         return bad("the longest side must be at most 3840");
     }
     let (long, short) = (s.longest(), s.width.min(s.height));
-    if long > short * 3 {
+    if long > short.saturating_mul(3) {
         return bad("the aspect ratio must be at most 3:1");
     }
     if !(655_360..=8_294_400).contains(&s.pixels()) {

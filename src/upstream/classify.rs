@@ -26,8 +26,9 @@ pub(super) fn classify(
         })
         .map(|m| redactor.redact(m))
         .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-            redactor.redact(text.trim())
+            // Redacted whole, then cut: cutting first could leave a key's prefix behind.
+            let text = redactor.redact(String::from_utf8_lossy(body).trim());
+            text.chars().take(200).collect()
         });
     if !(200..300).contains(&status) {
         return Err(UpstreamError::new(
@@ -124,5 +125,36 @@ mod tests {
         assert_eq!(e.kind, FailureKind::Malformed);
         let e = classify(401, br#"{"msg":"bad key sk-up-secret"}"#, &redactor()).unwrap_err();
         assert!(!e.message.contains("sk-up-secret"), "{}", e.message);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any status and any bytes: a value or a classified failure, never a panic, and the
+        /// key never in the message.
+        #[test]
+        fn any_answer_is_classified(status in 0u16..1000, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let redactor = Redactor(vec!["sk-up-secret".to_owned()]);
+            let mut body = body;
+            body.extend_from_slice(b"sk-up-secret");
+            match classify(status, &body, &redactor) {
+                Ok(_) => {}
+                // Not even a prefix of the key survives the cut to 200 characters.
+                Err(e) => prop_assert!(!e.message.contains("sk-up-se"), "{}", e.message),
+            }
+        }
+
+        #[test]
+        fn any_json_envelope_is_classified(status in 100u16..600, code in any::<i64>(), msg in ".{0,40}") {
+            let body = serde_json::json!({"code": code, "msg": msg, "data": {"taskId": "t"}}).to_string();
+            let _ = classify(status, body.as_bytes(), &Redactor(Vec::new()));
+        }
     }
 }
