@@ -8,8 +8,9 @@
 //! 3. **plan** — the first candidate whose adapter accepts the request (a pure `plan`): bad input
 //!    is refused here, before any upstream call and before a stream starts;
 //!
-//!    ([`Dispatch::prepare`] runs 1–3 in the order choose → plan → admit; anything they refuse
-//!    costs nothing and is closed at once with its ledger row.)
+//!    ([`Dispatch::prepare`] runs 1–3 in the order: the key may use the name, its reference URLs
+//!    pass the URL policy, choose, plan, then the rate limits — so a refused request uses no
+//!    allowance; anything they refuse costs nothing and is closed at once with its ledger row.)
 //! 4. **reserve** — per attempt, the candidate's price against the key's and team's budgets and a
 //!    slot under the model's upstream caps ([`Attempt`], an RAII guard around the money);
 //! 5. **execute with failover** — the attempt runs; a failure that cost nothing
