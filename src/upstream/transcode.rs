@@ -4,7 +4,8 @@
 //!
 //! WEBP is written lossless (`image-webp`, pure Rust): exact pixels, larger files than a lossy
 //! encoder would make. An image whose header declares more than [`MAX_PIXELS`] is not decoded
-//! at all, so a small file cannot make the gateway allocate gigabytes.
+//! at all, and every decoder is also given a memory limit (4 bytes per pixel of that), so a
+//! small file cannot make the gateway allocate gigabytes.
 
 use std::io::Cursor;
 
@@ -69,8 +70,14 @@ fn within_limit(width: u32, height: u32) -> bool {
     width > 0 && height > 0 && u64::from(width) * u64::from(height) <= MAX_PIXELS
 }
 
+/// Most memory a decoder may take for one picture: 4 bytes per pixel of the largest accepted.
+const MAX_DECODE_BYTES: usize = MAX_PIXELS as usize * 4;
+
 fn decode_png(bytes: &[u8]) -> Option<Pixels> {
-    let mut decoder = png::Decoder::new(bytes);
+    let limits = png::Limits {
+        bytes: MAX_DECODE_BYTES,
+    };
+    let mut decoder = png::Decoder::new_with_limits(bytes, limits);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().ok()?;
     let (w, h) = (reader.info().width, reader.info().height);
@@ -97,6 +104,7 @@ fn decode_png(bytes: &[u8]) -> Option<Pixels> {
 
 fn decode_jpeg(bytes: &[u8]) -> Option<Pixels> {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(MAX_DECODE_BYTES);
     decoder.read_info().ok()?;
     let info = decoder.info()?;
     if !within_limit(u32::from(info.width), u32::from(info.height)) {
@@ -118,6 +126,7 @@ fn decode_jpeg(bytes: &[u8]) -> Option<Pixels> {
 
 fn decode_webp(bytes: &[u8]) -> Option<Pixels> {
     let mut decoder = image_webp::WebPDecoder::new(Cursor::new(bytes)).ok()?;
+    decoder.set_memory_limit(MAX_DECODE_BYTES);
     let (w, h) = decoder.dimensions();
     if !within_limit(w, h) {
         return None;
