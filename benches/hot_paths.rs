@@ -126,7 +126,7 @@ fn routing_choice(c: &mut Criterion) {
         // The health view is read once per request, then routing decides from it alone.
         g.bench_function(name, |b| {
             b.iter(|| {
-                let view: HealthView = health.view(req.quality, 20);
+                let view: HealthView = health.view(&route.members, req.quality, None);
                 routing
                     .choose(
                         &models,

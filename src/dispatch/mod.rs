@@ -180,9 +180,12 @@ impl Dispatch<'_> {
             return Err(ApiError::model_not_allowed(&route.public));
         }
         self.check_reference_urls(req)?;
-        let view: HealthView = self
-            .health
-            .view(req.quality, self.routing.config().latency_min_samples);
+        // Observed p90s are only read when the caller set a latency budget.
+        let p90_after = call
+            .constraints
+            .max_latency
+            .map(|_| self.routing.config().latency_min_samples);
+        let view: HealthView = self.health.view(&route.members, req.quality, p90_after);
         let candidates = self
             .routing
             .choose(self.models, &view, req, route, call.constraints)?;

@@ -189,6 +189,20 @@ pub enum Availability {
     },
 }
 
+/// Whether a model whose breaker is on can be tried at `now` (without taking the probe).
+fn availability_of(h: &ModelHealth, now: Instant) -> Availability {
+    match h.circuit {
+        Circuit::Closed | Circuit::HalfOpen { probing: false } => Availability::Available,
+        Circuit::Open { until } if now >= until => Availability::Available,
+        Circuit::Open { until } => Availability::Unavailable {
+            retry_after: until - now,
+        },
+        Circuit::HalfOpen { probing: true } => Availability::Unavailable {
+            retry_after: Duration::from_secs(1),
+        },
+    }
+}
+
 /// One model's health as routing sees it (see [`Health::view`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelView {
@@ -257,17 +271,7 @@ impl Health {
             return Availability::Available;
         }
         let h = self.lock(m);
-        let now = Instant::now();
-        match h.circuit {
-            Circuit::Closed | Circuit::HalfOpen { probing: false } => Availability::Available,
-            Circuit::Open { until } if now >= until => Availability::Available,
-            Circuit::Open { until } => Availability::Unavailable {
-                retry_after: until - now,
-            },
-            Circuit::HalfOpen { probing: true } => Availability::Unavailable {
-                retry_after: Duration::from_secs(1),
-            },
-        }
+        availability_of(&h, Instant::now())
     }
 
     /// Takes the right to send one request to `m`: always granted while closed; once after the
@@ -369,19 +373,40 @@ impl Health {
         l.percentile(0.9).map(Duration::from_secs_f64)
     }
 
-    /// What routing needs to know about every model for one request of `quality`, read once:
-    /// availability, observed p90 latency (once `min_samples` were seen), success ratio and
-    /// latency EWMA. Routing decides from this value alone.
-    pub fn view(&self, quality: Quality, min_samples: usize) -> HealthView {
-        HealthView(ModelId::ALL.map(|m| {
-            let (ok, ewma) = self.score(m, quality);
-            ModelView {
-                availability: self.availability(m),
-                p90: self.p90(m, quality, min_samples),
+    /// What routing needs to know about `members` for one request of `quality`, read once with
+    /// one lock per model: availability, success ratio, latency EWMA and — only when the caller
+    /// set a latency budget (`p90_after`: the samples needed) — the observed p90. Routing
+    /// decides from this value alone.
+    pub fn view(
+        &self,
+        members: &[ModelId],
+        quality: Quality,
+        p90_after: Option<usize>,
+    ) -> HealthView {
+        let mut view = HealthView::fresh();
+        let now = Instant::now();
+        for &m in members {
+            let mut h = self.lock(m);
+            h.prune(now, self.config.window);
+            let availability = if self.config.enabled {
+                availability_of(&h, now)
+            } else {
+                Availability::Available
+            };
+            let ok = 1.0 - h.error_ratio().unwrap_or_default();
+            let l = &h.latency[quality_index(quality)];
+            let p90 = p90_after
+                .filter(|min| l.samples.len() >= (*min).max(1))
+                .and_then(|_| l.percentile(0.9))
+                .map(Duration::from_secs_f64);
+            *view.get_mut(m) = ModelView {
+                availability,
+                p90,
                 ok,
-                ewma_s: ewma,
-            }
-        }))
+                ewma_s: l.ewma,
+            };
+        }
+        view
     }
 
     pub fn state(&self, m: ModelId) -> CircuitState {

@@ -395,11 +395,17 @@ fn near_ties_go_to_the_healthier_or_faster_model() {
     };
     let health = Health::new(CircuitConfig::default());
     let order = |h: &Health| -> Vec<ModelId> {
-        r.choose(&models, &h.view(req.quality, 5), &req, &route, nearest)
-            .unwrap()
-            .iter()
-            .map(|c| c.model)
-            .collect()
+        r.choose(
+            &models,
+            &h.view(&route.members, req.quality, None),
+            &req,
+            &route,
+            nearest,
+        )
+        .unwrap()
+        .iter()
+        .map(|c| c.model)
+        .collect()
     };
     // all $0.025 vs beta $0.026: a tie; beta's typical latency (40 s) beats all's (90 s).
     assert_eq!(order(&health), [ModelId::Beta, ModelId::All, ModelId::Lite]);
