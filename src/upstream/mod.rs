@@ -247,9 +247,11 @@ impl Upstream {
         let (status, retry_after, body) = match tokio::time::timeout_at(until, call).await {
             Err(_) => return Err(UpstreamError::new(FailureKind::Timeout, String::new())),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
+            // The platform answered, and may have made (and billed) images: an answer too long to
+            // read is never a reason to try another model (`Download` does not fail over).
             Ok(Ok((_, _, None))) => {
                 return Err(UpstreamError::new(
-                    FailureKind::Malformed,
+                    FailureKind::Download,
                     format!(
                         "the answer is longer than upstream.max_response_bytes ({})",
                         self.max_response

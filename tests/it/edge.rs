@@ -293,7 +293,7 @@ async fn guessing_keys_is_slowed_per_address_while_valid_keys_pass() {
 }
 
 #[tokio::test]
-async fn an_upstream_answer_longer_than_the_cap_is_not_read() {
+async fn an_upstream_answer_longer_than_the_cap_is_not_read_and_not_failed_over() {
     // gpt-image-2-all answers its sync calls with the image inline: far more than 4 KiB.
     let env = start_with(|c| c.upstream.max_response_bytes = 4096).await;
     let a = env
@@ -301,7 +301,7 @@ async fn an_upstream_answer_longer_than_the_cap_is_not_read() {
         .await;
     assert_eq!(
         (a.status, a.code()),
-        (502, "upstream_bad_response"),
+        (502, "result_download_failed"),
         "{}",
         a.body
     );
@@ -313,6 +313,23 @@ async fn an_upstream_answer_longer_than_the_cap_is_not_read() {
         "{}",
         a.body
     );
+    // The platform made (and billed) that image: a group never pays a second model for it.
+    let a = env
+        .generate(json!({"model": "gpt-image-2", "prompt": "p", "quality": "low"}))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (502, "result_download_failed"),
+        "{}",
+        a.body
+    );
+    let creates = env
+        .upstream_requests()
+        .await
+        .iter()
+        .filter(|r| r["method"] == "POST")
+        .count();
+    assert_eq!(creates, 2, "one create per request, no failover");
     // A small answer (SparkPix's JSON with a URL) is read as ever.
     let a = env
         .generate(json!({"model": "sparkpix", "prompt": "p", "response_format": "url"}))
