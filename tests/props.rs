@@ -9,13 +9,13 @@
 use imagegate::catalog;
 use imagegate::config::ModelsConfig;
 use imagegate::model::{ModelId, Size};
-use imagegate::request::{Head, ImageRef, ImageRequest, Operation};
+use imagegate::request::{Head, ImageRef, ImageRequest, Operation, VENDOR_EXTRAS};
 use imagegate::upstream;
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value};
 
-/// Field names the parser knows, plus noise.
-const KEYS: [&str; 24] = [
+/// OpenAI's field names the parser reads, plus noise; the vendor extras come from the parser.
+const OPENAI_KEYS: [&str; 15] = [
     "prompt",
     "model",
     "n",
@@ -27,20 +27,19 @@ const KEYS: [&str; 24] = [
     "output_compression",
     "moderation",
     "stream",
-    "seed",
-    "aspect_ratio",
-    "resolution",
-    "lora_weights",
-    "lora_scale",
-    "prompt_upsampling",
-    "nsfw_checker",
-    "turbo",
-    "image_urls",
     "user",
     "partial_images",
     "style",
     "x",
 ];
+
+fn keys() -> Vec<&'static str> {
+    OPENAI_KEYS
+        .iter()
+        .chain(VENDOR_EXTRAS.iter())
+        .copied()
+        .collect()
+}
 
 /// Values of every JSON kind, with edge cases the parser must survive.
 fn value() -> impl Strategy<Value = Value> {
@@ -75,15 +74,12 @@ fn value() -> impl Strategy<Value = Value> {
 
 /// Up to ten fields; a prompt is added when none was drawn, so most cases get past the head.
 fn fields() -> impl Strategy<Value = Map<String, Value>> {
-    proptest::collection::vec((proptest::sample::select(&KEYS[..]), value()), 0..10).prop_map(
-        |kv| {
-            let mut m: Map<String, Value> =
-                kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            m.entry("prompt")
-                .or_insert_with(|| Value::String("a lighthouse".to_owned()));
-            m
-        },
-    )
+    proptest::collection::vec((proptest::sample::select(keys()), value()), 0..10).prop_map(|kv| {
+        let mut m: Map<String, Value> = kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        m.entry("prompt")
+            .or_insert_with(|| Value::String("a lighthouse".to_owned()));
+        m
+    })
 }
 
 proptest! {
