@@ -10,17 +10,13 @@ use axum::Json;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{on_path, start, start_with, with_admin, Answer, Env};
+use crate::support::{on_path, start, start_with, with_admin, Answer};
 
 fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
     a.headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-}
-
-async fn creates(env: &Env) -> u64 {
-    env.upstream_stats().await["creates"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -44,11 +40,11 @@ async fn gpt_image_2_sizes_at_their_limits() {
     ];
     for model in ["gpt-image-2-all", "gpt-image-2-lite"] {
         for (size, accepted) in cases {
-            let before = creates(&env).await;
+            let before = env.creates().await;
             let a = env.generate(ask(model, size)).await;
             if accepted {
                 assert_eq!(a.status, 200, "{model} {size}: {}", a.body);
-                assert_eq!(creates(&env).await, before + 1, "{model} {size}");
+                assert_eq!(env.creates().await, before + 1, "{model} {size}");
             } else {
                 assert_eq!(
                     (a.status, a.code(), a.param()),
@@ -57,7 +53,7 @@ async fn gpt_image_2_sizes_at_their_limits() {
                     a.body
                 );
                 assert_eq!(
-                    creates(&env).await,
+                    env.creates().await,
                     before,
                     "{model} {size}: refused before any upstream call"
                 );
@@ -83,7 +79,7 @@ async fn n_up_to_the_images_left_this_minute() {
         a.body
     );
     assert_eq!(header(&a, "x-ratelimit-limit-images"), "8");
-    assert_eq!(creates(&env).await, 3);
+    assert_eq!(env.creates().await, 3);
     // Exactly what is left: admitted, and the allowance is empty.
     let a = env.generate(sparkpix(5)).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -91,7 +87,7 @@ async fn n_up_to_the_images_left_this_minute() {
     assert_eq!(header(&a, "x-ratelimit-remaining-images"), "0");
     let a = env.generate(sparkpix(1)).await;
     assert_eq!((a.status, a.code()), (429, "rate_limit_exceeded"));
-    assert_eq!(creates(&env).await, 8);
+    assert_eq!(env.creates().await, 8);
 }
 
 #[tokio::test]

@@ -31,14 +31,6 @@ async fn generate_with(env: &Env, headers: &[(&str, &str)], body: Value) -> Answ
     Env::read(rb.send().await.unwrap()).await
 }
 
-async fn creates(env: &Env) -> usize {
-    env.upstream_requests()
-        .await
-        .iter()
-        .filter(|r| r["method"] == "POST")
-        .count()
-}
-
 // === One group-routing test per capability row ===
 
 #[tokio::test]
@@ -75,7 +67,7 @@ async fn size_a_group_never_serves_an_explicit_size_with_the_nearest_ratio() {
     assert_eq!(served(&a), "gpt-image-2-beta");
 
     // A bad policy value is refused before any upstream call.
-    let before = creates(&env).await;
+    let before = env.creates().await;
     let a = generate_with(
         &env,
         &[("x-imagegate-size-policy", "roughly")],
@@ -84,7 +76,7 @@ async fn size_a_group_never_serves_an_explicit_size_with_the_nearest_ratio() {
     .await;
     assert_eq!(a.status, 400);
     assert_eq!(a.param(), "x-imagegate-size-policy");
-    assert_eq!(creates(&env).await, before);
+    assert_eq!(env.creates().await, before);
 }
 
 #[tokio::test]
@@ -175,7 +167,7 @@ async fn n_is_delivered_whole_by_a_fanned_out_model() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(served(&a), "sparkpix");
     assert_eq!(a.body["data"].as_array().unwrap().len(), 3);
-    assert_eq!(creates(&env).await, 3, "one SparkPix call per image");
+    assert_eq!(env.creates().await, 3, "one SparkPix call per image");
     assert_eq!(a.headers["x-imagegate-cost-usd"], "0.03");
 }
 
@@ -299,7 +291,7 @@ async fn a_url_answer_in_a_format_the_pinned_model_cannot_make_is_refused_before
             a.body
         );
     }
-    assert_eq!(creates(&env).await, 0);
+    assert_eq!(env.creates().await, 0);
 }
 
 // === The upstream's retry-after ===

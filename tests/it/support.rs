@@ -222,15 +222,27 @@ impl Env {
         assert!(res.status().is_success());
     }
 
+    /// Create calls the simulator accepted (generations and edits, sync or task).
+    pub async fn creates(&self) -> u64 {
+        self.upstream_stats().await["creates"]
+            .as_u64()
+            .unwrap_or_default()
+    }
+
     /// Waits (on the simulator's request log, not a clock) until the upstream has a request.
     pub async fn until_upstream_called(&self) {
-        for _ in 0..500 {
-            if !self.upstream_requests().await.is_empty() {
+        self.until_upstream_has(1).await;
+    }
+
+    /// Waits (on the simulator's request log) until the upstream has `n` requests.
+    pub async fn until_upstream_has(&self, n: usize) {
+        for _ in 0..1000 {
+            if self.upstream_requests().await.len() >= n {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        panic!("the upstream was never called");
+        panic!("the upstream never got {n} requests");
     }
 
     /// Stops the gateway and waits for it to drain.
