@@ -4,14 +4,16 @@
 //! byte of its answer (a streamed answer included). The operator's probes (`/healthz`, `/readyz`,
 //! `/metrics`) are never shed: an overloaded gateway must still say so.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt as _;
-use tokio::sync::Semaphore;
+use http_body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::PUBLIC_ROUTES;
 use crate::error::ApiError;
@@ -25,11 +27,39 @@ pub async fn shed(State(slots): State<Arc<Semaphore>>, req: Request, next: Next)
     let Ok(slot) = slots.try_acquire_owned() else {
         return ApiError::overloaded().into_response();
     };
-    // The slot lives as long as the answer's body: it is dropped with it.
-    next.run(req).await.map(|body| {
-        Body::new(body.map_frame(move |frame| {
-            let _held = &slot;
-            frame
-        }))
-    })
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Held {
+            inner: body,
+            _slot: slot,
+        }),
+    )
+}
+
+/// An answer's body holding its request's slot until it is dropped. Its own type rather than
+/// `map_frame`, which would drop the body's exact size hint (and with it `Content-Length`).
+struct Held {
+    inner: Body,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
