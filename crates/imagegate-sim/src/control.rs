@@ -4,7 +4,8 @@
 //! - `GET /_sim/faults`, `POST /_sim/faults`: read / replace the per-model fault table.
 //! - `GET /_sim/requests`: every `/api/v1/*` request received (last 10,000), large base64
 //!   strings replaced by `"<base64 N bytes>"` (N: length of the base64 text).
-//! - `GET /_sim/stats`: counters.
+//! - `GET /_sim/stats`: counters, the ids of the tasks created and what the platform would
+//!   have billed (see [`Stats`] and `billing`).
 //! - `POST /_sim/reset`: clears the request log, the counters and the fault table (tasks and
 //!   result files are kept).
 
@@ -22,7 +23,7 @@ use super::api::ApiError;
 use super::faults::{validate_table, FaultTable};
 use super::state::{lock, AppState};
 
-/// How many requests the log keeps.
+/// How many requests the log keeps, and how many task ids the stats list.
 const LOG_CAP: usize = 10_000;
 
 /// Strings longer than this that look like base64 are redacted in recorded bodies.
@@ -74,6 +75,32 @@ pub(crate) struct Stats {
     pub callbacks_sent: u64,
     /// Callback attempts answered with a 2xx.
     pub callbacks_delivered: u64,
+    /// Ids of the tasks created, oldest first (the last 10,000), whatever their outcome or the
+    /// fate of their create's answer: how to find the task of a `[sim:reset]` create.
+    pub task_ids: VecDeque<String>,
+    /// Tasks billed (completed successfully).
+    pub tasks_billed: u64,
+    /// What the platform would have charged in all, in micro-dollars.
+    pub billed_micros: u64,
+    /// `billed_micros` per model name (`gpt-image-2-all`, `sparkpix-edit`, …).
+    pub billed_by_model: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Notes a created task.
+    pub fn task_created(&mut self, id: &str) {
+        if self.task_ids.len() >= LOG_CAP {
+            self.task_ids.pop_front();
+        }
+        self.task_ids.push_back(id.to_string());
+    }
+
+    /// Bills one completed task of `model`.
+    pub fn bill(&mut self, model: &str, micros: u64) {
+        self.tasks_billed += 1;
+        self.billed_micros += micros;
+        *self.billed_by_model.entry(model.to_string()).or_default() += micros;
+    }
 }
 
 /// Request log and counters.

@@ -145,6 +145,7 @@ async fn run(
         height,
         format,
         count: n,
+        quality: Some(quality),
         latency: d.latency(state.scaled(quality.all_latency_secs())),
         queued: false,
         callback_url: None,

@@ -4,12 +4,35 @@
 //! A prompt directive always wins over the table; the table is consulted (model entry first,
 //! then `*`) only when the prompt names no outcome. Directive names are matched
 //! case-insensitively; unknown directives are ignored. When a prompt names several outcomes
-//! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail` and
-//! `filebytes` combine with any outcome.
+//! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail`,
+//! `filebytes`, `stallcreate` and one of `reset` / `truncate` (the first named) combine with any
+//! outcome.
 //!
 //! HTTP-level faults (`401`, `402`, `403`, `429`, `500`, `code402`, `code500`, `malformed`) answer
 //! at once, before field validation and without creating a task. The others act on the accepted
 //! job.
+//!
+//! Result files:
+//! - `[sim:nofile]`: the result URLs are made but nothing is stored behind them (always 404).
+//! - `[sim:nofile=N]`: each result file answers 404 to its first N downloads, then is served
+//!   normally (`N = 0` is no fault; a value that is not a whole number means plain `nofile`).
+//!
+//! Delivery faults act on the create's HTTP answer once the request was accepted, i.e. a task
+//! was created (see `delivery`); they are ignored when no task is created (HTTP-level faults,
+//! validation errors). The task itself runs exactly as without the fault (it can be polled and
+//! calls back), and it is billed as its outcome says (a success is billed even though its answer
+//! was lost, see `billing`):
+//! - `[sim:reset]`: no answer at all: the connection is closed with a TCP reset once the answer
+//!   is ready (at once for async creates, after the generation for sync models), without a
+//!   single byte of the response written.
+//! - `[sim:truncate]`: the answer's status and headers, `Content-Length` of the whole body, then
+//!   only the first half of the body, and the connection is closed.
+//! - `[sim:stallcreate=SECS]`: the answer is held SECS more seconds (not scaled by the time
+//!   scale; shutdown releases it with a 503). Combines with `reset` / `truncate`, which then act
+//!   after the stall.
+//!
+//! The fault table takes `reset`, `truncate`, `nofile` (plain) and `stallcreate` (with `secs`,
+//! e.g. `{"rate":0.1,"kind":"stallcreate","secs":30}`) as kinds too.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +42,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::api::ApiError;
+use super::delivery::{Cut, Delivery};
 use super::jobs::Model;
 use super::state::{duration_secs, lock, AppState};
 
@@ -61,11 +85,29 @@ pub(crate) enum FaultKind {
     /// Generation succeeds but the result URLs answer 404.
     #[serde(rename = "nofile")]
     NoFile,
+    /// The task is accepted but the connection is reset instead of answering.
+    #[serde(rename = "reset")]
+    Reset,
+    /// The task is accepted and the answer's body is cut short (`Content-Length` too large).
+    #[serde(rename = "truncate")]
+    Truncate,
+    /// The task is accepted at once but the answer is held `secs` seconds.
+    #[serde(rename = "stallcreate")]
+    StallCreate,
 }
 
 impl FaultKind {
     fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+    }
+
+    /// Whether the kind is an outcome (`Directives::kind`) rather than a modifier that combines
+    /// with outcomes (`nofile`, `reset`, `truncate`, `stallcreate`).
+    fn is_outcome(self) -> bool {
+        !matches!(
+            self,
+            Self::NoFile | Self::Reset | Self::Truncate | Self::StallCreate
+        )
     }
 
     /// The immediate HTTP answer for faults that replace the whole response.
@@ -98,7 +140,13 @@ impl FaultKind {
                 r#"{"code":200,"msg":"success","data":{"taskId":"cl"#,
             )
                 .into_response(),
-            Self::Policy | Self::Fail | Self::Stuck | Self::NoFile => return None,
+            Self::Policy
+            | Self::Fail
+            | Self::Stuck
+            | Self::NoFile
+            | Self::Reset
+            | Self::Truncate
+            | Self::StallCreate => return None,
         })
     }
 }
@@ -112,12 +160,29 @@ pub(crate) enum Outcome {
     Stuck,
 }
 
+/// `[sim:nofile]` / `[sim:nofile=N]`: how downloads of the result files miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum NoFile {
+    /// Files are served.
+    #[default]
+    Off,
+    /// Nothing is stored behind the result URLs: every download answers 404.
+    Always,
+    /// Each file answers 404 to its first N downloads, then is served.
+    First(u32),
+}
+
 /// Everything the prompt (and the fault table) asks of one request.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Directives {
-    /// The outcome fault, if any (`nofile` is kept apart in `nofile`).
+    /// The outcome fault, if any (`nofile`, `reset`, `truncate` and `stallcreate` are kept
+    /// apart in `nofile`, `cut` and `stall_create`).
     pub kind: Option<FaultKind>,
-    pub nofile: bool,
+    pub nofile: NoFile,
+    /// `[sim:reset]` / `[sim:truncate]`: how the create's answer is cut.
+    pub cut: Option<Cut>,
+    /// `[sim:stallcreate=SECS]`: how long the create's answer is held, not scaled.
+    pub stall_create: Option<Duration>,
     /// `[sim:slow=SECS]`: generation latency, not scaled.
     pub slow: Option<Duration>,
     /// `[sim:slowfile=SECS]`: result download delay, not scaled.
@@ -149,6 +214,14 @@ impl Directives {
             match name {
                 "slow" => out.slow = secs().or(out.slow),
                 "slowfile" => out.slowfile = secs().or(out.slowfile),
+                "stallcreate" => out.stall_create = secs().or(out.stall_create),
+                "nofile" => {
+                    out.nofile = match value.and_then(|v| v.parse().ok()) {
+                        Some(0) => NoFile::Off,
+                        Some(n) => NoFile::First(n),
+                        None => NoFile::Always,
+                    };
+                }
                 "filebytes" => {
                     out.file_bytes = value.and_then(|v| v.parse().ok()).or(out.file_bytes);
                 }
@@ -161,9 +234,10 @@ impl Directives {
                         out.kind = Some(FaultKind::Http429);
                     }
                 }
+                "reset" => out.cut = out.cut.or(Some(Cut::Reset)),
+                "truncate" => out.cut = out.cut.or(Some(Cut::Truncate)),
                 _ => match FaultKind::parse(name) {
-                    Some(FaultKind::NoFile) => out.nofile = true,
-                    Some(kind) if out.kind.is_none() => out.kind = Some(kind),
+                    Some(kind) if out.kind.is_none() && kind.is_outcome() => out.kind = Some(kind),
                     _ => {}
                 },
             }
@@ -191,6 +265,14 @@ impl Directives {
         Some(res)
     }
 
+    /// What happens to the create's answer once the task is accepted.
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            stall: self.stall_create,
+            cut: self.cut,
+        }
+    }
+
     /// Generation latency: the `slow` directive, or `normal`.
     pub fn latency(&self, normal: Duration) -> Duration {
         self.slow.unwrap_or(normal)
@@ -204,6 +286,9 @@ pub(crate) struct FaultRule {
     /// Probability in `0.0..=1.0` that a request to this model gets the fault.
     pub rate: f64,
     pub kind: FaultKind,
+    /// Seconds of a `stallcreate` rule (required there, refused with any other kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secs: Option<f64>,
 }
 
 /// Model keys the table accepts.
@@ -230,6 +315,16 @@ pub(crate) fn validate_table(table: &FaultTable) -> Result<(), String> {
         if !(0.0..=1.0).contains(&rule.rate) {
             return Err(format!("rate for {model} must be within 0.0..=1.0"));
         }
+        match (rule.kind, rule.secs) {
+            (FaultKind::StallCreate, Some(s)) if s.is_finite() && s >= 0.0 => {}
+            (FaultKind::StallCreate, _) => {
+                return Err(format!(
+                    "stallcreate for {model} needs secs, a number of seconds >= 0"
+                ))
+            }
+            (_, Some(_)) => return Err(format!("secs for {model} is only for stallcreate")),
+            (_, None) => {}
+        }
     }
     Ok(())
 }
@@ -245,7 +340,12 @@ pub(crate) fn directives_for(table: &FaultTable, model: &str, prompt: &str) -> D
     };
     if rule.rate > 0.0 && fastrand::f64() < rule.rate {
         match rule.kind {
-            FaultKind::NoFile => d.nofile = true,
+            FaultKind::NoFile => d.nofile = NoFile::Always,
+            FaultKind::Reset => d.cut = d.cut.or(Some(Cut::Reset)),
+            FaultKind::Truncate => d.cut = d.cut.or(Some(Cut::Truncate)),
+            FaultKind::StallCreate => {
+                d.stall_create = d.stall_create.or(rule.secs.map(duration_secs));
+            }
             kind => d.kind = Some(kind),
         }
     }
@@ -268,7 +368,7 @@ mod tests {
         );
         assert_eq!(d.file_bytes, Some(768));
         assert_eq!(d.kind, Some(FaultKind::Policy));
-        assert!(d.nofile);
+        assert_eq!(d.nofile, NoFile::Always);
         assert_eq!(d.slow, Some(Duration::from_millis(2500)));
         assert_eq!(d.pollfail, 3);
         assert_eq!(
@@ -293,5 +393,45 @@ mod tests {
         assert_eq!(res.headers()[header::RETRY_AFTER], "12");
         let plain = Directives::parse("[sim:429]").http_fault().unwrap();
         assert_eq!(plain.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn parses_delivery_and_file_directives() {
+        let d = Directives::parse("x [sim:truncate] [sim:reset] [sim:stallcreate=1.5] [sim:fail]");
+        assert_eq!(d.kind, Some(FaultKind::Fail));
+        assert_eq!(d.cut, Some(Cut::Truncate));
+        assert_eq!(d.stall_create, Some(Duration::from_millis(1500)));
+        assert!(d.http_fault().is_none());
+        let d = Directives::parse("[sim:reset]");
+        assert_eq!((d.kind, d.cut), (None, Some(Cut::Reset)));
+        assert_eq!(d.outcome(), Outcome::Succeed);
+        assert_eq!(Directives::parse("[sim:stallcreate]").stall_create, None);
+        let nofile = |p: &str| Directives::parse(p).nofile;
+        assert_eq!(nofile("[sim:nofile=3]"), NoFile::First(3));
+        assert_eq!(nofile("[sim:nofile=0]"), NoFile::Off);
+        assert_eq!(nofile("[sim:nofile=x]"), NoFile::Always);
+        assert_eq!(nofile("[sim:nofile]"), NoFile::Always);
+    }
+
+    #[test]
+    fn table_takes_delivery_faults() {
+        let rule = |kind, secs| FaultRule {
+            rate: 1.0,
+            kind,
+            secs,
+        };
+        let mut table = FaultTable::new();
+        table.insert("*".into(), rule(FaultKind::StallCreate, Some(2.0)));
+        assert!(validate_table(&table).is_ok());
+        let d = directives_for(&table, "gpt-image-2-lite", "x [sim:truncate]");
+        assert_eq!(d.stall_create, Some(Duration::from_secs(2)));
+        assert_eq!(d.cut, Some(Cut::Truncate));
+        table.insert("*".into(), rule(FaultKind::Reset, None));
+        let d = directives_for(&table, "gpt-image-2-lite", "x");
+        assert_eq!((d.kind, d.cut), (None, Some(Cut::Reset)));
+        table.insert("*".into(), rule(FaultKind::StallCreate, None));
+        assert!(validate_table(&table).is_err());
+        table.insert("*".into(), rule(FaultKind::Truncate, Some(1.0)));
+        assert!(validate_table(&table).is_err());
     }
 }

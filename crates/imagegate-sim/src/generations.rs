@@ -72,7 +72,7 @@ async fn lite(state: &AppState, f: Fields, d: Directives) -> ApiResult {
         None | Some("auto") => (1024, 1024),
         Some(s) => gpt_size(s)?,
     };
-    Quality::parse(f.str("quality")?)?;
+    let quality = Quality::parse(f.str("quality")?)?;
     let format = output_format(f.str("output_format")?)?;
     let n = count(f.int("n")?, 10)?;
     let mut refs = url_refs(&f)?;
@@ -96,6 +96,7 @@ async fn lite(state: &AppState, f: Fields, d: Directives) -> ApiResult {
         height,
         format,
         count: n,
+        quality: Some(quality),
         latency: d.latency(state.scaled(LITE_LATENCY_SECS)),
         queued: false,
         callback_url: f.callback("callback_url")?,
@@ -141,6 +142,7 @@ fn beta(state: &AppState, f: Fields, d: Directives) -> ApiResult {
         height,
         format: Format::Png,
         count: 1,
+        quality: None,
         latency: d.latency(state.scaled_between(15.0, 40.0)),
         queued: true,
         callback_url: f.callback("callback_url")?,

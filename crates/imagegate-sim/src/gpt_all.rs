@@ -120,6 +120,7 @@ pub(crate) async fn generate(state: &AppState, f: Fields, d: Directives) -> ApiR
         height,
         format,
         count: n,
+        quality: Some(quality),
         latency: d.latency(state.scaled(quality.all_latency_secs())),
         queued: !sync,
         callback_url,

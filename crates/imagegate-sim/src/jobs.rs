@@ -7,8 +7,10 @@
 //! for the rest, then `completed` (result files published) or `failed`. A `[sim:policy]`
 //! rejection comes after a quarter of the processing time (moderation answers early); other
 //! failures after the full latency; `[sim:stuck]` stays `processing` until shutdown. Terminal
-//! states trigger the callback when the request carried one. Synchronous handlers simply await
-//! the job; the job keeps running if their client goes away.
+//! states trigger the callback when the request carried one, and a completed job is billed
+//! (`billing`). Synchronous handlers simply await the job; the job keeps running if their client
+//! goes away. Every task created is listed in the stats (`task_ids`) and reported to the request
+//! that created it, for its delivery faults (`delivery`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -22,11 +24,12 @@ use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
 use super::api::ApiError;
-use super::callbacks;
 use super::faults::{Directives, Outcome};
 use super::files::publish;
+use super::params::Quality;
 use super::render::{variant, Format, RenderKey};
 use super::state::{lock, new_task_id, now_ms, AppState};
+use super::{billing, callbacks, delivery};
 
 /// How many tasks are remembered (oldest forgotten first).
 const TASKS_CAP: usize = 50_000;
@@ -158,6 +161,8 @@ pub(crate) struct Job {
     pub height: u32,
     pub format: Format,
     pub count: usize,
+    /// The request's `quality`, for billing (`None`: no such field).
+    pub quality: Option<Quality>,
     pub latency: Duration,
     /// Starts `pending` (async models) rather than `processing`.
     pub queued: bool,
@@ -183,7 +188,7 @@ pub(crate) struct Started {
     pub handle: JoinHandle<Option<JobResult>>,
 }
 
-/// Stores the task and starts the job.
+/// Stores the task, starts the job and reports it to the request (delivery faults, stats).
 pub(crate) fn start(state: &AppState, job: Job) -> Started {
     let id = new_task_id();
     let create_ms = now_ms();
@@ -202,6 +207,8 @@ pub(crate) fn start(state: &AppState, job: Job) -> Started {
         failed_shape: state.next_failed_shape(),
         pollfail: job.directives.pollfail,
     });
+    lock(&state.intro).stats.task_created(&id);
+    delivery::accepted(job.directives.delivery());
     let handle = state.tracker.spawn(run(state.clone(), id.clone(), job));
     Started {
         task_id: id,
@@ -293,8 +300,15 @@ async fn render(state: &AppState, job: &Job) -> Result<Vec<Bytes>, String> {
     Ok(out)
 }
 
-/// Records the terminal state and sends the callback, if any.
+/// Records the terminal state, bills a success and sends the callback, if any.
 fn finish(state: &AppState, id: &str, job: &Job, result: &JobResult) {
+    if let JobResult::Completed { urls, .. } = result {
+        let each = billing::image_micros(job.model, job.quality, job.width, job.height);
+        let images = u64::try_from(urls.len()).unwrap_or(u64::MAX);
+        lock(&state.intro)
+            .stats
+            .bill(job.model.name(), each.saturating_mul(images));
+    }
     let task = {
         let mut tasks = lock(&state.tasks);
         let Some(t) = tasks.map.get_mut(id) else {

@@ -19,6 +19,9 @@
 //! - `callbacks`: webhook delivery with the documented retry schedule.
 //! - `files`, `render`: result files (real PNG/JPEG bytes) and their in-memory store.
 //! - `faults`: prompt directives (`[sim:…]`) and the per-model fault table.
+//! - `delivery`, `transport`: faults on a create's answer once its task exists (`reset`,
+//!   `truncate`, `stallcreate`), and the listener that lets a handler reset its connection.
+//! - `billing`: what the platform would charge, reported in the stats.
 //! - `sizes`, `params`: size rules and request field parsing.
 //! - `control`: the unauthenticated `/_sim/*` endpoints (faults, request log, stats, reset).
 //!
@@ -30,10 +33,29 @@
 //!   requested size padded with a private ancillary chunk), so a `b64_json` answer carries
 //!   4·N/3 bytes of base64 whatever the picture size: `768` gives a ~1 KB answer,
 //!   `1572864` a 2 MiB one.
+//!
+//! Faults on an accepted create (the task is created, runs, can be polled and is billed as its
+//! outcome says; see `faults` and `delivery`):
+//! - `[sim:reset]`: the connection is reset once the answer is ready (at once for async creates,
+//!   after the generation for sync ones) and no byte of it is written: a reqwest `send()` fails.
+//!   `GET /_sim/stats` lists the ids of the tasks created (`task_ids`) to find the task.
+//! - `[sim:truncate]`: the status and headers arrive with the full body's `Content-Length`, then
+//!   half the body and the connection closes: `send()` succeeds, reading the body fails.
+//! - `[sim:stallcreate=SECS]`: the answer is held SECS more seconds (not scaled), released with a
+//!   503 on shutdown.
+//! - `[sim:nofile=N]`: each result file answers 404 to its first N downloads, then is served
+//!   (plain `[sim:nofile]`: never stored, always 404).
+//!
+//! `GET /_sim/stats` reports billing too: `tasks_billed`, `billed_micros` and `billed_by_model`
+//! (micro-dollars per model name): every task that completed successfully, at the model's
+//! price per image (see `billing`); failed tasks are not billed, and the faults above do not
+//! change billing (the work was done).
 
 mod api;
+mod billing;
 mod callbacks;
 mod control;
+mod delivery;
 mod edits;
 mod faults;
 mod files;
@@ -45,6 +67,7 @@ mod render;
 mod sizes;
 mod sparkpix;
 mod state;
+mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,6 +78,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use self::state::Shared;
+use self::transport::{ConnHandle, SimListener};
 
 /// How the simulator behaves.
 ///
@@ -77,8 +101,9 @@ const BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Serves the simulator on `listener` until `shutdown` resolves.
 ///
-/// On shutdown, pending tasks, callback deliveries and requests held open by `[sim:stuck]` or
-/// `[sim:slowfile=…]` are stopped, and the function returns once they are gone.
+/// On shutdown, pending tasks, callback deliveries and requests held open by `[sim:stuck]`,
+/// `[sim:slowfile=…]` or `[sim:stallcreate=…]` are stopped, and the function returns once they
+/// are gone.
 pub async fn serve(
     config: SimConfig,
     listener: tokio::net::TcpListener,
@@ -90,13 +115,13 @@ pub async fn serve(
         None => format!("http://{}", listener.local_addr()?),
     };
     let shared = Arc::new(Shared::new(config, base_url));
-    let app = build(shared.clone());
+    let app = build(shared.clone()).into_make_service_with_connect_info::<ConnHandle>();
     let cancel = shared.cancel.clone();
     let signal = async move {
         shutdown.await;
         cancel.cancel();
     };
-    let served = axum::serve(listener, app)
+    let served = axum::serve(SimListener(listener), app)
         .with_graceful_shutdown(signal)
         .await;
     // The server can also stop on its own (listener error): stop the background work either way.
@@ -109,7 +134,8 @@ pub async fn serve(
 /// The simulator's routes, with result links under `base_url` (e.g. `http://127.0.0.1:8090`).
 ///
 /// Background work (pending tasks, callbacks) started through this router is never cancelled:
-/// prefer [`serve`], which stops it on shutdown.
+/// prefer [`serve`], which stops it on shutdown. Without `serve`'s listener, `[sim:reset]` cannot
+/// drop the connection before the answer: the answer's body fails at once instead.
 pub fn router(config: SimConfig, base_url: String) -> Router {
     build(Arc::new(Shared::new(config, base_url)))
 }
@@ -137,6 +163,10 @@ fn build(shared: Arc<Shared>) -> Router {
         .route("/api/v1/images/generations-sync", post(sparkpix::image))
         .route("/api/v1/images/edit", post(sparkpix::edit))
         .route("/api/v1/{*rest}", axum::routing::any(api::not_found))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            delivery::deliver,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             api::gate,

@@ -190,6 +190,7 @@ async fn run(
         height,
         format: Format::Jpeg,
         count: outputs,
+        quality: None,
         latency: d.latency(state.scaled_between(0.5, 0.9)),
         queued: false,
         callback_url: f.callback("callBackUrl")?,
