@@ -10,8 +10,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 if [[ -z "${IMAGEGATE_BIN:-}" ]]; then
-  echo "==> cargo build --locked"
-  cargo build --locked
+  # The features of `cargo test` in scripts/test.sh, so the test run's build is reused.
+  echo "==> cargo build --locked --features imagegate/failpoints"
+  cargo build --locked --features imagegate/failpoints
   IMAGEGATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/imagegate"
 fi
 if [[ "$IMAGEGATE_BIN" != /* ]]; then

@@ -17,7 +17,8 @@ promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
 promtool check config deploy/prometheus/prometheus.yml
 
-echo "==> cargo test --workspace --locked"
-cargo test --workspace --locked
+# `failpoints` compiles in the crash points of the crash tests (never in a release build).
+echo "==> cargo test --workspace --locked --features imagegate/failpoints"
+cargo test --workspace --locked --features imagegate/failpoints
 
 scripts/e2e.sh

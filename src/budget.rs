@@ -158,6 +158,20 @@ impl Budgets {
         })
     }
 
+    /// Gives back `amount` booked for a job that an operator resolved as not billed.
+    pub fn refund(&self, key_id: &str, team: Option<&str>, amount: Usd) {
+        let month = utc_month(SystemTime::now());
+        let mut accounts = lock(&self.accounts);
+        let payers = std::iter::once(Payer::Key(key_id.to_owned()))
+            .chain(team.map(|t| Payer::Team(t.to_owned())));
+        for payer in payers {
+            let a = accounts.entry(payer).or_default();
+            a.roll(&month);
+            a.month_spent = Usd(a.month_spent.micros().saturating_sub(amount.micros()));
+            a.total_spent = Usd(a.total_spent.micros().saturating_sub(amount.micros()));
+        }
+    }
+
     /// The largest share of a budget `payer` has spent (monthly or total), if it has one.
     pub fn used_ratio(&self, payer: &Payer, budget: Budget) -> Option<f64> {
         let month = utc_month(SystemTime::now());

@@ -112,7 +112,7 @@ impl Capabilities {
                 let in_range = |v: u32| (min..=max).contains(&v);
                 if !in_range(s.width) || !in_range(s.height) {
                     Err(format!("makes {min}–{max} px sides only, not {s}"))
-                } else if s.width % 16 != 0 || s.height % 16 != 0 {
+                } else if !s.width.is_multiple_of(16) || !s.height.is_multiple_of(16) {
                     Err(format!("makes sides in steps of 16 px only, not {s}"))
                 } else {
                     Ok(())
@@ -120,8 +120,8 @@ impl Capabilities {
             }
             SizeRule::GptImage2 => {
                 let (long, short) = (s.longest(), s.width.min(s.height));
-                let ok = s.width % 16 == 0
-                    && s.height % 16 == 0
+                let ok = s.width.is_multiple_of(16)
+                    && s.height.is_multiple_of(16)
                     && long <= 3840
                     && long <= short.saturating_mul(3)
                     && (655_360..=8_294_400).contains(&s.pixels());

@@ -38,6 +38,11 @@ pub struct Row {
     pub error_code: Option<String>,
     pub latency_ms: i64,
     pub task_ids: String,
+    /// The job this row closes: at most one row per job (a unique index).
+    pub job_id: Option<String>,
+    /// Set on a compensating row (an operator settled an unknown outcome as not billed): the
+    /// job it gives money back for. Its cost is booked negative.
+    pub adjusts: Option<String>,
 }
 
 /// What is known of a request once it is finished.
@@ -80,6 +85,18 @@ impl Row {
             error_code: outcome.error_code.map(|c| c.as_str().to_owned()),
             latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
             task_ids: outcome.task_ids.join(","),
+            job_id: None,
+            adjusts: None,
+        }
+    }
+
+    /// The cost as booked: negative on a compensating row.
+    pub fn cost_micros(&self) -> i64 {
+        let c = i64::try_from(self.cost.micros()).unwrap_or(i64::MAX);
+        if self.adjusts.is_some() {
+            -c
+        } else {
+            c
         }
     }
 }

@@ -51,6 +51,8 @@ pub mod demo;
 pub mod dispatch;
 mod drain;
 pub mod error;
+pub mod failpoint;
+pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -74,8 +76,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests (including ones waiting on upstream tasks) finish for up to
-/// `server.drain_timeout`. Connections, their limits and timeouts: [`server`].
+/// in-flight requests finish for up to `server.drain_timeout`. Jobs still running then are left
+/// in the store, for the next process to resume. Connections, their limits and timeouts: [`server`].
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -84,13 +86,20 @@ pub async fn serve(
     let server_config = config.server.clone();
     let drain = server_config.drain_timeout;
     let state = Arc::new(state::AppState::new(config)?);
+    // Jobs the last process left unfinished are followed to their end (and settled) again.
+    let resumed = state.jobs.resume_all(&state)?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "resumed unfinished jobs");
+    }
     // Built once: every connection and request uses this router (a reference count per request).
     let router = app::build_router(state.clone());
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();
+        let state = state.clone();
         async move {
             shutdown.await;
+            state.jobs.drain();
             tracing::info!(
                 drain_secs = drain.as_secs(),
                 "shutdown requested; draining in-flight requests"
@@ -103,6 +112,9 @@ pub async fn serve(
         signal,
         server::run(&server_config, listener, router, stopping)
     );
+    // Jobs still running are stopped where they are: their state is in the store, and the next
+    // process resumes them.
+    state.jobs.stop().await;
     // Every ledger row of the requests served is on disk before the process goes.
     state.store().flush().await;
     Ok(())

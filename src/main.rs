@@ -129,8 +129,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
             let _logs = init_tracing(config.logging.format, &config.logging.filter);
+            // Jobs, keys and the ledger survive a restart unless memory was asked for.
+            if config.data.dir.is_none() && !config.data.in_memory {
+                let dir = std::path::PathBuf::from("imagegate-data");
+                tracing::info!(dir = %dir.display(), "no data.dir configured: using ./imagegate-data");
+                config.data.dir = Some(dir);
+            }
             // The runtime is dropped before the log writer, so nothing logged while it shuts
             // down is lost.
             let rt = runtime()?;
@@ -138,8 +144,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("binding {}", config.server.listen))?;
+                let shutdown = shutdown_signal();
                 tracing::info!(addr = %listener.local_addr()?, "imagegate listening");
-                imagegate::serve(config, listener, shutdown_signal()).await
+                imagegate::serve(config, listener, shutdown).await
             })
         }
         #[cfg(feature = "demo")]
@@ -178,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 time_scale,
             };
             let rt = runtime()?;
-            rt.block_on(imagegate::demo::run(opts, shutdown_signal()))
+            rt.block_on(async { imagegate::demo::run(opts, shutdown_signal()).await })
         }
     }
 }
@@ -209,24 +216,32 @@ fn init_tracing(format: LogFormat, filter: &str) -> tracing_appender::non_blocki
 }
 
 /// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM. The handlers are installed now, before the caller logs that it listens:
+/// a signal that arrives while the gateway starts is a clean shutdown too, never the default
+/// (an abrupt exit).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -8,6 +8,7 @@ use crate::budget::Budgets;
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ServedBy};
 use crate::error::ApiError;
+use crate::jobs::Jobs;
 use crate::keys::Registry;
 use crate::limits::RateLimits;
 use crate::metrics::{CircuitGauge, Metrics};
@@ -44,12 +45,20 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// This gateway's metrics registry (`GET /metrics`); see [`crate::metrics`].
     pub metrics: Arc<Metrics>,
+    /// The jobs running in this process.
+    pub jobs: Jobs,
 }
 
 impl AppState {
     /// Opens (creating and migrating) the database and loads keys, teams and spend.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(config.data.dir.as_deref())?;
+        let store = Store::open(
+            config
+                .data
+                .dir
+                .as_deref()
+                .filter(|_| !config.data.in_memory),
+        )?;
         let month = crate::ledger::utc_month(std::time::SystemTime::now());
         let (by_key, by_team) = store.spent_blocking(&month)?;
         let metrics = Arc::new(Metrics::new()?);
@@ -70,8 +79,20 @@ impl AppState {
             proxies: config.server.proxies(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             metrics,
+            jobs: Jobs::default(),
             config,
         })
+    }
+
+    /// The longest a caller may be asked to wait on any enabled model.
+    pub fn longest_deadline(&self) -> std::time::Duration {
+        ModelId::ALL
+            .into_iter()
+            .filter(|m| self.config.models.get(*m).enabled)
+            .map(|m| self.config.models.get(m).deadline)
+            .max()
+            .unwrap_or(std::time::Duration::from_secs(60))
+            .min(self.config.routing.request_deadline)
     }
 
     pub fn store(&self) -> &Store {

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The registry's one list of models, a macro at the crate root.
     ("for_each_model", 0),
     ("upstream::failure", 0),
+    ("failpoint", 0),
     ("config", 1),
     ("error", 1),
     ("request", 2),
@@ -32,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("routing", 5),
     ("dispatch", 6),
     ("state", 7),
+    ("jobs", 7),
     ("auth", 7),
     ("api", 7),
     ("admin", 7),

@@ -11,6 +11,8 @@
 //! | `GET /admin/usage?group_by=key,day&from=&to=&key=&team=&model=&format=csv` | usage report |
 //! | `GET /admin/spend` | current spend against budgets, per key and team |
 //! | `GET /admin/upstream-keys` | the upstream key pool (ids, weights, benched or not) |
+//! | `GET /admin/jobs`, `GET /admin/jobs/{id}` | every key's jobs; one job with its upstream calls |
+//! | `POST /admin/jobs/{id}/resolve` | settle an `unknown` job: `{"outcome": "billed" \| "not_billed"}` |
 //!
 //! Keys and teams from the config file are listed but not changed here (409): the file is
 //! their source of truth. Every change invalidates the key's cache entry before answering, so
@@ -53,6 +55,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/usage", get(usage))
         .route("/admin/spend", get(spend))
         .route("/admin/upstream-keys", get(upstream_keys))
+        .route("/admin/jobs", get(crate::api::jobs::admin_list))
+        .route("/admin/jobs/{id}", get(crate::api::jobs::admin_get))
+        .route("/admin/jobs/{id}/resolve", post(crate::api::jobs::resolve))
 }
 
 type AdminResult = Result<Response, ApiError>;

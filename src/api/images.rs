@@ -5,6 +5,7 @@
 //! client asked for `stream`. Nothing else happens here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -16,9 +17,11 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument as _;
 
 use super::edits::{self, EditParts};
-use crate::dispatch::{Call, Finished, Prepared, ServedBy};
-use crate::error::ApiError;
+use crate::dispatch::{job_note, Call, Finished, ServedBy};
+use crate::error::{ApiError, ErrorCode};
+use crate::jobs::{self, Admitted, JobOptions, Progress};
 use crate::keys::ClientKey;
+use crate::metrics::JobEvent;
 use crate::metrics::UpstreamWait;
 use crate::model::Route;
 use crate::request::{Head, ImageRequest, Operation};
@@ -31,9 +34,11 @@ pub const UPSTREAM_HEADER: &str = "x-imagegate-upstream";
 pub const COST_HEADER: &str = "x-imagegate-cost-usd";
 /// Response header: upstream models tried (1 when the first one served it).
 pub const ATTEMPTS_HEADER: &str = "x-imagegate-attempts";
+/// Response header: the job of every image answer after admission.
+pub const JOB_HEADER: &str = "x-imagegate-job-id";
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let call = match call_of(&request) {
+    let (call, opts) = match call_of(&request) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -54,13 +59,13 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         parse(&state, Operation::Generate, parts)
     });
     match parsed {
-        Ok((route, req)) => answer(state, call, route, req).await,
+        Ok((route, req, digest)) => answer(state, call, route, req, digest, opts).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let call = match call_of(&request) {
+    let (call, opts) = match call_of(&request) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -69,20 +74,21 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
         Err(e) => Err(e),
     };
     match parsed {
-        Ok((route, req)) => answer(state, call, route, req).await,
+        Ok((route, req, digest)) => answer(state, call, route, req, digest, opts).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// Who is calling and how: the authenticated key, the routing headers, the request id and the
-/// request's upstream clock (set by the metrics layer).
-fn call_of(request: &Request) -> Result<Call, ApiError> {
+/// request's upstream clock (set by the metrics layer); and the job headers.
+fn call_of(request: &Request) -> Result<(Call, JobOptions), ApiError> {
     let caller = request
         .extensions()
         .get::<ClientKey>()
         .cloned()
         .ok_or_else(|| ApiError::unauthorized("No API key."))?;
-    Ok(Call {
+    let opts = JobOptions::from_headers(request.headers())?;
+    let call = Call {
         caller,
         constraints: Constraints::from_headers(request.headers())?,
         request_id: request_id(request.headers()),
@@ -91,19 +97,22 @@ fn call_of(request: &Request) -> Result<Call, ApiError> {
             .get::<UpstreamWait>()
             .cloned()
             .unwrap_or_default(),
-    })
+    };
+    Ok((call, opts))
 }
 
-/// The request's head, its public name resolved, then the rest of its fields.
+/// The request's head, its public name resolved, then the rest of its fields; and the digest
+/// that tells a retry of this request from another one.
 fn parse(
     state: &AppState,
     op: Operation,
     parts: EditParts,
-) -> Result<(Route, ImageRequest), ApiError> {
+) -> Result<(Route, ImageRequest, String), ApiError> {
     let head = Head::from_fields(&parts.fields)?;
     let route = state.resolve_model(head.model.as_deref())?;
+    let digest = jobs::digest(op, &parts);
     let req = ImageRequest::from_fields(op, head, &parts.fields, parts.images, parts.mask)?;
-    Ok((route, req))
+    Ok((route, req, digest))
 }
 
 async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, ApiError> {
@@ -172,27 +181,189 @@ fn request_id(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Dispatches a parsed request and renders the answer (see [`crate::dispatch`]).
-async fn answer(state: Arc<AppState>, call: Call, route: Route, req: ImageRequest) -> Response {
+/// Runs a parsed request as a job (or joins the job it repeats) and renders the answer.
+async fn answer(
+    state: Arc<AppState>,
+    call: Call,
+    route: Route,
+    req: ImageRequest,
+    digest: String,
+    opts: JobOptions,
+) -> Response {
     let log = RequestLog::new(&route, &req, state.config.logging.log_prompts);
     let stream = req.stream;
-    let prepared = match state.dispatch().prepare(call, route, req) {
-        Ok(p) => p,
-        Err(refused) => return render(*refused, log),
+    let prefix = match req.op {
+        Operation::Generate => "image_generation",
+        Operation::Edit => "image_edit",
     };
-    if stream {
-        return sse(state, prepared, log);
+    // A retry, or a request with a known Idempotency-Key, joins its job: no new admission.
+    let joined = state
+        .jobs
+        .existing(&state, &call.caller.id, &digest, &opts)
+        .await;
+    let (admitted, rate_headers, first) = match joined {
+        Err(e) => return e.into_response(),
+        Ok(Some(admitted)) => (admitted, Vec::new(), false),
+        Ok(None) => {
+            let prepared = match state.dispatch().prepare(call, route, req) {
+                Ok(p) => p,
+                Err(refused) => return render(*refused, log),
+            };
+            let rate_headers = prepared.rate_headers();
+            match state.jobs.start(&state, prepared, &digest, &opts).await {
+                Ok(a @ Admitted::Job(..)) => (a, rate_headers, true),
+                Ok(a) => (a, rate_headers, false),
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    if opts.respond_async {
+        return accepted(&state, &admitted).await;
     }
-    let finished = state.dispatch().run(prepared).await;
-    render(finished, log)
+    if stream {
+        return sse(state, prefix, admitted, first, rate_headers, log);
+    }
+    let (mut finished, replayed) = outcome(&state, admitted, first).await;
+    finished.rate_headers.extend(rate_headers);
+    let mut res = render(finished, log);
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
 }
 
-/// The JSON answer (or error) with the routing, cost and rate-limit headers.
+/// Waits for a job's answer: until it is done, or until the first caller's deadline passes
+/// (then a 504 naming the job: the work goes on); a joining request waits up to the longest
+/// model deadline. A finished job is replayed (`true`).
+async fn outcome(state: &AppState, admitted: Admitted, first: bool) -> (Finished, bool) {
+    let (id, mut rx) = match admitted {
+        Admitted::Finished(job) => {
+            state.metrics.job(JobEvent::Replayed);
+            return (jobs::replay(state, &job).await, true);
+        }
+        Admitted::Job(id, rx) => (id, rx),
+    };
+    let patience = state.longest_deadline();
+    let wait = async {
+        loop {
+            let now = rx.borrow_and_update().clone();
+            match now {
+                Progress::Done(f) => return Some(f),
+                Progress::Late if first => return None,
+                Progress::Late | Progress::Running => {}
+            }
+            if rx.changed().await.is_err() {
+                // The job's owner is gone without an answer (it panicked): read the store.
+                return None;
+            }
+        }
+    };
+    let stopping = async {
+        state.jobs.draining().await;
+        // A job whose task the platform holds is resumed by the next process: its callers are
+        // told now. One inside a sync call is drained to its end.
+        loop {
+            if job_in_progress(state, &id).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let waited = tokio::select! {
+        w = tokio::time::timeout(patience, wait) => w.ok().flatten(),
+        () = stopping => {
+            let e = ApiError::new(
+                ErrorCode::ShuttingDown,
+                format!("The gateway is restarting. Job {id} goes on in the next process: send the same request again (an SDK retry or the same Idempotency-Key joins the job) or read GET /v1/images/jobs/{id}."),
+            );
+            let finished = Finished {
+                result: Err(e),
+                served: ServedBy::default(),
+                rate_headers: Vec::new(),
+                job_id: Some(id),
+            };
+            return (finished, false);
+        }
+    };
+    match waited {
+        Some(f) => (share(&f), false),
+        None => {
+            let e = ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                format!(
+                    "The upstream did not finish within the model's deadline; the work goes on.{}",
+                    job_note(&id)
+                ),
+            );
+            let finished = Finished {
+                result: Err(e),
+                served: ServedBy::default(),
+                rate_headers: Vec::new(),
+                job_id: Some(id),
+            };
+            (finished, false)
+        }
+    }
+}
+
+/// Whether the job's tasks are with the platform (`in_progress`): then the next process can
+/// resume it.
+async fn job_in_progress(state: &AppState, id: &str) -> bool {
+    let id = id.to_owned();
+    matches!(
+        state
+            .store()
+            .call(move |c| crate::store::jobs::load(c, &id))
+            .await,
+        Ok(Some(job)) if job.state == crate::store::JobState::InProgress
+    )
+}
+
+/// A copy of a shared answer for one more waiter.
+fn share(f: &Finished) -> Finished {
+    Finished {
+        result: f.result.clone(),
+        served: f.served.clone(),
+        rate_headers: f.rate_headers.clone(),
+        job_id: f.job_id.clone(),
+    }
+}
+
+/// `Prefer: respond-async`: 202 with the job object and its `Location`.
+async fn accepted(state: &AppState, admitted: &Admitted) -> Response {
+    let id = match admitted {
+        Admitted::Job(id, _) => id.to_string(),
+        Admitted::Finished(job) => job.id.clone(),
+    };
+    let lookup = id.clone();
+    let job = state
+        .store()
+        .call(move |c| crate::store::jobs::load(c, &lookup))
+        .await;
+    let job = match job {
+        Ok(Some(job)) => job,
+        Ok(None) => return ApiError::internal("The job is gone.").into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut res = super::body::json(jobs::job_object(&job, None));
+    *res.status_mut() = StatusCode::ACCEPTED;
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/images/jobs/{id}")) {
+        res.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(JOB_HEADER, v);
+    }
+    res
+}
+
+/// The JSON answer (or error) with the routing, cost, job and rate-limit headers.
 fn render(finished: Finished, log: RequestLog) -> Response {
     let Finished {
         result,
         served,
         rate_headers,
+        job_id,
     } = finished;
     let mut res = match result {
         Ok(body) => super::body::json(body),
@@ -200,6 +371,9 @@ fn render(finished: Finished, log: RequestLog) -> Response {
     };
     served_headers(&mut res, &served);
     add_headers(&mut res, rate_headers);
+    if let Some(v) = job_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        res.headers_mut().insert(JOB_HEADER, v);
+    }
     res.extensions_mut().insert(log.served(&served));
     res
 }
@@ -207,16 +381,22 @@ fn render(finished: Finished, log: RequestLog) -> Response {
 /// `stream: true`: the status is decided now (200), the image follows as one
 /// `image_generation.completed` / `image_edit.completed` event per image, with `: keepalive`
 /// comments while the upstream works (a 2-minute generation keeps the connection alive).
-fn sse(state: Arc<AppState>, prepared: Prepared, log: RequestLog) -> Response {
+fn sse(
+    state: Arc<AppState>,
+    prefix: &'static str,
+    admitted: Admitted,
+    first: bool,
+    headers: Vec<(&'static str, String)>,
+    log: RequestLog,
+) -> Response {
     let keepalive = state.config.server.keepalive_interval;
-    let prefix = match prepared.operation() {
-        Operation::Generate => "image_generation",
-        Operation::Edit => "image_edit",
+    let job_id = match &admitted {
+        Admitted::Job(id, _) => id.to_string(),
+        Admitted::Finished(job) => job.id.clone(),
     };
-    let headers = prepared.rate_headers();
     let events = futures_util::stream::once(
         async move {
-            let finished = state.dispatch().run(prepared).await;
+            let (finished, _) = outcome(&state, admitted, first).await;
             match finished.result {
                 Ok(body) => completed_events(prefix, body),
                 Err(error) => {
@@ -238,6 +418,9 @@ fn sse(state: Arc<AppState>, prepared: Prepared, log: RequestLog) -> Response {
     let mut res = sse.into_response();
     res.extensions_mut().insert(log);
     add_headers(&mut res, headers);
+    if let Ok(v) = HeaderValue::from_str(&job_id) {
+        res.headers_mut().insert(JOB_HEADER, v);
+    }
     res
 }
 

@@ -3,8 +3,9 @@
 //! operator's (admin key, see `auth`).
 
 mod body;
-mod edits;
+pub(crate) mod edits;
 mod images;
+pub(crate) mod jobs;
 mod models;
 pub(crate) mod ops;
 mod upstreams;
@@ -20,6 +21,8 @@ pub fn routes() -> Router<Arc<AppState>> {
     let api = Router::new()
         .route("/images/generations", post(images::generations))
         .route("/images/edits", post(images::edits))
+        .route("/images/jobs", get(jobs::list))
+        .route("/images/jobs/{id}", get(jobs::get))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve));
     Router::new()

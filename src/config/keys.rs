@@ -237,13 +237,41 @@ fn check_budgets(monthly: Option<f64>, total: Option<f64>, at: &str, problems: &
     }
 }
 
-/// `[data]`: where the database (dynamic keys, teams, the spend ledger) lives.
+/// `[data]`: where the database (dynamic keys, teams, the spend ledger, jobs) lives.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Created if missing; holds `imagegate.sqlite3`. Absent: an in-memory database (the ledger
-    /// and admin-created keys are lost on restart).
+    /// Created if missing; holds `imagegate.sqlite3` and is locked by one process at a time.
+    /// `imagegate serve` uses `./imagegate-data` when it is absent.
     pub dir: Option<PathBuf>,
+    /// Keep everything in memory (nothing survives a restart, jobs included): only when asked.
+    #[serde(default)]
+    pub in_memory: bool,
+}
+
+/// `[jobs]`: how long jobs, their results and `Idempotency-Key`s are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// An `Idempotency-Key` names its job this long.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// An SDK retry (`x-stainless-retry-count` ≥ 1) of the same request joins a job this recent.
+    #[serde(with = "humantime_serde")]
+    pub retry_window: Duration,
+    /// Finished jobs (and their result URLs) are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            retry_window: Duration::from_secs(15 * 60),
+            result_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// One key of the upstream key pool. Identified everywhere by `id`, never by its secret.

@@ -20,8 +20,8 @@ mod models;
 mod routing;
 
 pub use keys::{
-    Budget, DataConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec, UpstreamKeyConfig,
-    MIN_CLIENT_KEY_LEN,
+    Budget, DataConfig, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec,
+    UpstreamKeyConfig, MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};
@@ -46,6 +46,7 @@ pub struct Config {
     /// The operator's key for `/admin/*`; without one the admin API refuses every call.
     pub admin: AdminConfig,
     pub data: DataConfig,
+    pub jobs: JobsConfig,
     pub limits: LimitsConfig,
     pub models: ModelsConfig,
     pub routing: RoutingConfig,
@@ -55,7 +56,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// How long in-flight requests may run after a shutdown signal.
+    /// How long in-flight synchronous calls may run after a shutdown signal (async tasks are
+    /// persisted and resumed by the next process). The default covers the longest sync deadline
+    /// (gpt-image-2-all, 240 s) plus the result download timeout (60 s).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Largest accepted request body (multipart edits carry up to 16 images).
@@ -148,7 +151,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            drain_timeout: Duration::from_secs(150),
+            drain_timeout: Duration::from_secs(300),
             max_body_bytes: 64 * 1024 * 1024,
             default_model: ModelId::All.as_str().to_owned(),
             keepalive_interval: Duration::from_secs(15),
@@ -341,6 +344,8 @@ struct RawConfig {
     #[serde(default)]
     data: DataConfig,
     #[serde(default)]
+    jobs: JobsConfig,
+    #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
     models: RawModels,
@@ -385,6 +390,7 @@ impl Config {
             admin: raw.admin,
             routing: raw.routing.merged(),
             data: raw.data,
+            jobs: raw.jobs,
             limits: raw.limits,
             models: models::merged(raw.models),
         };

@@ -97,8 +97,12 @@ pub const TIERS: [&str; 3] = ["1K", "2K", "4K"];
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub enabled: bool,
-    /// Whole budget for one request on this model: create, polls and the sync call itself.
+    /// How long a caller waits on this model (a sync call, or create and polls) before a 504
+    /// naming the job; the paid work itself goes on (see `give_up_after`).
     pub deadline: Duration,
+    /// How long a job's task is followed after its create before its outcome is declared
+    /// unknown (booked, reported).
+    pub give_up_after: Duration,
     /// Wait before the first poll of an async task.
     pub first_poll_delay: Duration,
     /// Wait between polls (at least 1 s: the platform asks for 2–3 s).
@@ -145,6 +149,7 @@ impl ModelConfig {
         Self {
             enabled: true,
             deadline: Duration::from_secs(t.deadline_s),
+            give_up_after: Duration::from_secs(30 * 60),
             first_poll_delay: Duration::from_secs(t.first_poll_delay_s),
             poll_interval: Duration::from_secs(t.poll_interval_s),
             price_usd,
@@ -162,6 +167,8 @@ pub(super) struct RawModelConfig {
     enabled: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    give_up_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     first_poll_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -188,6 +195,7 @@ impl RawModelConfig {
         ModelConfig {
             enabled: self.enabled.unwrap_or(d.enabled),
             deadline: self.deadline.unwrap_or(d.deadline),
+            give_up_after: self.give_up_after.unwrap_or(d.give_up_after),
             first_poll_delay: self.first_poll_delay.unwrap_or(d.first_poll_delay),
             poll_interval: self.poll_interval.unwrap_or(d.poll_interval),
             price_usd: self.price_usd.or(d.price_usd),

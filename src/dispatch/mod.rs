@@ -27,6 +27,7 @@
 //! [`Dispatch::run`], and render a [`Finished`].
 
 mod attempt;
+pub mod job;
 pub mod results;
 #[cfg(test)]
 mod tests;
@@ -43,16 +44,21 @@ use crate::error::{ApiError, ErrorCode, RateLimit};
 use crate::keys::ClientKey;
 use crate::ledger::{self, Row};
 use crate::limits::{Admission, RateLimits};
-use crate::metrics::{CallOutcome, Metrics, RefusalReason, UpstreamWait};
+use crate::metrics::{CallOutcome, JobEvent, Metrics, RefusalReason, UpstreamWait};
 use crate::model::{ModelId, Route, Usd};
 use crate::request::{ImageRef, ImageRequest, Operation};
 use crate::routing::health::{Health, HealthView, Verdict};
 use crate::routing::{Candidate, Constraints, Routing};
+use crate::store::jobs::{self as job_rows, Finish};
+use crate::store::JobState;
 use crate::store::Store;
+use crate::upstream::failure::Billing;
 use crate::upstream::failure::UpstreamError;
 use crate::upstream::urls::UrlPolicy;
 use crate::upstream::{self, CallCtx, Output, Plan, Upstreams};
 pub use attempt::Attempt;
+pub use job::{job_note, JobCtx, JobSpec};
+use std::sync::Arc;
 
 /// The handles a request needs, borrowed from the application for its duration.
 pub struct Dispatch<'a> {
@@ -116,12 +122,14 @@ pub struct ServedBy {
 }
 
 /// How a request ended: the answer's body or the error, what served it, and the admission's
-/// `x-ratelimit-*` headers. Its ledger row is already written.
+/// `x-ratelimit-*` headers. Its ledger row is already written (with its job's terminal state).
 #[derive(Debug)]
 pub struct Finished {
     pub result: Result<Value, ApiError>,
     pub served: ServedBy,
     pub rate_headers: Vec<(&'static str, String)>,
+    /// The job, once the request passed admission.
+    pub job_id: Option<Arc<str>>,
 }
 
 /// An attempt that served the request.
@@ -131,11 +139,16 @@ struct Served {
     by: ServedBy,
 }
 
-/// Why no attempt served the request, and what was tried.
+/// Why no attempt served the request, what was tried, and whether the upstream may have billed
+/// it (then it stays booked and nothing fails over).
 struct Failed {
     error: ApiError,
     by: ServedBy,
+    billing: Billing,
 }
+
+/// Told once when the caller's deadline passes while the job's work goes on.
+pub type Late = Option<tokio::sync::oneshot::Sender<()>>;
 
 impl Dispatch<'_> {
     /// Steps 1–3: choose, plan, admit. A refusal is closed here (ledger row) and returned as a
@@ -202,8 +215,30 @@ impl Dispatch<'_> {
             .inspect_err(|e| self.count_refusal(caller, e))
     }
 
-    /// Steps 4–8 for a prepared request.
-    pub async fn run(&self, p: Prepared) -> Finished {
+    /// The job a prepared request becomes: written (state `queued`) before anything is sent.
+    /// With an `Idempotency-Key`, the key's record decides whether it is new (see
+    /// [`job_rows::create`]).
+    pub fn new_job(
+        &self,
+        p: &Prepared,
+        id: &str,
+        digest: &str,
+        idempotency: Option<(String, i64)>,
+    ) -> job_rows::NewJob {
+        job_rows::NewJob {
+            id: id.to_owned(),
+            key_id: p.call.caller.id.to_string(),
+            team: p.call.caller.team_id().map(str::to_owned),
+            digest: digest.to_owned(),
+            public_model: p.route.public.to_string(),
+            spec: serde_json::to_value(JobSpec::of(&p.req)).unwrap_or(Value::Null),
+            request_id: p.call.request_id.clone(),
+            idempotency,
+        }
+    }
+
+    /// Steps 4–8 for a prepared request whose job is written.
+    pub async fn run(&self, p: Prepared, job: JobCtx, mut late: Late) -> Finished {
         let Prepared {
             call,
             route,
@@ -213,7 +248,10 @@ impl Dispatch<'_> {
             admission,
             started,
         } = p;
-        let (result, by) = match self.execute(&call, &route, &req, &candidates, first).await {
+        let executed = self
+            .execute(&call, &route, &req, &candidates, first, &job, &mut late)
+            .await;
+        let (result, by, state, images) = match executed {
             Ok(Served { model, output, by }) => {
                 let fetch = results::Fetch {
                     upstream: self.upstream,
@@ -222,15 +260,69 @@ impl Dispatch<'_> {
                     model,
                     wait: &call.wait,
                 };
-                // A download that fails after the upstream billed keeps the cost booked.
-                (results::body(fetch, &req, output.images).await, by)
+                let stored = job::stored_images(&output.images);
+                // A download that fails after the upstream billed keeps the cost booked, and the
+                // job keeps the result URLs: the image is still obtainable.
+                let body = self.render(fetch, &req, output.images).await;
+                (body, by, JobState::Completed, Some(stored))
             }
-            Err(Failed { error, by }) => (Err(error), by),
+            Err(Failed { error, by, billing }) => {
+                let state = match billing {
+                    Billing::NotBilled => JobState::Failed,
+                    Billing::Billed | Billing::Unknown => JobState::Unknown,
+                };
+                if state == JobState::Unknown {
+                    self.metrics.job(JobEvent::Unknown);
+                    tracing::warn!(job_id = %job.id, request_id = call.request_id, kind = ?error.code, "upstream outcome unknown: the reservation stays booked until an operator resolves the job");
+                }
+                (Err(error), by, state, None)
+            }
         };
-        self.close(&call, &route, &req, started, Some(&admission), result, by)
+        let result = result.map_err(|mut e| {
+            if !e.code.should_retry() && state != JobState::Failed {
+                e.message.push_str(&job_note(&job.id));
+            }
+            e
+        });
+        self.close_job(
+            &call, &route, &req, started, &admission, result, by, &job, state, images,
+        )
+        .await
+    }
+
+    /// Step 7 with retries: result files live 7 days upstream, so a failed download is tried
+    /// again inside the gateway (with backoff, within `results.timeout` in all) rather than
+    /// making the client create (and pay for) the image again.
+    pub(crate) async fn render(
+        &self,
+        fetch: results::Fetch<'_>,
+        req: &ImageRequest,
+        images: Vec<upstream::Image>,
+    ) -> Result<Value, ApiError> {
+        let until = Instant::now() + self.results_timeout;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let again = results::Fetch { ..fetch };
+            match results::body(again, req, images.clone()).await {
+                Err(e)
+                    if e.code == ErrorCode::ResultDownloadFailed
+                        && Instant::now() + pause < until =>
+                {
+                    tracing::info!(
+                        request_id = fetch.request_id,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "result download failed; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Steps 4–6: the candidates in order until one serves the request.
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
         call: &Call,
@@ -238,6 +330,8 @@ impl Dispatch<'_> {
         req: &ImageRequest,
         candidates: &[Candidate],
         first: Plan,
+        job: &JobCtx,
+        late: &mut Late,
     ) -> Result<Served, Failed> {
         let rules = self.routing.config();
         let overall = Instant::now() + rules.request_deadline;
@@ -276,14 +370,38 @@ impl Dispatch<'_> {
             }
             by.attempts += 1;
             by.model = Some(model);
+            let config = self.models.get(model);
+            let journal = job::JobJournal {
+                store: self.store.clone(),
+                job: job.clone(),
+                attempt: by.attempts,
+                model,
+                price: candidate.price.unit,
+                per_call: !catalog::capabilities(model).native_n,
+                reserved: candidate.cost(),
+            };
+            let started = Instant::now();
             let ctx = CallCtx {
-                deadline: overall.min(Instant::now() + self.models.get(model).deadline),
+                deadline: started + config.give_up_after,
+                call_deadline: started + config.deadline,
+                journal: Some(Arc::new(journal)),
                 request_id: call.request_id.clone(),
                 model,
                 wait: call.wait.clone(),
             };
-            let started = Instant::now();
-            let result = self.upstream.execute(plan, &ctx).await;
+            // The caller hears of its deadline (a 504 naming the job); the work goes on.
+            let caller_deadline = overall.min(started + config.deadline);
+            let work = self.upstream.execute(plan, &ctx);
+            tokio::pin!(work);
+            let result = tokio::select! {
+                r = &mut work => r,
+                () = tokio::time::sleep_until(caller_deadline), if late.is_some() => {
+                    if let Some(tell) = late.take() {
+                        let _ = tell.send(());
+                    }
+                    work.await
+                }
+            };
             let took = started.elapsed();
             match result {
                 Ok(output) => {
@@ -305,12 +423,23 @@ impl Dispatch<'_> {
                     self.publish_circuit(model);
                     let outcome = CallOutcome::Failed(e.kind);
                     self.metrics.task_done(model, req.quality, outcome, took);
-                    attempt.release();
                     by.task_ids = e.task_id.iter().cloned().collect();
+                    let billing = e.kind.billing();
+                    if billing == Billing::NotBilled {
+                        attempt.release();
+                    } else {
+                        // The upstream may have made (and billed) it: booked, never failed over.
+                        let booked = candidate.cost();
+                        attempt.settle(booked);
+                        by.cost = booked;
+                        self.metrics
+                            .cost(call.caller.team_id(), &call.caller.id, model, booked);
+                    }
                     if !e.kind.fails_over() {
                         return Err(Failed {
                             error: ApiError::from_upstream(&e),
                             by,
+                            billing,
                         });
                     }
                     tracing::warn!(
@@ -335,7 +464,11 @@ impl Dispatch<'_> {
                 route.public
             )),
         };
-        Err(Failed { error, by })
+        Err(Failed {
+            error,
+            by,
+            billing: Billing::NotBilled,
+        })
     }
 
     /// Step 4: reserves the candidate's price (429 `insufficient_quota` if it does not fit),
@@ -353,24 +486,8 @@ impl Dispatch<'_> {
             .reserve(caller, candidate.cost())
             .inspect_err(|e| self.count_refusal(caller, e))?;
         let permit = self.limits.upstream_permit(candidate.model).await?;
-        let cancelled = ledger::Finished {
-            status: 499,
-            error_code: Some(ErrorCode::ClientClosedRequest),
-            served: Some(candidate.model),
-            cost: candidate.cost(),
-            task_ids: Vec::new(),
-        };
-        let (key, team) = (&caller.id, caller.team_id());
-        let row = Row::new(
-            key,
-            team,
-            &route.public,
-            req,
-            &call.request_id,
-            0,
-            cancelled,
-        );
-        Ok(Attempt::new(reservation, permit, self.store.clone(), row))
+        let _ = (route, req);
+        Ok(Attempt::new(reservation, permit))
     }
 
     /// Step 8: writes the ledger row and hands back what to render.
@@ -413,6 +530,76 @@ impl Dispatch<'_> {
             result,
             served: by,
             rate_headers: admission.map(Admission::headers).unwrap_or_default(),
+            job_id: None,
+        }
+    }
+
+    /// Step 8 for a job: its terminal state and its one ledger row, in one transaction, before
+    /// the answer goes out.
+    #[allow(clippy::too_many_arguments)]
+    async fn close_job(
+        &self,
+        call: &Call,
+        route: &Route,
+        req: &ImageRequest,
+        started: Instant,
+        admission: &Admission,
+        result: Result<Value, ApiError>,
+        by: ServedBy,
+        job: &JobCtx,
+        state: JobState,
+        images: Option<Value>,
+    ) -> Finished {
+        let (status, error) = match &result {
+            Ok(_) => (200, None),
+            Err(e) => (e.status().as_u16(), Some(e)),
+        };
+        let finished = ledger::Finished {
+            status,
+            error_code: error.map(|e| e.code),
+            served: by.model.filter(|_| status < 400 || by.cost > Usd::ZERO),
+            cost: by.cost,
+            task_ids: by.task_ids.clone(),
+        };
+        let latency = started.elapsed().as_millis();
+        let (key, team) = (&call.caller.id, call.caller.team_id());
+        let mut row = Row::new(
+            key,
+            team,
+            &route.public,
+            req,
+            &call.request_id,
+            latency,
+            finished,
+        );
+        row.job_id = Some(job.id.to_string());
+        let finish = Finish {
+            state,
+            status,
+            cost_micros: by.cost.micros(),
+            images,
+            error: error.map(ApiError::body),
+            row,
+        };
+        let id = job.id.clone();
+        if let Err(e) = self
+            .store
+            .write(Box::new(move |tx| job_rows::finish(tx, &id, &finish)))
+            .await
+        {
+            tracing::error!(job_id = %job.id, error = %e, "could not write a job's end");
+        }
+        crate::failpoint::hit("after_settle");
+        self.metrics.job(match state {
+            JobState::Completed => JobEvent::Completed,
+            JobState::Unknown => JobEvent::Unknown,
+            _ => JobEvent::Failed,
+        });
+        Finished {
+            result,
+            served: by,
+            rate_headers: admission.headers(),
+            job_id: Some(job.id.clone()),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::upstream::failure::{FailureKind, UpstreamError};
 use crate::upstream::{results, CallCtx, Image, Upstreams};
 
 /// Where and how long result files may be fetched for one request.
+#[derive(Clone, Copy)]
 pub struct Fetch<'a> {
     pub upstream: &'a dyn Upstreams,
     pub timeout: Duration,
@@ -50,10 +51,7 @@ pub async fn body(
                     (Some(url), _) => {
                         // A client is handed only URLs the gateway itself would fetch.
                         fetch.upstream.check_result_url(&url).map_err(|why| {
-                            ApiError::from_upstream(&UpstreamError::new(
-                                FailureKind::Malformed,
-                                why,
-                            ))
+                            ApiError::from_upstream(&UpstreamError::new(FailureKind::Download, why))
                         })?;
                         json!({ "url": url })
                     }
@@ -70,6 +68,8 @@ pub async fn body(
                 .collect();
             let ctx = CallCtx {
                 deadline: Instant::now() + fetch.timeout,
+                call_deadline: Instant::now() + fetch.timeout,
+                journal: None,
                 request_id: fetch.request_id.to_owned(),
                 model: fetch.model,
                 wait: fetch.wait.clone(),

@@ -50,18 +50,24 @@ pub enum ErrorCode {
     UpstreamTaskFailed,
     ResultDownloadFailed,
     UpstreamTimeout,
+    /// The upstream may or may not have accepted (and billed) the work: never retried.
+    UpstreamOutcomeUnknown,
+    /// An `Idempotency-Key` reused with a different request (422).
+    IdempotencyKeyReused,
     InternalError,
     /// A handler panicked: answered as `internal_error`, counted as `gateway_panic`.
     Panicked,
     /// The gateway is at its in-flight limit (`server.max_in_flight`): load shed before parsing.
     ServerOverloaded,
+    /// The gateway is stopping; the job named in the answer goes on in the next process.
+    ShuttingDown,
     /// Ledger only: the client hung up while the upstream worked (status 499).
     ClientClosedRequest,
 }
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 35] = [
+    pub const ALL: [ErrorCode; 38] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -93,11 +99,19 @@ impl ErrorCode {
         Self::UpstreamTaskFailed,
         Self::ResultDownloadFailed,
         Self::UpstreamTimeout,
+        Self::UpstreamOutcomeUnknown,
+        Self::IdempotencyKeyReused,
         Self::InternalError,
         Self::Panicked,
         Self::ServerOverloaded,
+        Self::ShuttingDown,
         Self::ClientClosedRequest,
     ];
+
+    /// The code named `s` (as stored with a job); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 
     /// The `code` of the OpenAI error envelope.
     pub fn as_str(self) -> &'static str {
@@ -129,8 +143,11 @@ impl ErrorCode {
             Self::UpstreamTaskFailed => "upstream_task_failed",
             Self::ResultDownloadFailed => "result_download_failed",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamOutcomeUnknown => "upstream_outcome_unknown",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::InternalError | Self::Panicked => "internal_error",
             Self::ServerOverloaded => "server_overloaded",
+            Self::ShuttingDown => "shutting_down",
             Self::ClientClosedRequest => "client_closed_request",
         }
     }
@@ -162,10 +179,13 @@ impl ErrorCode {
             | Self::UpstreamError
             | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
-            | Self::ResultDownloadFailed => StatusCode::BAD_GATEWAY,
-            Self::UpstreamRateLimited | Self::NoHealthyUpstream | Self::ServerOverloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | Self::ResultDownloadFailed
+            | Self::UpstreamOutcomeUnknown => StatusCode::BAD_GATEWAY,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UpstreamRateLimited
+            | Self::NoHealthyUpstream
+            | Self::ServerOverloaded
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -187,6 +207,7 @@ impl ErrorCode {
             | Self::NotFound
             | Self::Conflict
             | Self::UpstreamRejectedRequest
+            | Self::IdempotencyKeyReused
             | Self::ClientClosedRequest => "invalid_request_error",
             Self::RateLimitExceeded(_) => "requests",
             Self::InsufficientQuota => "insufficient_quota",
@@ -200,8 +221,11 @@ impl ErrorCode {
             | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed
-            | Self::UpstreamTimeout => "upstream_error",
-            Self::InternalError | Self::Panicked | Self::ServerOverloaded => "server_error",
+            | Self::UpstreamTimeout
+            | Self::UpstreamOutcomeUnknown => "upstream_error",
+            Self::InternalError | Self::Panicked | Self::ServerOverloaded | Self::ShuttingDown => {
+                "server_error"
+            }
         }
     }
 
@@ -212,7 +236,12 @@ impl ErrorCode {
             Self::InsufficientQuota
             | Self::ModerationBlocked
             | Self::UpstreamAuthFailed
-            | Self::UpstreamInsufficientCredits => false,
+            | Self::UpstreamInsufficientCredits
+            // The work may run on (and be billed): the job named in the answer holds it.
+            | Self::UpstreamOutcomeUnknown
+            | Self::UpstreamTimeout
+            | Self::ResultDownloadFailed
+            | Self::IdempotencyKeyReused => false,
             Self::InvalidValue
             | Self::MissingRequiredParameter
             | Self::InvalidBody
@@ -234,11 +263,10 @@ impl ErrorCode {
             | Self::UpstreamError
             | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
-            | Self::ResultDownloadFailed
-            | Self::UpstreamTimeout
             | Self::InternalError
             | Self::Panicked
             | Self::ServerOverloaded
+            | Self::ShuttingDown
             | Self::ClientClosedRequest => true,
         }
     }
@@ -254,7 +282,7 @@ impl ErrorCode {
             | Self::MethodNotAllowed
             | Self::NoEligibleModel => Fault::CallerInvalidRequest,
             Self::ModelNotAllowed => Fault::CallerForbidden,
-            Self::Conflict => Fault::CallerConflict,
+            Self::Conflict | Self::IdempotencyKeyReused => Fault::CallerConflict,
             Self::InvalidApiKey => Fault::CallerUnauthenticated,
             Self::ModelNotFound | Self::NotFound => Fault::CallerNotFound,
             Self::RequestTooLarge => Fault::CallerTooLarge,
@@ -272,9 +300,10 @@ impl ErrorCode {
             Self::UpstreamTaskFailed => Fault::UpstreamTaskFailed,
             Self::ResultDownloadFailed => Fault::UpstreamDownload,
             Self::UpstreamTimeout => Fault::UpstreamTimeout,
+            Self::UpstreamOutcomeUnknown => Fault::UpstreamOutcomeUnknown,
             Self::InternalError => Fault::GatewayInternal,
             Self::Panicked => Fault::GatewayPanic,
-            Self::ServerOverloaded => Fault::GatewayOverloaded,
+            Self::ServerOverloaded | Self::ShuttingDown => Fault::GatewayOverloaded,
         }
     }
 }
@@ -310,6 +339,8 @@ pub enum Fault {
     UpstreamTaskFailed,
     UpstreamDownload,
     UpstreamTimeout,
+    /// The upstream may have accepted the work; nothing proves either way.
+    UpstreamOutcomeUnknown,
     GatewayInternal,
     /// Shed at the in-flight limit.
     GatewayOverloaded,
@@ -339,6 +370,7 @@ impl Fault {
             Self::UpstreamTaskFailed => "upstream_task_failed",
             Self::UpstreamDownload => "upstream_download",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamOutcomeUnknown => "upstream_outcome_unknown",
             Self::GatewayInternal => "gateway_internal",
             Self::GatewayOverloaded => "gateway_overloaded",
             Self::GatewayPanic => "gateway_panic",
@@ -378,7 +410,11 @@ mod tests {
                 "insufficient_quota",
                 "moderation_blocked",
                 "upstream_auth_failed",
-                "upstream_insufficient_credits"
+                "upstream_insufficient_credits",
+                "result_download_failed",
+                "upstream_timeout",
+                "upstream_outcome_unknown",
+                "idempotency_key_reused",
             ]
         );
     }

@@ -225,9 +225,10 @@ impl ApiError {
                 ErrorCode::UpstreamError,
                 format!("The upstream failed{detail}{task}"),
             ),
+            // An answer the gateway could not read may still mean the work was accepted.
             FailureKind::Malformed => (
-                ErrorCode::UpstreamBadResponse,
-                format!("The upstream sent a response the gateway could not read{detail}{task}"),
+                ErrorCode::UpstreamOutcomeUnknown,
+                format!("The upstream sent a response the gateway could not read, so whether it accepted (and billed) the work is unknown{detail}{task}"),
             ),
             FailureKind::TaskFailed => (
                 ErrorCode::UpstreamTaskFailed,
@@ -241,6 +242,10 @@ impl ApiError {
                 ErrorCode::UpstreamTimeout,
                 format!("The upstream did not finish within the model's deadline{detail}{task}"),
             ),
+            FailureKind::Unknown => (
+                ErrorCode::UpstreamOutcomeUnknown,
+                format!("The upstream may or may not have accepted the request{detail}{task}"),
+            ),
         };
         let err = Self::new(code, message);
         // The upstream's own pause, in whole seconds as the SDKs read it (at most 60 s, the
@@ -252,6 +257,17 @@ impl ApiError {
             }
             _ => err,
         }
+    }
+
+    /// An error as stored with a job ([`body`](Self::body)'s `error` object), read back.
+    pub fn from_body(error: &serde_json::Value) -> Self {
+        let text = |k: &str| error.get(k).and_then(serde_json::Value::as_str);
+        let code = text("code")
+            .and_then(ErrorCode::parse)
+            .unwrap_or(ErrorCode::InternalError);
+        let mut e = Self::new(code, text("message").unwrap_or_default());
+        e.param = text("param").map(str::to_owned);
+        e
     }
 
     pub fn body(&self) -> serde_json::Value {

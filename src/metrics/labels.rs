@@ -80,3 +80,34 @@ pub enum CircuitGauge {
     HalfOpen = 1,
     Open = 2,
 }
+
+/// What happened to a job (`imagegate_jobs_total{event}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    Created,
+    Completed,
+    Failed,
+    /// The upstream may have billed it: booked until an operator resolves it.
+    Unknown,
+    /// Followed again after a restart.
+    Resumed,
+    JoinedIdempotencyKey,
+    JoinedSdkRetry,
+    /// A finished job's answer sent again.
+    Replayed,
+}
+
+impl JobEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+            Self::Resumed => "resumed",
+            Self::JoinedIdempotencyKey => "joined_idempotency_key",
+            Self::JoinedSdkRetry => "joined_sdk_retry",
+            Self::Replayed => "replayed",
+        }
+    }
+}

@@ -30,7 +30,7 @@ use crate::model::{ModelId, Quality};
 use crate::upstream::failure::FailureKind;
 
 pub use http::UpstreamWait;
-pub use labels::{CallOutcome, CircuitGauge, Fault, Phase, RefusalReason};
+pub use labels::{CallOutcome, CircuitGauge, Fault, JobEvent, Phase, RefusalReason};
 
 /// Seconds, for whole requests, single upstream calls and tasks: a SparkPix answer takes well
 /// under a second, a high-quality 4K gpt-image-2-all task about two minutes, and model deadlines
@@ -84,6 +84,9 @@ pub struct Metrics {
     // Keys and budgets
     refusals: IntCounterVec,
     budget_used: GaugeVec,
+    // Jobs
+    jobs: IntCounterVec,
+    jobs_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -150,6 +153,15 @@ impl Metrics {
                 &["team", "key_id", "reason"])?,
             budget_used: gauge(r, "imagegate_budget_used_ratio",
                 "Share of the team's budget spent in the current budget period (1 = exhausted).", &["team"])?,
+            jobs: int_counter(r, "imagegate_jobs_total",
+                "Job events: created, completed, failed, unknown (the upstream may have billed; booked until resolved), resumed (after a restart), joined_idempotency_key, joined_sdk_retry, replayed.",
+                &["event"])?,
+            jobs_in_flight: {
+                let g = IntGauge::new("imagegate_jobs_in_flight",
+                    "Jobs running in this process (answered or not).")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         })
     }
@@ -295,6 +307,17 @@ impl Metrics {
     /// The share of `team`'s budget spent in the current period (0.0–1.0, may exceed 1).
     pub fn budget_used(&self, team: &str, ratio: f64) {
         self.budget_used.with_label_values(&[team]).set(ratio);
+    }
+
+    // === Jobs ===
+
+    pub fn job(&self, event: JobEvent) {
+        self.jobs.with_label_values(&[event.as_str()]).inc();
+    }
+
+    /// A job running in this process, counted while the guard lives.
+    pub fn job_running(&self) -> InFlight {
+        InFlight::new(self.jobs_in_flight.clone())
     }
 }
 

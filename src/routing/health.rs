@@ -74,9 +74,12 @@ impl Verdict {
     pub fn of(kind: FailureKind) -> Self {
         use FailureKind as K;
         match kind {
-            K::Connect | K::Timeout | K::ServerError | K::RateLimited | K::Malformed => {
-                Self::Failure(kind)
-            }
+            K::Connect
+            | K::Timeout
+            | K::ServerError
+            | K::RateLimited
+            | K::Malformed
+            | K::Unknown => Self::Failure(kind),
             K::TaskFailed => Self::Failure(kind),
             K::OutOfCredits => Self::OutOfCredits,
             K::PolicyRejected | K::Rejected | K::Unauthorized | K::Download => Self::Neutral(kind),

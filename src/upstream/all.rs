@@ -48,7 +48,7 @@ pub fn check_size(model: ModelId, s: Size) -> Result<(), ApiError> {
             format!("Size {s} is not valid for {model}: {why}."),
         ))
     };
-    if s.width % 16 != 0 || s.height % 16 != 0 {
+    if !s.width.is_multiple_of(16) || !s.height.is_multiple_of(16) {
         return bad("both sides must be multiples of 16");
     }
     if s.longest() > 3840 {
@@ -188,19 +188,19 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             let answer = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            openai_images(answer)
+            openai_images(answer.body)
         }
         Plan::SyncEdit(form) => {
             let answer = up
                 .post_form("/api/v1/images/edits", &|| form.clone().into_form(), ctx)
                 .await?;
-            openai_images(answer)
+            openai_images(answer.body)
         }
         Plan::Async(body) => {
             let created = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            task::run_envelope(up, up.model_config(ModelId::All), &created, ctx).await
+            task::run_envelope(up, up.model_config(ModelId::All), created, ctx).await
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
         let created = up
             .post_json("/api/v1/images/generations", &plan.body, ctx)
             .await?;
-        task::run_envelope(up, model, &created, ctx).await
+        task::run_envelope(up, model, created, ctx).await
     })
     .await
 }

@@ -31,10 +31,14 @@ pub(super) fn classify(
             text.chars().take(200).collect()
         });
     if !(200..300).contains(&status) {
-        return Err(UpstreamError::new(
-            kind_for_code(i64::from(status), &message),
-            message,
-        ));
+        // A 5xx that is not the platform's own JSON envelope (a proxy's HTML 502/504/524 page)
+        // says nothing of whether the platform accepted the work.
+        let kind = if status >= 500 && !json.as_ref().is_some_and(is_envelope) {
+            FailureKind::Unknown
+        } else {
+            kind_for_code(i64::from(status), &message)
+        };
+        return Err(UpstreamError::new(kind, message));
     }
     let Some(json) = json else {
         return Err(UpstreamError::new(
@@ -48,6 +52,15 @@ pub(super) fn classify(
         }
         _ => Ok(json),
     }
+}
+
+/// The platform's error envelope: `{"code": <number>, "msg": "…"}` (or OpenAI's
+/// `{"error": {"message": "…"}}` on gpt-image-2-all's OpenAI-shaped routes).
+fn is_envelope(v: &Value) -> bool {
+    let platform =
+        v.get("code").is_some_and(Value::is_i64) && v.get("msg").is_some_and(Value::is_string);
+    let openai = v.pointer("/error/message").is_some_and(Value::is_string);
+    platform || openai
 }
 
 fn kind_for_code(code: i64, message: &str) -> FailureKind {
@@ -117,6 +130,19 @@ mod tests {
             &redactor(),
         );
         assert_eq!(e.unwrap_err().kind, FailureKind::PolicyRejected);
+    }
+
+    #[test]
+    fn a_5xx_that_is_not_the_platform_s_is_an_unknown_outcome() {
+        let page = b"<html><body>502 Bad Gateway</body></html>";
+        for status in [502, 504, 524] {
+            let e = classify(status, page, &redactor()).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Unknown, "{status}");
+        }
+        let e = classify(503, br#"{"code":503,"msg":"busy"}"#, &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::ServerError);
+        let e = classify(500, br#"{"error":{"message":"x"}}"#, &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::ServerError);
     }
 
     #[test]

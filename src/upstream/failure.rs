@@ -29,6 +29,20 @@ pub enum FailureKind {
     TaskFailed,
     /// A result URL could not be fetched (host not allowed, too big, not an image, HTTP error).
     Download,
+    /// Nothing proves the upstream did not accept the work: the connection broke after the
+    /// request was sent, or the answer is not the platform's (a proxy's HTML 502/504 page).
+    Unknown,
+}
+
+/// What a failure means for the money: whether the upstream may have billed the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Billing {
+    /// The upstream provably did not accept the work, or failed it (failed work is not billed).
+    NotBilled,
+    /// The work was done (a result download failed afterwards).
+    Billed,
+    /// It may have been accepted and billed: the reservation stays booked, nothing fails over.
+    Unknown,
 }
 
 impl FailureKind {
@@ -45,30 +59,53 @@ impl FailureKind {
             Self::Malformed => "malformed",
             Self::TaskFailed => "task_failed",
             Self::Download => "download",
+            Self::Unknown => "unknown",
         }
     }
 
-    /// Failures that cost nothing and say nothing about the request: another model may serve
-    /// it. Never a content-policy refusal (the prompt, not the model), a request the upstream
-    /// rejected, our own key refused (every model shares it), a deadline (the task may still
-    /// run and be billed) or a result download (the image was made and billed).
-    pub fn fails_over(self) -> bool {
-        matches!(
-            self,
+    /// Whether the upstream may have billed the work that failed this way.
+    pub fn billing(self) -> Billing {
+        match self {
             Self::Connect
-                | Self::ServerError
-                | Self::RateLimited
-                | Self::OutOfCredits
-                | Self::Malformed
-                | Self::TaskFailed
-        )
+            | Self::ServerError
+            | Self::Unauthorized
+            | Self::OutOfCredits
+            | Self::RateLimited
+            | Self::Rejected
+            | Self::PolicyRejected
+            | Self::TaskFailed => Billing::NotBilled,
+            Self::Download => Billing::Billed,
+            Self::Timeout | Self::Malformed | Self::Unknown => Billing::Unknown,
+        }
+    }
+
+    /// Failures that provably cost nothing and say nothing about the request: another model may
+    /// serve it. Never a content-policy refusal (the prompt, not the model), a request the
+    /// upstream rejected, our own key refused (every model shares it), or anything whose outcome
+    /// is unknown ([`Billing::Unknown`]: a deadline, a broken connection after the request was
+    /// sent, an answer that is not the platform's) or billed (a result download).
+    pub fn fails_over(self) -> bool {
+        self.billing() == Billing::NotBilled
+            && matches!(
+                self,
+                Self::Connect
+                    | Self::ServerError
+                    | Self::RateLimited
+                    | Self::OutOfCredits
+                    | Self::TaskFailed
+            )
     }
 
     /// Failures worth another poll of the same task rather than giving up on it.
     pub(crate) fn is_transient(self) -> bool {
         matches!(
             self,
-            Self::Connect | Self::ServerError | Self::Malformed | Self::RateLimited
+            Self::Connect
+                | Self::ServerError
+                | Self::Malformed
+                | Self::RateLimited
+                | Self::Unknown
+                | Self::Timeout
         )
     }
 }

@@ -53,5 +53,5 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
     let created = up
         .post_json("/api/v1/images/generations", &plan.body, ctx)
         .await?;
-    task::run_envelope(up, up.model_config(ModelId::Lite), &created, ctx).await
+    task::run_envelope(up, up.model_config(ModelId::Lite), created, ctx).await
 }

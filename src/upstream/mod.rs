@@ -55,10 +55,15 @@ impl Redactor {
 }
 
 /// Per-request context for upstream calls.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallCtx {
-    /// The whole request must be done by then (the model's deadline).
+    /// Polling a task gives up then (`[models.X] give_up_after`): the work is paid for, so it is
+    /// followed long after the caller stopped waiting.
     pub deadline: Instant,
+    /// A create call must have answered by then (the model's `deadline`).
+    pub call_deadline: Instant,
+    /// Where each create is recorded before it is sent (the job): `None` only in tests.
+    pub journal: Option<Arc<dyn Journal>>,
     /// Sent upstream as `x-request-id`, so one id follows the request end to end.
     pub request_id: String,
     /// The upstream model these calls are for (the metrics' `model` label).
@@ -71,6 +76,46 @@ pub struct CallCtx {
 impl CallCtx {
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn call_remaining(&self) -> Duration {
+        self.call_deadline
+            .min(self.deadline)
+            .saturating_duration_since(Instant::now())
+    }
+}
+
+impl std::fmt::Debug for CallCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallCtx")
+            .field("request_id", &self.request_id)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an attempt's upstream creates are written down before anything else happens, so work
+/// the upstream may have accepted is never lost (the job; see `dispatch::journal`).
+pub trait Journal: Send + Sync {
+    /// A create call is about to be sent: recorded durably first. An error means it is not sent.
+    fn submitting(&self) -> BoxFuture<'_, Result<u32, String>>;
+    /// Create `seq` answered with an upstream task, made with pool key `key` (polled with it).
+    fn accepted<'a>(&'a self, seq: u32, task_id: &'a str, key: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// A create call's answer: the body, the journal's number for the call, the pool key used.
+pub(crate) struct Created {
+    pub body: Value,
+    seq: Option<u32>,
+    key: usize,
+}
+
+impl Created {
+    /// Records the task the create started (see [`Journal::accepted`]).
+    async fn accepted(&self, up: &Upstream, task_id: &str, ctx: &CallCtx) {
+        if let (Some(journal), Some(seq)) = (&ctx.journal, self.seq) {
+            journal.accepted(seq, task_id, up.pool.id(self.key)).await;
+        }
     }
 }
 
@@ -136,10 +181,32 @@ impl Upstream {
         path: &str,
         body: &Value,
         ctx: &CallCtx,
-    ) -> Result<Value, UpstreamError> {
+    ) -> Result<Created, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).json(body);
-        self.send(&make, ctx, ctx.remaining(), Phase::Create).await
+        self.create(&make, ctx).await
+    }
+
+    /// A create call: written down in the journal before it is sent.
+    async fn create(
+        &self,
+        make: &(dyn Fn() -> reqwest::RequestBuilder + Sync),
+        ctx: &CallCtx,
+    ) -> Result<Created, UpstreamError> {
+        let seq = match &ctx.journal {
+            Some(journal) => Some(journal.submitting().await.map_err(|e| {
+                UpstreamError::new(
+                    FailureKind::Connect,
+                    format!("the gateway could not record the job, so nothing was sent: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        let (body, key) = self
+            .send(make, ctx, ctx.call_remaining(), Phase::Create, None)
+            .await?;
+        crate::failpoint::hit("after_create_sent");
+        Ok(Created { body, seq, key })
     }
 
     /// `form` is called once per attempt: a call refused for its key is sent again with another.
@@ -148,22 +215,26 @@ impl Upstream {
         path: &str,
         form: &(dyn Fn() -> Form + Sync),
         ctx: &CallCtx,
-    ) -> Result<Value, UpstreamError> {
+    ) -> Result<Created, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).multipart(form());
-        self.send(&make, ctx, ctx.remaining(), Phase::Create).await
+        self.create(&make, ctx).await
     }
 
+    /// A poll, with the pool key that created the task when it is known.
     async fn get_json(
         &self,
         path: &str,
         ctx: &CallCtx,
         limit: Duration,
+        key: Option<usize>,
     ) -> Result<Value, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.get(&url);
-        self.send(&make, ctx, ctx.remaining().min(limit), Phase::Poll)
-            .await
+        let (body, _) = self
+            .send(&make, ctx, ctx.remaining().min(limit), Phase::Poll, key)
+            .await?;
+        Ok(body)
     }
 
     /// One call to the platform, timed into the request's upstream clock and counted by model,
@@ -174,25 +245,37 @@ impl Upstream {
         ctx: &CallCtx,
         limit: Duration,
         phase: Phase,
-    ) -> Result<Value, UpstreamError> {
+        key: Option<usize>,
+    ) -> Result<(Value, usize), UpstreamError> {
         let _waiting = ctx.wait.enter();
         let started = Instant::now();
-        let result = self.call(make, ctx, limit).await;
-        let outcome = CallOutcome::of(&result);
+        let result = self.call(make, ctx, limit, key).await;
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Ok,
+            Err(e) => CallOutcome::Failed(e.kind),
+        };
         self.metrics
             .upstream_call(ctx.model, phase, outcome, started.elapsed());
         result
     }
 
     /// Sends one call with a key of the pool. A 401/402 benches that key and sends the same call
-    /// with the next one, until a key works or every key was tried.
+    /// with the next one, until a key works or every key was tried (the upstream's own refusal:
+    /// nothing was accepted). A `pinned` key (the one that created a task) is the only one used.
     async fn call(
         &self,
         make: &(dyn Fn() -> reqwest::RequestBuilder + Sync),
         ctx: &CallCtx,
         limit: Duration,
-    ) -> Result<Value, UpstreamError> {
+        pinned: Option<usize>,
+    ) -> Result<(Value, usize), UpstreamError> {
         let until = Instant::now() + limit;
+        if let Some((key, auth)) = pinned.and_then(|k| Some((k, self.pool.auth(k)?))) {
+            return self
+                .send_once(make(), auth, ctx, until)
+                .await
+                .map(|v| (v, key));
+        }
         let mut tried = Vec::new();
         loop {
             let Some((key, auth)) = self.pool.pick(&tried) else {
@@ -214,7 +297,7 @@ impl Upstream {
                 }
                 Ok(v) => {
                     self.pool.succeeded(key);
-                    return Ok(v);
+                    return Ok((v, key));
                 }
                 Err(e) => return Err(e),
             }
@@ -269,12 +352,14 @@ impl Upstream {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
-        let kind = if e.is_timeout() {
-            FailureKind::Timeout
-        } else if e.is_connect() || e.is_request() {
+        // Only a failed connect (or a request that could not be built) proves nothing was sent;
+        // a connection broken after the request went out may have been accepted.
+        let kind = if e.is_connect() || e.is_builder() {
             FailureKind::Connect
+        } else if e.is_timeout() {
+            FailureKind::Timeout
         } else {
-            FailureKind::Malformed
+            FailureKind::Unknown
         };
         // reqwest's message names the URL, never the Authorization header; redact anyway.
         UpstreamError::new(kind, self.redactor.redact(&e.without_url_string()))
@@ -378,6 +463,21 @@ macro_rules! adapters {
             fn check_result_url(&self, url: &str) -> Result<(), String> {
                 Upstream::check_result_url(self, url)
             }
+
+            fn resume<'a>(
+                &'a self,
+                model: ModelId,
+                task_id: &'a str,
+                key: Option<&'a str>,
+                ctx: &'a CallCtx,
+            ) -> BoxFuture<'a, Result<Vec<Image>, UpstreamError>> {
+                Box::pin(async move {
+                    let key = key.and_then(|k| self.pool.index_of(k));
+                    let config = self.model_config(model);
+                    let urls = task::wait(self, config, task_id, key, ctx).await?;
+                    Ok(urls.into_iter().map(Image::url).collect())
+                })
+            }
         }
     };
 }
@@ -407,6 +507,23 @@ pub trait Upstreams: Send + Sync {
     /// Whether a result URL may be handed to a client as a `url` answer: the URL policy and
     /// `results.allowed_hosts`, as for a download.
     fn check_result_url(&self, url: &str) -> Result<(), String>;
+
+    /// Follows a task an earlier process created (with pool key `key`) to its end.
+    fn resume<'a>(
+        &'a self,
+        model: ModelId,
+        task_id: &'a str,
+        key: Option<&'a str>,
+        ctx: &'a CallCtx,
+    ) -> BoxFuture<'a, Result<Vec<Image>, UpstreamError>> {
+        let _ = (model, task_id, key, ctx);
+        Box::pin(async {
+            Err(UpstreamError::new(
+                FailureKind::Unknown,
+                "this upstream cannot follow tasks".to_owned(),
+            ))
+        })
+    }
 }
 
 /// Runs `n` independent calls concurrently and keeps every image that was produced: images the

@@ -147,7 +147,17 @@ impl KeyPool {
     }
 
     pub fn id(&self, i: usize) -> &str {
-        &self.keys[i].id
+        self.keys.get(i).map_or("", |k| k.id.as_str())
+    }
+
+    /// Key `i`'s `Authorization` value (a task is polled with the key that created it).
+    pub fn auth(&self, i: usize) -> Option<HeaderValue> {
+        self.keys.get(i).map(|k| k.auth.clone())
+    }
+
+    /// The index of the key configured as `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k.id == id)
     }
 
     pub fn view(&self) -> Vec<PoolKeyView> {

@@ -119,7 +119,7 @@ fn check_size(size: Size) -> Result<(), ApiError> {
             ),
         ));
     }
-    if size.width % 16 != 0 || size.height % 16 != 0 {
+    if !size.width.is_multiple_of(16) || !size.height.is_multiple_of(16) {
         // The nearest sides that are multiples of 16, kept within the range.
         let step = |v: u32| ((v + 8) / 16 * 16).clamp(MIN_SIDE, MAX_SIDE);
         return Err(ApiError::unsupported(
@@ -148,7 +148,7 @@ fn is_lora_url(w: &str) -> bool {
 pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
     fan_out(plan.n, || async {
         let answer = up.post_json(plan.path, &plan.body, ctx).await?;
-        let data = answer.get("data").ok_or_else(|| {
+        let data = answer.body.get("data").ok_or_else(|| {
             UpstreamError::new(FailureKind::Malformed, "answer has no `data`".to_owned())
         })?;
         let urls = result_urls(data);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::{sleep, Instant};
 
-use super::{result_urls, CallCtx, FailureKind, Output, Upstream, UpstreamError};
+use super::{result_urls, CallCtx, Created, FailureKind, Output, Upstream, UpstreamError};
 use crate::config::ModelConfig;
 use crate::upstream::{is_policy_message, Image};
 
@@ -78,29 +78,28 @@ pub(super) fn failed(up: &Upstream, message: &str) -> UpstreamError {
 pub(super) async fn run_envelope(
     up: &Upstream,
     model: &ModelConfig,
-    created: &Value,
+    created: Created,
     ctx: &CallCtx,
 ) -> Result<Output, UpstreamError> {
-    let data = created.get("data").ok_or_else(|| {
-        UpstreamError::new(
-            FailureKind::Malformed,
-            "create answer has no `data`".to_owned(),
-        )
-    })?;
+    // An accepted create with no readable task id: the work may run and be billed.
+    let unknown = |why: &str| UpstreamError::new(FailureKind::Malformed, why.to_owned());
+    let data = created
+        .body
+        .get("data")
+        .ok_or_else(|| unknown("create answer has no `data`"))?;
     let task_id = data
         .get("taskId")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .ok_or_else(|| {
-            UpstreamError::new(
-                FailureKind::Malformed,
-                "create answer has no `taskId`".to_owned(),
-            )
-        })?;
-    let urls = match task_state(data).map_err(|e| e.with_task(&task_id))? {
-        TaskState::Completed(urls) => urls,
-        TaskState::Failed(msg) => return Err(failed(up, &msg).with_task(&task_id)),
-        TaskState::Running => wait(up, model, &task_id, ctx).await?,
+        .ok_or_else(|| unknown("create answer has no `taskId`"))?;
+    created.accepted(up, &task_id, ctx).await;
+    let urls = match task_state(data) {
+        Ok(TaskState::Completed(urls)) => urls,
+        Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(&task_id)),
+        // Running, or a state the create answer does not make clear: the task is followed.
+        Ok(TaskState::Running) | Err(_) => {
+            wait(up, model, &task_id, Some(created.key), ctx).await?
+        }
     };
     Ok(Output {
         images: urls.into_iter().map(Image::url).collect(),
@@ -109,11 +108,13 @@ pub(super) async fn run_envelope(
     })
 }
 
-/// Polls `task_id` until it is terminal or the deadline passes.
+/// Polls `task_id` (with the pool key that created it, when known) until it is terminal or the
+/// deadline passes.
 pub(super) async fn wait(
     up: &Upstream,
     model: &ModelConfig,
     task_id: &str,
+    key: Option<usize>,
     ctx: &CallCtx,
 ) -> Result<Vec<String>, UpstreamError> {
     let mut watch = AbandonWatch {
@@ -124,7 +125,7 @@ pub(super) async fn wait(
     let _waiting = ctx.wait.enter();
     let _in_flight = up.metrics.task_in_flight(ctx.model);
     let mut polls = 0;
-    let result = poll(up, model, task_id, ctx, &mut polls).await;
+    let result = poll(up, model, task_id, key, ctx, &mut polls).await;
     up.metrics.task_polls(ctx.model, polls);
     watch.armed = false;
     result
@@ -134,6 +135,7 @@ async fn poll(
     up: &Upstream,
     model: &ModelConfig,
     task_id: &str,
+    key: Option<usize>,
     ctx: &CallCtx,
     polls: &mut u32,
 ) -> Result<Vec<String>, UpstreamError> {
@@ -148,7 +150,7 @@ async fn poll(
         }
         tokio::time::sleep_until(next).await;
         *polls += 1;
-        let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT).await {
+        let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT, key).await {
             Ok(v) => {
                 failures = 0;
                 next = Instant::now() + next_poll(model.poll_interval, 0, None, fastrand::f64());
@@ -183,14 +185,22 @@ async fn poll(
                 return Ok(urls);
             }
             Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(task_id)),
-            Err(e) => return Err(e.with_task(task_id)),
+            // `completed` without result URLs, or a state the docs do not name: the task was
+            // accepted and may yet be billed, so it is followed until it makes sense or the
+            // deadline passes (then its outcome is unknown).
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                next = Instant::now()
+                    + next_poll(model.poll_interval, failures, None, fastrand::f64());
+                tracing::warn!(task_id, polls = *polls, error = %e.message, "task answer not understood; polling again");
+            }
         }
     }
 }
 
-/// Logs a task left behind when the waiting request goes away (the client disconnected, or the
-/// gateway stopped) before the task ended: the upstream may still finish and bill it, so it is
-/// never dropped silently. Normal ends (success, failure, deadline) are in the access log.
+/// Logs a task left behind when its job stops being followed before the task ended (the gateway
+/// is stopping; a client going away does not stop a job): the upstream may still finish and bill
+/// it, so it is never dropped silently — the job stays in the store for the next start.
 struct AbandonWatch<'a> {
     task_id: &'a str,
     armed: bool,
@@ -201,7 +211,7 @@ impl Drop for AbandonWatch<'_> {
         if self.armed {
             tracing::warn!(
                 task_id = self.task_id,
-                "request ended before its upstream task finished; the task may still complete and be billed"
+                "stopped following an upstream task before its end (the gateway is stopping); its job is kept, and the next start resumes it"
             );
         }
     }

@@ -225,7 +225,7 @@ async fn result_files_on_loopback_are_neither_fetched_nor_handed_out_unless_allo
         .await;
     assert_eq!(
         (a.status, a.code()),
-        (502, "upstream_bad_response"),
+        (502, "result_download_failed"),
         "{}",
         a.body
     );

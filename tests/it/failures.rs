@@ -51,13 +51,13 @@ const CASES: &[(&str, &str, u16, &str)] = &[
         "gpt-image-2-lite",
         "[sim:malformed]",
         502,
-        "upstream_bad_response",
+        "upstream_outcome_unknown",
     ),
     (
         "gpt-image-2-all",
         "[sim:malformed]",
         502,
-        "upstream_bad_response",
+        "upstream_outcome_unknown",
     ),
     (
         "gpt-image-2-beta",
@@ -109,7 +109,7 @@ async fn policy_message_is_kept_for_the_client() {
 }
 
 #[tokio::test]
-async fn stuck_task_hits_the_deadline_with_its_task_id() {
+async fn stuck_task_hits_the_deadline_and_the_answer_names_its_job() {
     let env = start_with(|c| {
         c.models.get_mut(ModelId::Beta).deadline = Duration::from_millis(1500);
         c.models.get_mut(ModelId::Beta).poll_interval = Duration::from_secs(1);
@@ -131,11 +131,12 @@ async fn stuck_task_hits_the_deadline_with_its_task_id() {
         (1..=3).contains(&polls),
         "polls follow the interval: {stats}"
     );
+    // The work goes on as a job, which the answer names: the client must not create it again.
+    let job = a.headers["x-imagegate-job-id"].to_str().unwrap();
+    assert!(job.starts_with("imgjob_"), "{job}");
+    assert_eq!(a.headers["x-should-retry"], "false");
     assert!(
-        a.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("upstream task"),
+        a.body["error"]["message"].as_str().unwrap().contains(job),
         "{}",
         a.body
     );

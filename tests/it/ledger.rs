@@ -234,13 +234,13 @@ async fn every_outcome_writes_its_status_and_error_code() {
 }
 
 #[tokio::test]
-async fn a_client_hang_up_is_booked_in_full_with_status_499() {
+async fn a_client_hang_up_does_not_cut_the_job_which_is_booked_once_at_its_cost() {
     let (env, db, _dir) = start_with_db().await;
-    // The simulator holds the call for 30 s (unscaled): far longer than the test waits.
+    // The simulator holds the call for 1 s (unscaled); the client leaves before that.
     let request = env
         .post_raw("/v1/images/generations")
         .header("x-request-id", "ledger-hangup")
-        .json(&sparkpix("a cat [sim:slow=30]"));
+        .json(&sparkpix("a cat [sim:slow=1]"));
     let in_flight = tokio::spawn(async move { request.send().await });
     env.until_upstream_called().await;
     // The client goes away while the upstream works: its connection closes.
@@ -255,6 +255,7 @@ async fn a_client_hang_up_is_booked_in_full_with_status_499() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The job ran to its end: one row, the image's real cost, a success.
     assert_eq!(
         rows,
         [LedgerRow {
@@ -263,8 +264,9 @@ async fn a_client_hang_up_is_booked_in_full_with_status_499() {
             served_model: Some("sparkpix".into()),
             n: 1,
             cost_micros: 10_000,
-            status: 499,
-            error_code: Some("client_closed_request".into()),
+            status: 200,
+            error_code: None,
         }]
     );
+    assert_eq!(env.upstream_stats().await["creates"], 1);
 }

@@ -27,7 +27,7 @@ pub(crate) fn body(task: &Task, param: String) -> Value {
     let completed = task.state == TaskState::Completed;
     let result_json = if completed {
         Value::String(json!({"resultUrls": task.result_urls}).to_string())
-    } else if task.failed_shape % 2 == 0 {
+    } else if task.failed_shape.is_multiple_of(2) {
         Value::Null
     } else {
         Value::String(json!({"resultUrls": []}).to_string())

@@ -25,7 +25,7 @@ pub(crate) fn parse_wxh(s: &str) -> Option<(u32, u32)> {
 pub(crate) fn check_gpt_size(w: u32, h: u32) -> Result<(), String> {
     let (long, short) = (w.max(h), w.min(h));
     let pixels = u64::from(w) * u64::from(h);
-    if w % 16 != 0 || h % 16 != 0 {
+    if !w.is_multiple_of(16) || !h.is_multiple_of(16) {
         return Err(format!(
             "invalid size {w}x{h}: both sides must be multiples of 16"
         ));

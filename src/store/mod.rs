@@ -12,17 +12,25 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension as _};
+use rusqlite::{params, Connection, OptionalExtension as _, Transaction};
 
 use crate::config::{KeySpec, TeamSpec};
 use crate::error::ApiError;
 use crate::ledger::{Row, UsageQuery, UsageRow};
+pub use jobs::{CallRecord, Created, JobRecord, JobState, NewJob};
+pub use lock::DataLock;
+pub use writer::WriteFn;
+
+pub mod jobs;
+mod lock;
+mod writer;
 
 /// The database file inside `data.dir`.
 pub const DB_FILE: &str = "imagegate.sqlite3";
 
 /// Migrations, applied in order; the index + 1 is the `user_version` after it.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE keys (
     id TEXT PRIMARY KEY,
     digest TEXT NOT NULL UNIQUE,
@@ -56,7 +64,56 @@ CREATE TABLE ledger (
 CREATE INDEX ledger_key ON ledger (key_id, month);
 CREATE INDEX ledger_team ON ledger (team, month);
 CREATE INDEX ledger_day ON ledger (day);
-"];
+",
+    r"
+ALTER TABLE ledger ADD COLUMN job_id TEXT;
+ALTER TABLE ledger ADD COLUMN adjusts TEXT;
+CREATE UNIQUE INDEX ledger_job ON ledger (job_id) WHERE job_id IS NOT NULL;
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    team TEXT,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL,
+    public_model TEXT NOT NULL,
+    model TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    price_micros INTEGER NOT NULL DEFAULT 0,
+    per_call INTEGER NOT NULL DEFAULT 0,
+    reserved_micros INTEGER NOT NULL DEFAULT 0,
+    cost_micros INTEGER,
+    spec TEXT NOT NULL,
+    images TEXT,
+    status INTEGER,
+    error TEXT,
+    request_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    completed_ms INTEGER
+);
+CREATE INDEX jobs_owner ON jobs (key_id, created_ms);
+CREATE INDEX jobs_digest ON jobs (key_id, digest, created_ms);
+CREATE INDEX jobs_open ON jobs (state) WHERE state IN ('queued', 'submitting', 'in_progress');
+CREATE TABLE job_calls (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    task_id TEXT,
+    upstream_key TEXT,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE idempotency (
+    key_id TEXT NOT NULL,
+    idem_key TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idem_key)
+);
+",
+];
 
 /// A database failure. Clients see a generic 500; the detail goes to the access log.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +126,8 @@ pub enum StoreError {
     Join(#[from] tokio::task::JoinError),
     #[error("database: lock poisoned")]
     Poisoned,
+    #[error("database: {0}")]
+    Refused(String),
 }
 
 /// A dynamic key as stored: its settings, digest (hex) and creation time (unix seconds).
@@ -92,103 +151,51 @@ pub type SpendBy = Vec<(String, Spent)>;
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    ledger: std::sync::mpsc::Sender<LedgerMsg>,
+    writes: std::sync::mpsc::Sender<writer::Msg>,
+    /// Holds `data.dir` for this process (see [`DataLock`]).
+    _lock: Option<Arc<DataLock>>,
 }
 
-/// What the ledger writer thread is sent.
-enum LedgerMsg {
-    Row(Box<Row>),
-    /// Answered once every row sent before it is written.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Most rows written in one transaction.
-const LEDGER_BATCH: usize = 512;
-/// Pause after each batch, so a busy gateway writes a batch every few milliseconds.
-const LEDGER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// Inserts queued rows in batches until every [`Store`] is gone.
-fn ledger_writer(conn: Arc<Mutex<Connection>>, rx: std::sync::mpsc::Receiver<LedgerMsg>) {
-    while let Ok(first) = rx.recv() {
-        let mut rows = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                LedgerMsg::Row(row) => rows.push(*row),
-                LedgerMsg::Flush(done) => flushes.push(done),
-            }
-            if rows.len() < LEDGER_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !rows.is_empty() {
-            let written = conn
-                .lock()
-                .map_err(|_| StoreError::Poisoned)
-                .and_then(|mut c| insert_rows(&mut c, &rows));
-            if let Err(e) = written {
-                tracing::error!(error = %e, rows = rows.len(), "could not write ledger rows");
-            }
-        }
-        let flushed = !flushes.is_empty();
-        for done in flushes {
-            let _ = done.send(());
-        }
-        // Let rows gather rather than wake this thread for every request: a request's send is
-        // then a queue push, and the rows go in as one transaction.
-        if !flushed {
-            #[allow(
-                clippy::disallowed_methods,
-                reason = "the ledger writer is a thread of its own, not a runtime worker"
-            )]
-            std::thread::sleep(LEDGER_PAUSE);
-        }
-    }
-}
-
-fn insert_rows(c: &mut Connection, rows: &[Row]) -> Result<(), StoreError> {
-    let tx = c.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
-                served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
-                task_ids)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
-        for row in rows {
-            stmt.execute(params![
-                row.ts_ms,
-                &row.day[..7],
-                row.day,
-                row.request_id,
-                row.key_id,
-                row.team,
-                row.model,
-                row.served_model,
-                row.n,
-                row.size,
-                row.quality,
-                i64::try_from(row.cost.micros()).unwrap_or(i64::MAX),
-                row.status,
-                row.error_code,
-                row.latency_ms,
-                row.task_ids,
-            ])?;
-        }
-    }
-    tx.commit()?;
+pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
+            served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
+            task_ids, job_id, adjusts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?;
+    stmt.execute(params![
+        row.ts_ms,
+        row.day.get(..7).unwrap_or_default(),
+        row.day,
+        row.request_id,
+        row.key_id,
+        row.team,
+        row.model,
+        row.served_model,
+        row.n,
+        row.size,
+        row.quality,
+        row.cost_micros(),
+        row.status,
+        row.error_code,
+        row.latency_ms,
+        row.task_ids,
+        row.job_id,
+        row.adjusts,
+    ])?;
     Ok(())
 }
 
 impl Store {
     /// Opens (creating the directory and file) and migrates the database.
     pub fn open(dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut lock = None;
         let mut conn = match dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     anyhow::anyhow!("data.dir: cannot create {}: {e}", dir.display())
                 })?;
+                lock = Some(Arc::new(DataLock::acquire(dir)?));
                 let conn = Connection::open(dir.join(DB_FILE))?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -199,12 +206,45 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
-        let (ledger, rx) = std::sync::mpsc::channel();
+        let (writes, rx) = std::sync::mpsc::channel();
         let writer = conn.clone();
         std::thread::Builder::new()
-            .name("imagegate-ledger".to_owned())
-            .spawn(move || ledger_writer(writer, rx))?;
-        Ok(Self { conn, ledger })
+            .name("imagegate-writer".to_owned())
+            .spawn(move || writer::run(writer, rx))?;
+        Ok(Self {
+            conn,
+            writes,
+            _lock: lock,
+        })
+    }
+
+    /// Queues `op` for the writer thread (grouped with other requests' writes into one
+    /// transaction) and waits until it is committed. An error means the database refused it.
+    pub async fn write(&self, op: WriteFn) -> Result<(), StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let msg = writer::Msg::Write {
+            op,
+            done: Some(done),
+        };
+        if self.writes.send(msg).is_err() {
+            return Err(StoreError::Refused("the writer has stopped".to_owned()));
+        }
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Refused(e)),
+            Err(_) => Err(StoreError::Refused("the writer has stopped".to_owned())),
+        }
+    }
+
+    /// Queues `op` without waiting for it (it is still never dropped: see `writer`).
+    pub fn write_detached(&self, op: WriteFn) {
+        if self
+            .writes
+            .send(writer::Msg::Write { op, done: None })
+            .is_err()
+        {
+            tracing::error!("the database writer has stopped; a write was not queued");
+        }
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -218,6 +258,15 @@ impl Store {
             f(&mut guard)
         })
         .await?
+    }
+
+    /// Runs `f` on the connection on this thread (startup only).
+    pub fn blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut guard)
     }
 
     // === keys ===
@@ -308,15 +357,13 @@ impl Store {
 
     /// Queues one ledger row; the writer thread inserts it (see the module docs).
     pub fn record(&self, row: Row) {
-        if self.ledger.send(LedgerMsg::Row(Box::new(row))).is_err() {
-            tracing::error!("the ledger writer has stopped; a row was not written");
-        }
+        self.write_detached(Box::new(move |tx| insert_row(tx, &row)));
     }
 
-    /// Waits until every row recorded before this call is written.
+    /// Waits until every write queued before this call is committed.
     pub async fn flush(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.ledger.send(LedgerMsg::Flush(done)).is_ok() {
+        if self.writes.send(writer::Msg::Flush(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -459,6 +506,8 @@ mod tests {
             error_code: None,
             latency_ms: 1,
             task_ids: String::new(),
+            job_id: None,
+            adjusts: None,
         }
     }
 

@@ -1,0 +1,401 @@
+//! Jobs in this process: every image request that passed admission runs as a job owned here, not
+//! by the HTTP request that started it, so a caller that stops waiting (a deadline, a hang-up, a
+//! `Prefer: respond-async`) never cuts paid work short. Waiters — the first caller, a request
+//! with the same `Idempotency-Key`, an SDK's retry — watch the job and get the same answer.
+//!
+//! At startup [`Jobs::resume_all`] takes back every job the last process left unfinished.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::api::edits::EditParts;
+use crate::dispatch::{Finished, JobCtx, Prepared, ServedBy};
+use crate::error::ApiError;
+use crate::metrics::JobEvent;
+use crate::request::{ImageRef, Operation};
+use crate::state::AppState;
+use crate::store::jobs::{self, now_ms};
+use crate::store::{Created, JobRecord, JobState};
+
+/// Where a job is, as its waiters see it.
+#[derive(Clone)]
+pub enum Progress {
+    Running,
+    /// The first caller's deadline passed; the work goes on.
+    Late,
+    Done(Arc<Finished>),
+}
+
+/// The jobs running in this process.
+#[derive(Default)]
+pub struct Jobs {
+    running: Mutex<HashMap<Arc<str>, watch::Receiver<Progress>>>,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+    /// Cancelled when the gateway starts to drain (see [`Jobs::draining`]).
+    draining: CancellationToken,
+}
+
+/// How a request asked to be run: the headers that make it a job's retry or an async job.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    pub idempotency_key: Option<String>,
+    /// `x-stainless-retry-count` ≥ 1: an SDK sending the same request again.
+    pub sdk_retry: bool,
+    /// `Prefer: respond-async`.
+    pub respond_async: bool,
+}
+
+impl JobOptions {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let idempotency_key = match headers.get("idempotency-key") {
+            None => None,
+            Some(v) => {
+                let k = v.to_str().unwrap_or_default().trim();
+                if k.is_empty() || k.len() > 255 {
+                    return Err(ApiError::invalid(
+                        "Idempotency-Key",
+                        "The Idempotency-Key header must be 1 to 255 visible ASCII characters.",
+                    ));
+                }
+                Some(k.to_owned())
+            }
+        };
+        let sdk_retry = text("x-stainless-retry-count")
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_some_and(|n| n >= 1);
+        let respond_async = headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+        Ok(Self {
+            idempotency_key,
+            sdk_retry,
+            respond_async,
+        })
+    }
+}
+
+/// SHA-256 of the canonical request: the operation, every body field (JSON with sorted keys)
+/// and every uploaded byte, with its field name.
+pub fn digest(op: Operation, parts: &EditParts) -> String {
+    let mut h = Sha256::new();
+    h.update(match op {
+        Operation::Generate => b"generations\n".as_slice(),
+        Operation::Edit => b"edits\n".as_slice(),
+    });
+    h.update(Value::Object(parts.fields.clone()).to_string().as_bytes());
+    let refs = parts.images.iter().map(|r| ("image", r));
+    for (name, r) in refs.chain(parts.mask.iter().map(|m| ("mask", m))) {
+        h.update(b"\n");
+        h.update(name.as_bytes());
+        match r {
+            ImageRef::Bytes { data, .. } => {
+                h.update(b":bytes:");
+                h.update((data.len() as u64).to_le_bytes());
+                h.update(data);
+            }
+            ImageRef::Url(u) => {
+                h.update(b":url:");
+                h.update(u.as_bytes());
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// A new job id: `imgjob_` and 32 hex digits.
+pub fn new_id() -> String {
+    format!("imgjob_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What a request became.
+pub enum Admitted {
+    /// A job waiters can watch.
+    Job(Arc<str>, watch::Receiver<Progress>),
+    /// A finished job, replayed from the store.
+    Finished(Box<JobRecord>),
+}
+
+impl Jobs {
+    fn running(&self) -> MutexGuard<'_, HashMap<Arc<str>, watch::Receiver<Progress>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Progress>> {
+        self.running().get(id).cloned()
+    }
+
+    /// The job this request should join instead of running again: the `Idempotency-Key`'s
+    /// (422 when the key was used for another request), or, for an SDK retry, a recent job of
+    /// the same key with the same request.
+    pub async fn existing(
+        &self,
+        state: &AppState,
+        key_id: &str,
+        digest: &str,
+        opts: &JobOptions,
+    ) -> Result<Option<Admitted>, ApiError> {
+        let store = state.store();
+        let found = if let Some(idem) = &opts.idempotency_key {
+            let (key, idem) = (key_id.to_owned(), idem.clone());
+            let now = now_ms();
+            let rec = store
+                .call(move |c| {
+                    let row: Option<(String, String, i64)> = c
+                        .query_row(
+                            "SELECT job_id, digest, expires_ms FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+                            [&key, &idem],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .ok();
+                    let Some((job_id, digest, expires)) = row else {
+                        return Ok(None);
+                    };
+                    Ok(jobs::load(c, &job_id)?.map(|j| (j, digest, expires)))
+                })
+                .await?;
+            match rec {
+                Some((job, stored_digest, expires)) => {
+                    let live = !job.state.is_terminal() || (expires > now && job.joinable());
+                    if !live {
+                        None
+                    } else if stored_digest != digest {
+                        return Err(reused());
+                    } else {
+                        state.metrics.job(JobEvent::JoinedIdempotencyKey);
+                        Some(job)
+                    }
+                }
+                None => None,
+            }
+        } else if opts.sdk_retry {
+            let since = now_ms() - ms(state.config.jobs.retry_window);
+            let (key, digest) = (key_id.to_owned(), digest.to_owned());
+            let job = store
+                .call(move |c| jobs::find_retry(c, &key, &digest, since))
+                .await?;
+            if job.is_some() {
+                state.metrics.job(JobEvent::JoinedSdkRetry);
+            }
+            job
+        } else {
+            None
+        };
+        Ok(found.map(|job| self.admitted(job)))
+    }
+
+    fn admitted(&self, job: JobRecord) -> Admitted {
+        match self.watch(&job.id) {
+            Some(rx) if !job.state.is_terminal() => Admitted::Job(job.id.as_str().into(), rx),
+            _ => Admitted::Finished(Box::new(job)),
+        }
+    }
+
+    /// Writes the job of a prepared request and starts it, or joins the job its
+    /// `Idempotency-Key` already names (a concurrent duplicate loses the key's insert).
+    pub async fn start(
+        &self,
+        state: &Arc<AppState>,
+        prepared: Prepared,
+        digest: &str,
+        opts: &JobOptions,
+    ) -> Result<Admitted, ApiError> {
+        let id = new_id();
+        let expires = now_ms() + ms(state.config.jobs.idempotency_ttl);
+        let idem = opts.idempotency_key.clone().map(|k| (k, expires));
+        let new = state.dispatch().new_job(&prepared, &id, digest, idem);
+        let created = state.store().call(move |c| jobs::create(c, &new)).await?;
+        if let Created::Existing {
+            job_id,
+            digest: other,
+        } = created
+        {
+            // The request that lost the race is no job: its admission is given back unused.
+            drop(prepared);
+            if other != digest {
+                return Err(reused());
+            }
+            state.metrics.job(JobEvent::JoinedIdempotencyKey);
+            let job = state
+                .store()
+                .call(move |c| jobs::load(c, &job_id))
+                .await?
+                .ok_or_else(|| ApiError::internal("The job of this Idempotency-Key is gone."))?;
+            return Ok(self.admitted(job));
+        }
+        state.metrics.job(JobEvent::Created);
+        let id: Arc<str> = id.into();
+        let (tx, rx) = watch::channel(Progress::Running);
+        self.running().insert(id.clone(), rx.clone());
+        let state = state.clone();
+        let job_id = id.clone();
+        self.spawn(async move {
+            let _running = state.metrics.job_running();
+            let (late_tx, mut late_rx) = tokio::sync::oneshot::channel();
+            let dispatch = state.dispatch();
+            let run = dispatch.run(prepared, JobCtx::new(&job_id), Some(late_tx));
+            tokio::pin!(run);
+            let mut late_seen = false;
+            let finished = loop {
+                tokio::select! {
+                    f = &mut run => break f,
+                    r = &mut late_rx, if !late_seen => {
+                        late_seen = true;
+                        if r.is_ok() {
+                            tx.send_replace(Progress::Late);
+                        }
+                    }
+                }
+            };
+            tx.send_replace(Progress::Done(Arc::new(finished)));
+            state.jobs.running().remove(&job_id);
+        });
+        Ok(Admitted::Job(id, rx))
+    }
+
+    /// Takes back every job the last process left unfinished (see `Dispatch::resume`). Their
+    /// reservations count against budgets until they are settled.
+    pub fn resume_all(&self, state: &Arc<AppState>) -> anyhow::Result<usize> {
+        let unfinished = state.store().blocking(|c| jobs::unfinished(c))?;
+        let n = unfinished.len();
+        for job in unfinished {
+            let id: Arc<str> = job.id.as_str().into();
+            tracing::info!(job_id = %id, state = job.state.as_str(), "resuming a job left unfinished by the last process");
+            let (tx, rx) = watch::channel(Progress::Running);
+            self.running().insert(id.clone(), rx);
+            let state = state.clone();
+            self.spawn(async move {
+                let _running = state.metrics.job_running();
+                state.dispatch().resume(job).await;
+                let answer = finished_answer(&state, &id).await;
+                tx.send_replace(Progress::Done(Arc::new(answer)));
+                state.jobs.running().remove(&id);
+            });
+        }
+        Ok(n)
+    }
+
+    /// Runs a job's work until it ends or the process stops.
+    /// The work runs in the span of the request that started it, so its log lines name it.
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stopping = self.stopping.clone();
+        let work = async move {
+            tokio::select! {
+                () = work => {}
+                () = stopping.cancelled() => {}
+            }
+        };
+        self.tasks.spawn(work.in_current_span());
+    }
+
+    /// The gateway has begun to stop: callers waiting on a job whose task the platform holds are
+    /// told at once (the next process resumes the job, and their retry joins it); only sync
+    /// calls are drained.
+    pub fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Resolves when the gateway begins to stop.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await;
+    }
+
+    /// Stops every job where it is (its state is in the store) and waits until they are gone.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// A finished job's answer, as a waiter renders it.
+pub async fn finished_answer(state: &AppState, id: &str) -> Finished {
+    let id_owned = id.to_owned();
+    let job = state.store().call(move |c| jobs::load(c, &id_owned)).await;
+    match job {
+        Ok(Some(job)) => replay(state, &job).await,
+        Ok(None) => Finished {
+            result: Err(ApiError::internal("The job is gone.")),
+            served: ServedBy::default(),
+            rate_headers: Vec::new(),
+            job_id: Some(id.into()),
+        },
+        Err(e) => Finished {
+            result: Err(e.into()),
+            served: ServedBy::default(),
+            rate_headers: Vec::new(),
+            job_id: Some(id.into()),
+        },
+    }
+}
+
+/// A stored job's answer: its images fetched again, or its error.
+pub async fn replay(state: &AppState, job: &JobRecord) -> Finished {
+    let result = state.dispatch().replay(job).await;
+    Finished {
+        result,
+        served: ServedBy {
+            model: job.model.as_deref().and_then(|m| m.parse().ok()),
+            cost: crate::model::Usd(job.cost_micros.unwrap_or(0)),
+            attempts: job.attempt,
+            task_ids: job.calls.iter().filter_map(|c| c.task_id.clone()).collect(),
+        },
+        rate_headers: Vec::new(),
+        job_id: Some(job.id.as_str().into()),
+    }
+}
+
+/// The `image.job` object of the async API (`GET /v1/images/jobs/{id}`); `answer` is the
+/// finished job's answer (its `result` or `error`).
+pub fn job_object(job: &JobRecord, answer: Option<&Result<Value, ApiError>>) -> Value {
+    let secs = |ms: i64| ms / 1000;
+    let mut o = json!({
+        "id": job.id,
+        "object": "image.job",
+        "status": job.state.as_str(),
+        "model": job.public_model,
+        "created_at": secs(job.created_ms),
+        "completed_at": job.completed_ms.map(secs),
+    });
+    if let Some(cost) = job.cost_micros {
+        o["cost_usd"] = json!(crate::model::Usd(cost).to_string());
+    }
+    match answer {
+        Some(Ok(body)) => o["result"] = body.clone(),
+        Some(Err(e)) => o["error"] = e.body()["error"].clone(),
+        None => {}
+    }
+    o
+}
+
+/// Whether a stored job is finished (a terminal state).
+pub fn is_finished(job: &JobRecord) -> bool {
+    job.state.is_terminal() && job.state != JobState::Queued
+}
+
+fn reused() -> ApiError {
+    ApiError::new(
+        crate::error::ErrorCode::IdempotencyKeyReused,
+        "This Idempotency-Key was already used with a different request. Use a new key for a new request.",
+    )
+    .with_param("Idempotency-Key")
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,460 @@
+//! Jobs as stored: one row per image request that passed admission, one `job_calls` row per
+//! upstream create (a fanned-out request has several), and the `Idempotency-Key` records.
+//!
+//! A job's state only moves forward: `queued` → `submitting` (committed before a create is sent)
+//! → `in_progress` (the task ids committed as soon as the create answers) → `completed` |
+//! `failed` | `unknown`. The terminal state and the job's one ledger row are written in one
+//! transaction ([`finish`]), and the ledger's unique index on `job_id` refuses a second row.
+
+use rusqlite::{params, Connection, OptionalExtension as _, Transaction};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{insert_row, StoreError};
+use crate::ledger::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Admitted; no upstream call sent yet.
+    Queued,
+    /// A create call is about to be sent, or was sent and has not answered.
+    Submitting,
+    /// The upstream accepted the work (task ids known); polling.
+    InProgress,
+    Completed,
+    Failed,
+    /// The upstream may or may not have accepted (and billed) the work.
+    Unknown,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Submitting => "submitting",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "submitting" => Self::Submitting,
+            "in_progress" => Self::InProgress,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Unknown)
+    }
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub key_id: String,
+    pub team: Option<String>,
+    pub digest: String,
+    pub public_model: String,
+    pub spec: Value,
+    pub request_id: String,
+    /// The `Idempotency-Key` and when its record expires (unix ms).
+    pub idempotency: Option<(String, i64)>,
+}
+
+/// What creating a job decided.
+#[derive(Debug)]
+pub enum Created {
+    New,
+    /// The `Idempotency-Key` already names a job that may be joined or replayed.
+    Existing {
+        job_id: String,
+        digest: String,
+    },
+}
+
+/// One upstream create of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub seq: u32,
+    pub attempt: u32,
+    pub model: String,
+    pub state: JobState,
+    pub task_id: Option<String>,
+    pub upstream_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub key_id: String,
+    pub team: Option<String>,
+    pub digest: String,
+    pub state: JobState,
+    pub public_model: String,
+    pub model: Option<String>,
+    pub attempt: u32,
+    pub price_micros: u64,
+    pub per_call: bool,
+    pub reserved_micros: u64,
+    pub cost_micros: Option<u64>,
+    pub spec: Value,
+    pub images: Option<Value>,
+    pub status: Option<u16>,
+    pub error: Option<Value>,
+    pub request_id: String,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub calls: Vec<CallRecord>,
+}
+
+impl JobRecord {
+    /// Whether a retry joins (or replays) this job rather than running the request again: not
+    /// when it failed with nothing billed.
+    pub fn joinable(&self) -> bool {
+        !(self.state == JobState::Failed && self.cost_micros.unwrap_or(0) == 0)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Creates `job` (state `queued`). With an `Idempotency-Key`, the key's record decides, by its
+/// primary key, not by a read before the write: the first request inserts it; a later one finds
+/// it and joins that job, unless that job failed unbilled or the record expired — then the
+/// record moves to the new job.
+pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
+    let tx = c.transaction()?;
+    let now = now_ms();
+    if let Some((idem, expires)) = &job.idempotency {
+        let inserted = tx.execute(
+            "INSERT INTO idempotency (key_id, idem_key, digest, job_id, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![job.key_id, idem, job.digest, job.id, expires],
+        )?;
+        if inserted == 0 {
+            let (old_job, old_digest, old_expires): (String, String, i64) = tx.query_row(
+                "SELECT job_id, digest, expires_ms FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+                params![job.key_id, idem],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let old = load(&tx, &old_job)?;
+            let live = old
+                .as_ref()
+                .is_some_and(|o| !o.state.is_terminal() || (old_expires > now && o.joinable()));
+            if live {
+                return Ok(Created::Existing {
+                    job_id: old_job,
+                    digest: old_digest,
+                });
+            }
+            tx.execute(
+                "UPDATE idempotency SET digest = ?3, job_id = ?4, expires_ms = ?5
+                 WHERE key_id = ?1 AND idem_key = ?2",
+                params![job.key_id, idem, job.digest, job.id, expires],
+            )?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
+            created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8)",
+        params![
+            job.id,
+            job.key_id,
+            job.team,
+            job.digest,
+            job.public_model,
+            job.spec.to_string(),
+            job.request_id,
+            now
+        ],
+    )?;
+    tx.commit()?;
+    Ok(Created::New)
+}
+
+const COLUMNS: &str = "id, key_id, team, digest, state, public_model, model, attempt, price_micros,
+    per_call, reserved_micros, cost_micros, spec, images, status, error, request_id, created_ms,
+    completed_ms";
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let json = |s: Option<String>| s.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(JobRecord {
+        id: r.get(0)?,
+        key_id: r.get(1)?,
+        team: r.get(2)?,
+        digest: r.get(3)?,
+        state: JobState::parse(&r.get::<_, String>(4)?),
+        public_model: r.get(5)?,
+        model: r.get(6)?,
+        attempt: u32::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+        price_micros: u(r.get(8)?),
+        per_call: r.get::<_, i64>(9)? != 0,
+        reserved_micros: u(r.get(10)?),
+        cost_micros: r.get::<_, Option<i64>>(11)?.map(u),
+        spec: json(Some(r.get(12)?)).unwrap_or(Value::Null),
+        images: json(r.get(13)?),
+        status: r
+            .get::<_, Option<i64>>(14)?
+            .and_then(|s| u16::try_from(s).ok()),
+        error: json(r.get(15)?),
+        request_id: r.get(16)?,
+        created_ms: r.get(17)?,
+        completed_ms: r.get(18)?,
+        calls: Vec::new(),
+    })
+}
+
+fn calls(c: &Connection, job_id: &str) -> Result<Vec<CallRecord>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, attempt, model, state, task_id, upstream_key FROM job_calls
+         WHERE job_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([job_id], |r| {
+        Ok(CallRecord {
+            seq: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+            attempt: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            model: r.get(2)?,
+            state: JobState::parse(&r.get::<_, String>(3)?),
+            task_id: r.get(4)?,
+            upstream_key: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One job with its calls.
+pub fn load(c: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1");
+    let Some(mut job) = c.query_row(&sql, [id], record).optional()? else {
+        return Ok(None);
+    };
+    job.calls = calls(c, id)?;
+    Ok(Some(job))
+}
+
+/// Jobs newest first: the caller's (or every key's), after the job `after` (a cursor).
+pub fn list(
+    c: &Connection,
+    key_id: Option<&str>,
+    limit: u32,
+    after: Option<&str>,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs
+         WHERE (?1 IS NULL OR key_id = ?1)
+           AND (?2 IS NULL OR (created_ms, id) < (SELECT created_ms, id FROM jobs WHERE id = ?2))
+         ORDER BY created_ms DESC, id DESC LIMIT ?3"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(params![key_id, after, limit], record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest joinable job of `key_id` for the same request since `since_ms`: what an SDK's
+/// retry (same body, `x-stainless-retry-count` ≥ 1) joins.
+pub fn find_retry(
+    c: &Connection,
+    key_id: &str,
+    digest: &str,
+    since_ms: i64,
+) -> Result<Option<JobRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE key_id = ?1 AND digest = ?2 AND created_ms >= ?3
+         ORDER BY created_ms DESC LIMIT 5"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(params![key_id, digest, since_ms], record)?;
+    for job in rows {
+        let job = job?;
+        if job.joinable() {
+            return Ok(Some(job));
+        }
+    }
+    Ok(None)
+}
+
+/// Jobs that were not finished when the last process stopped.
+pub fn unfinished(c: &Connection) -> Result<Vec<JobRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'submitting', 'in_progress')
+         ORDER BY created_ms"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map([], record)?;
+    let mut jobs: Vec<JobRecord> = rows.collect::<Result<_, _>>()?;
+    for job in &mut jobs {
+        job.calls = calls(c, &job.id)?;
+    }
+    Ok(jobs)
+}
+
+/// An attempt on `model` starts: its price (per image, or per successful call when `n` is fanned
+/// out) and the amount reserved for it.
+pub fn attempt(
+    tx: &Transaction<'_>,
+    job: &str,
+    attempt: u32,
+    model: &str,
+    price_micros: u64,
+    per_call: bool,
+    reserved_micros: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE jobs SET attempt = ?2, model = ?3, price_micros = ?4, per_call = ?5,
+            reserved_micros = ?6, updated_ms = ?7
+         WHERE id = ?1",
+        params![
+            job,
+            attempt,
+            model,
+            i64::try_from(price_micros).unwrap_or(i64::MAX),
+            per_call,
+            i64::try_from(reserved_micros).unwrap_or(i64::MAX),
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+/// A create call `seq` is about to be sent.
+pub fn submitting(
+    tx: &Transaction<'_>,
+    job: &str,
+    seq: u32,
+    attempt: u32,
+    model: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO job_calls (job_id, seq, attempt, model, state) VALUES (?1, ?2, ?3, ?4, 'submitting')
+         ON CONFLICT (job_id, seq) DO NOTHING",
+        params![job, seq, attempt, model],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET state = 'submitting', updated_ms = ?2 WHERE id = ?1 AND state = 'queued'",
+        params![job, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Create call `seq` answered: `task_id` (when the model runs tasks) made with pool key `key`.
+pub fn call_ended(
+    tx: &Transaction<'_>,
+    job: &str,
+    seq: u32,
+    state: JobState,
+    task_id: Option<&str>,
+    key: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE job_calls SET state = ?3, task_id = COALESCE(?4, task_id),
+            upstream_key = COALESCE(?5, upstream_key)
+         WHERE job_id = ?1 AND seq = ?2",
+        params![job, seq, state.as_str(), task_id, key],
+    )?;
+    if state == JobState::InProgress {
+        tx.execute(
+            "UPDATE jobs SET state = 'in_progress', updated_ms = ?2
+             WHERE id = ?1 AND state IN ('queued', 'submitting')",
+            params![job, now_ms()],
+        )?;
+    }
+    Ok(())
+}
+
+/// How a job ended: written with its ledger row in one transaction.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub state: JobState,
+    pub status: u16,
+    pub cost_micros: u64,
+    pub images: Option<Value>,
+    pub error: Option<Value>,
+    pub row: Row,
+}
+
+/// The terminal state and the job's ledger row, together. A job already finished is left as it
+/// is (and its second row refused by the unique index).
+pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreError> {
+    let now = now_ms();
+    let changed = tx.execute(
+        "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4, images = ?5, error = ?6,
+            updated_ms = ?7, completed_ms = ?7
+         WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
+        params![
+            job,
+            f.state.as_str(),
+            f.status,
+            i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
+            f.images.as_ref().map(Value::to_string),
+            f.error.as_ref().map(Value::to_string),
+            now
+        ],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::Refused(format!(
+            "job {job} is already finished"
+        )));
+    }
+    insert_row(tx, &f.row)
+}
+
+/// An operator settled an `unknown` job, which becomes `failed` (no image was delivered):
+/// billed keeps its cost (its row stays as it is); not billed writes the compensating row
+/// (`adjusts`) and sets its cost to zero.
+pub fn resolve(
+    tx: &Transaction<'_>,
+    job: &str,
+    compensation: Option<&Row>,
+) -> Result<(), StoreError> {
+    let cost: Option<i64> = compensation.map(|_| 0);
+    let changed = tx.execute(
+        "UPDATE jobs SET state = 'failed', cost_micros = COALESCE(?2, cost_micros), updated_ms = ?3
+         WHERE id = ?1 AND state = 'unknown'",
+        params![job, cost, now_ms()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::Refused(format!(
+            "job {job} is not in state unknown"
+        )));
+    }
+    if let Some(row) = compensation {
+        insert_row(tx, row)?;
+    }
+    Ok(())
+}
+
+/// Forgets finished jobs (and their calls and idempotency records) older than `before_ms`.
+pub fn purge(c: &mut Connection, before_ms: i64) -> Result<usize, StoreError> {
+    let tx = c.transaction()?;
+    tx.execute(
+        "DELETE FROM idempotency WHERE expires_ms < ?1
+           AND job_id NOT IN (SELECT id FROM jobs WHERE state IN ('queued', 'submitting', 'in_progress'))",
+        [now_ms()],
+    )?;
+    tx.execute(
+        "DELETE FROM job_calls WHERE job_id IN (SELECT id FROM jobs WHERE completed_ms < ?1
+           AND state IN ('completed', 'failed'))",
+        [before_ms],
+    )?;
+    let n = tx.execute(
+        "DELETE FROM jobs WHERE completed_ms < ?1 AND state IN ('completed', 'failed')",
+        [before_ms],
+    )?;
+    tx.commit()?;
+    Ok(n)
+}

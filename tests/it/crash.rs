@@ -1,0 +1,294 @@
+//! Crashes of the real binary: SIGKILL while a paid task runs, and (with the `failpoints`
+//! feature) an abort at each point of a job's life. After a restart on the same data directory
+//! every job ends in its documented state, the platform saw one create, and the ledger holds at
+//! most one row per job.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY, UPSTREAM_KEY};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imagegate");
+
+/// `imagegate serve` on a data directory, its stderr kept.
+struct Proc {
+    child: Child,
+    logs: Arc<Mutex<String>>,
+    addr: String,
+}
+
+impl Proc {
+    fn start(config: &Path, failpoint: Option<&str>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null());
+        match failpoint {
+            Some(p) => cmd.env("IMAGEGATE_FAILPOINT", p),
+            None => cmd.env_remove("IMAGEGATE_FAILPOINT"),
+        };
+        let mut child = cmd.spawn().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("imagegate listening") {
+                    let addr: String = line
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or_default()
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no address: {}", logs.lock().unwrap()));
+        Self { child, logs, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A real SIGKILL.
+    fn kill9(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success());
+    }
+
+    /// Waits for the process to die by itself (an abort at a failpoint).
+    fn wait_dead(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "{}", self.logs.lock().unwrap());
+    }
+
+    fn term(mut self) -> String {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let logs = self.logs.lock().unwrap().clone();
+        assert!(status.success(), "{status}: {logs}");
+        logs
+    }
+}
+
+/// A simulator in this process (time scale 0.002; `[sim:slow=N]` is unscaled).
+async fn sim(stop: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(imagegate_sim::serve(
+        imagegate_sim::SimConfig {
+            api_key: UPSTREAM_KEY.to_owned(),
+            public_base_url: None,
+            time_scale: 0.002,
+        },
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    addr.to_string()
+}
+
+fn config(sim: &str, data: &Path) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
+         [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n\
+         [data]\ndir = \"{}\"\n[admin]\nkey = \"{ADMIN_KEY}\"\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
+        data.display()
+    )
+    .unwrap();
+    f
+}
+
+async fn stats(http: &reqwest::Client, sim: &str) -> Value {
+    http.get(format!("http://{sim}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The job's object, waiting (on its state) until `done` says it is where the test wants it.
+async fn job_until(
+    http: &reqwest::Client,
+    p: &Proc,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..1500 {
+        let res = http
+            .get(p.url(&format!("/admin/jobs/{id}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = res.json().await.unwrap();
+        if done(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never got there");
+}
+
+fn terminal(v: &Value) -> bool {
+    ["completed", "failed", "unknown"].contains(&v["status"].as_str().unwrap_or(""))
+}
+
+/// The ledger rows of `job`: (status, cost in micro-dollars).
+fn ledger_rows(data: &Path, job: &str) -> Vec<(i64, i64)> {
+    let conn = rusqlite::Connection::open(data.join("imagegate.sqlite3")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT status, cost_micros FROM ledger WHERE job_id = ?1")
+        .unwrap();
+    stmt.query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_during_an_async_task_then_restart_completes_the_job_once() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(&sim, data.path());
+    let http = reqwest::Client::new();
+
+    let first = Proc::start(cfg.path(), None);
+    let res = http
+        .post(first.url("/v1/images/generations"))
+        .bearer_auth(KEY)
+        .header("prefer", "respond-async")
+        .json(&json!({"model": "gpt-image-2-beta", "prompt": "a lighthouse [sim:slow=3]"}))
+        .send()
+        .await
+        .unwrap();
+    let a = Env::read(res).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    // The task id is committed: the platform has the work.
+    job_until(&http, &first, &id, |v| v["status"] == "in_progress").await;
+    first.kill9();
+
+    // A second process on the same directory takes the job back and finishes it.
+    let second = Proc::start(cfg.path(), None);
+    let done = job_until(&http, &second, &id, terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let res = http
+        .get(second.url(&format!("/v1/images/jobs/{id}")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let job = Env::read(res).await;
+    assert!(is_png(&b64_image(&job.body["result"], 0)), "{}", job.body);
+    let logs = second.term();
+    assert!(logs.contains("resuming a job"), "{logs}");
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    assert_eq!(ledger_rows(data.path(), &id), [(200, 30_000)]);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_refuses_to_start() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(&sim, data.path());
+    let first = Proc::start(cfg.path(), None);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(cfg.path())
+        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid = format!("pid {}", first.child.id());
+    assert!(
+        err.contains("in use by another imagegate process") && err.contains(&pid),
+        "{err}"
+    );
+    first.term();
+    stop.cancel();
+}
+
+/// Each crash point, one process per point: the request dies with the process, and the restart
+/// ends the job in its documented state with one create and at most one ledger row.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn every_crash_point_ends_in_its_documented_state() {
+    // (point, the job's state after the restart, its ledger row: (status, cost))
+    let points = [
+        // The create answered; nothing of the answer was recorded: unknown, booked.
+        ("after_create_sent", "unknown", Some((502, 30_000))),
+        // The task id was committed: followed to its end and booked at its price.
+        ("after_task_id", "completed", Some((200, 30_000))),
+        // Settled before the answer went out: nothing left to do.
+        ("after_settle", "completed", Some((200, 30_000))),
+    ];
+    for (point, state, row) in points {
+        let stop = CancellationToken::new();
+        let sim = sim(&stop).await;
+        let data = tempfile::tempdir().unwrap();
+        let cfg = config(&sim, data.path());
+        let http = reqwest::Client::new();
+        let crashing = Proc::start(cfg.path(), Some(point));
+        let sent = http
+            .post(crashing.url("/v1/images/generations"))
+            .bearer_auth(KEY)
+            .json(&json!({"model": "gpt-image-2-beta", "prompt": "a fox [sim:slow=0.5]"}))
+            .send()
+            .await;
+        assert!(sent.is_err(), "{point}: the process died mid-request");
+        crashing.wait_dead();
+
+        let again = Proc::start(cfg.path(), None);
+        let list: Value = http
+            .get(again.url("/admin/jobs"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+        let done = job_until(&http, &again, &id, terminal).await;
+        assert_eq!(done["status"], state, "{point}: {done}");
+        again.term();
+        assert_eq!(stats(&http, &sim).await["creates"], 1, "{point}");
+        let rows = ledger_rows(data.path(), &id);
+        assert_eq!(rows, row.into_iter().collect::<Vec<_>>(), "{point}");
+        stop.cancel();
+    }
+}
