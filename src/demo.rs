@@ -20,6 +20,9 @@ pub const DEMO_KEY: &str = "sk-imagegate-demo";
 /// A second demo key limited to one request per minute, to see a 429 (`rate_limit_exceeded`).
 pub const DEMO_LIMITED_KEY: &str = "sk-imagegate-demo-limited";
 
+/// The secret that signs the demo key's webhooks (`callback_url` on a request).
+pub const DEMO_WEBHOOK_SECRET: &str = "whsec_aW1hZ2VnYXRlLWRlbW8td2ViaG9va3M=";
+
 /// The demo's admin key (`[admin]`), for the admin API and the CLI.
 pub const DEMO_ADMIN_KEY: &str = "sk-imagegate-demo-admin";
 
@@ -61,6 +64,7 @@ key = "{DEMO_ADMIN_KEY}"
 [[keys]]
 id = "demo"
 key = "{DEMO_KEY}"
+webhook_secret = "{DEMO_WEBHOOK_SECRET}"
 
 [[keys]]
 id = "demo-limited"
@@ -125,6 +129,7 @@ pub async fn run(
         "api_key": DEMO_KEY,
         "limited_api_key": DEMO_LIMITED_KEY,
         "admin_key": DEMO_ADMIN_KEY,
+        "webhook_secret": DEMO_WEBHOOK_SECRET,
     });
     let mut out = std::io::stdout().lock();
     writeln!(

@@ -53,6 +53,8 @@ pub struct JobOptions {
     pub sdk_retry: bool,
     /// `Prefer: respond-async`.
     pub respond_async: bool,
+    /// Where the job's end is posted: the request's `callback_url`, else the key's `webhook_url`.
+    pub callback_url: Option<String>,
 }
 
 impl JobOptions {
@@ -84,6 +86,7 @@ impl JobOptions {
             idempotency_key,
             sdk_retry,
             respond_async,
+            callback_url: None,
         })
     }
 }
@@ -218,7 +221,9 @@ impl Jobs {
         let id = new_id();
         let expires = now_ms() + ms(state.config.jobs.idempotency_ttl);
         let idem = opts.idempotency_key.clone().map(|k| (k, expires));
-        let new = state.dispatch().new_job(&prepared, &id, digest, idem);
+        let new = state
+            .dispatch()
+            .new_job(&prepared, &id, digest, idem, opts.callback_url.clone());
         let created = state.store().call(move |c| jobs::create(c, &new)).await?;
         if let Created::Existing {
             job_id,

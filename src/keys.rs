@@ -196,6 +196,19 @@ impl Registry {
         Ok(Some(record))
     }
 
+    /// The secret that signs key `id`'s webhooks: from the config file for a static key, from
+    /// the database for a dynamic one.
+    pub async fn webhook_secret(&self, id: &str) -> Option<String> {
+        if let Some(k) = self.static_key(id) {
+            return k.spec.webhook_secret.clone();
+        }
+        self.store
+            .webhook_secret(id.to_owned())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// A static key by id.
     pub fn static_key(&self, id: &str) -> Option<Arc<KeyRecord>> {
         self.statics.values().find(|k| k.spec.id == id).cloned()

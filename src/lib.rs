@@ -30,14 +30,14 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | L0 domain | [`model`] (ids, sizes, formats, money, routes, the model registry), [`upstream::failure`] |
+//! | L0 domain | [`model`] (ids, sizes, formats, money, routes, the model registry), [`upstream::failure`], [`failpoint`] |
 //! | L1 | [`config`], [`error`] |
 //! | L2 | [`request`] (parsing), [`metrics`] |
 //! | L3 | [`pricing`], [`catalog`], [`upstream`] (adapters), [`store`], [`ledger`] |
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed` |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`] |
 //! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
@@ -66,6 +66,7 @@ mod shed;
 pub mod state;
 pub mod store;
 pub mod upstream;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -107,11 +108,15 @@ pub async fn serve(
             stopping.cancel();
         }
     };
+    // Webhooks from the store's outbox, until the server has stopped.
+    let delivering = CancellationToken::new();
+    let webhooks = webhooks::deliver(state.clone(), delivering.clone().cancelled_owned());
     // `run` returns once `stopping` is cancelled and the drain is over.
-    tokio::join!(
-        signal,
-        server::run(&server_config, listener, router, stopping)
-    );
+    let serving = async {
+        server::run(&server_config, listener, router, stopping).await;
+        delivering.cancel();
+    };
+    tokio::join!(signal, serving, webhooks);
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("dispatch", 6),
     ("state", 7),
     ("jobs", 7),
+    ("webhooks", 7),
     ("auth", 7),
     ("api", 7),
     ("admin", 7),

@@ -7,6 +7,7 @@
 //! | `PATCH /admin/keys/{id}` | change settings (`null` clears one) |
 //! | `POST /admin/keys/{id}/disable`, `…/enable` | switch a key off or on |
 //! | `DELETE /admin/keys/{id}` | delete a key (its ledger rows stay) |
+//! | `POST /admin/keys/{id}/webhook-secret` | a new `whsec_…` secret for the key's webhooks, shown once |
 //! | `POST/GET /admin/teams`, `GET/PATCH/DELETE /admin/teams/{id}` | the same for teams (`DELETE` refuses while keys name the team, unless `?force=true`) |
 //! | `GET /admin/usage?group_by=key,day&from=&to=&key=&team=&model=&format=csv` | usage report |
 //! | `GET /admin/spend` | current spend against budgets, per key and team |
@@ -47,6 +48,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         )
         .route("/admin/keys/{id}/disable", post(disable_key))
         .route("/admin/keys/{id}/enable", post(enable_key))
+        .route(
+            "/admin/keys/{id}/webhook-secret",
+            post(rotate_webhook_secret),
+        )
         .route("/admin/teams", post(create_team).get(list_teams))
         .route(
             "/admin/teams/{id}",
@@ -114,17 +119,41 @@ async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> AdminRes
         )));
     }
     let secret = keys::generate_secret().map_err(|_| no_randomness())?;
+    let webhook_secret = crate::webhooks::new_secret()?;
     let digest = keys::digest(&secret);
     state
         .store()
-        .insert_key(spec.clone(), hex::encode(digest))
+        .insert_key(spec.clone(), hex::encode(digest), webhook_secret.clone())
         .await?;
     // A digest tried before the key existed must not stay known as unknown.
     state.keys.invalidate(&digest);
     let record = KeyRecord::from_store(spec, digest, crate::store::now_secs());
     let mut view = key_view(&state, &record);
     view["secret"] = json!(secret);
+    view["webhook_secret"] = json!(webhook_secret);
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `POST /admin/keys/{id}/webhook-secret`: a new secret for a dynamic key's webhooks, shown
+/// once; deliveries from now on are signed with it.
+async fn rotate_webhook_secret(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> AdminResult {
+    if state.keys.static_key(&id).is_some() {
+        return Err(ApiError::conflict(format!(
+            "Key `{id}` comes from the config file: set its `webhook_secret` there."
+        )));
+    }
+    let secret = crate::webhooks::new_secret()?;
+    if !state
+        .store()
+        .set_webhook_secret(id.clone(), secret.clone())
+        .await?
+    {
+        return Err(ApiError::admin_not_found("key", &id));
+    }
+    Ok(Json(json!({ "id": id, "webhook_secret": secret })).into_response())
 }
 
 fn check_key(state: &AppState, spec: &KeySpec) -> Result<(), ApiError> {

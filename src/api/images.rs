@@ -59,7 +59,13 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
         parse(&state, Operation::Generate, parts)
     });
     match parsed {
-        Ok((route, req, digest)) => answer(state, call, route, req, digest, opts).await,
+        Ok((route, req, digest, callback)) => {
+            let opts = JobOptions {
+                callback_url: callback,
+                ..opts
+            };
+            answer(state, call, route, req, digest, opts).await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -74,7 +80,13 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
         Err(e) => Err(e),
     };
     match parsed {
-        Ok((route, req, digest)) => answer(state, call, route, req, digest, opts).await,
+        Ok((route, req, digest, callback)) => {
+            let opts = JobOptions {
+                callback_url: callback,
+                ..opts
+            };
+            answer(state, call, route, req, digest, opts).await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -101,18 +113,32 @@ fn call_of(request: &Request) -> Result<(Call, JobOptions), ApiError> {
     Ok((call, opts))
 }
 
-/// The request's head, its public name resolved, then the rest of its fields; and the digest
-/// that tells a retry of this request from another one.
+/// The request's head, its public name resolved, then the rest of its fields; the digest that
+/// tells a retry of this request from another one; and its `callback_url` (the gateway's own
+/// field: never sent upstream).
 fn parse(
     state: &AppState,
     op: Operation,
-    parts: EditParts,
-) -> Result<(Route, ImageRequest, String), ApiError> {
+    mut parts: EditParts,
+) -> Result<(Route, ImageRequest, String, Option<String>), ApiError> {
     let head = Head::from_fields(&parts.fields)?;
     let route = state.resolve_model(head.model.as_deref())?;
     let digest = jobs::digest(op, &parts);
+    let callback = match parts.fields.remove("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => {
+            crate::webhooks::check_target(state, "callback_url", &url)?;
+            Some(url)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "callback_url",
+                "callback_url must be a URL string.",
+            ))
+        }
+    };
     let req = ImageRequest::from_fields(op, head, &parts.fields, parts.images, parts.mask)?;
-    Ok((route, req, digest))
+    Ok((route, req, digest, callback))
 }
 
 async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, ApiError> {
@@ -188,9 +214,20 @@ async fn answer(
     route: Route,
     req: ImageRequest,
     digest: String,
-    opts: JobOptions,
+    mut opts: JobOptions,
 ) -> Response {
     let log = RequestLog::new(&route, &req, state.config.logging.log_prompts);
+    // The job's end is posted to the request's callback_url, else to the key's webhook_url.
+    if opts.callback_url.is_none() {
+        opts.callback_url = call.caller.record.spec.webhook_url.clone();
+    }
+    if opts.callback_url.is_some() && state.keys.webhook_secret(&call.caller.id).await.is_none() {
+        return ApiError::invalid(
+            "callback_url",
+            "This key has no webhook secret to sign with: set `webhook_secret` on a config-file key, or create one with POST /admin/keys/{id}/webhook-secret.",
+        )
+        .into_response();
+    }
     let stream = req.stream;
     let prefix = match req.op {
         Operation::Generate => "image_generation",

@@ -60,7 +60,17 @@ pub async fn admin_list(
 /// model, cost, the upstream calls and their task ids.
 pub async fn admin_get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match load(&state, &id).await {
-        Ok(Some(job)) => Json(admin_view(&job)).into_response(),
+        Ok(Some(job)) => {
+            let mut v = admin_view(&job);
+            let job_id = job.id.clone();
+            let deliveries = state
+                .store()
+                .call(move |c| rows::webhooks_of(c, &job_id))
+                .await
+                .unwrap_or_default();
+            v["webhooks"] = json!(deliveries);
+            Json(v).into_response()
+        }
         Ok(None) => not_found(&id).into_response(),
         Err(e) => e.into_response(),
     }

@@ -54,6 +54,14 @@ pub struct KeySpec {
     /// RFC 3339 time after which the key is refused, e.g. `2026-12-31T23:59:59Z`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Where the end of each of the key's jobs is posted (signed), unless a request names its
+    /// own `callback_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// File only: the `whsec_…` secret that signs the key's webhooks. The admin API generates
+    /// one per key (shown once) and keeps it in the database.
+    #[serde(default, skip_serializing)]
+    pub webhook_secret: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -78,6 +86,8 @@ impl Default for KeySpec {
             monthly_budget_usd: None,
             total_budget_usd: None,
             expires_at: None,
+            webhook_url: None,
+            webhook_secret: None,
             enabled: true,
         }
     }
@@ -174,6 +184,22 @@ impl KeySpec {
                 ));
             }
         }
+        if let Some(secret) = &self.webhook_secret {
+            use base64::Engine as _;
+            let bytes = secret
+                .strip_prefix("whsec_")
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            if bytes.is_none_or(|b| b.len() < 16) {
+                problems.push(format!(
+                    "{at}.webhook_secret: must be `whsec_` and at least 16 bytes in base64"
+                ));
+            }
+        }
+        if let Some(url) = &self.webhook_url {
+            if url::Url::parse(url).is_err() {
+                problems.push(format!("{at}.webhook_url: `{url}` is not a URL"));
+            }
+        }
     }
 }
 
@@ -262,6 +288,12 @@ pub struct JobsConfig {
     /// Finished jobs (and their result URLs) are kept this long.
     #[serde(with = "humantime_serde")]
     pub result_ttl: Duration,
+    /// The pause after a webhook's first failed attempt; doubled after each (at most an hour).
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_base: Duration,
+    /// A webhook not delivered this long after its job ended is given up.
+    #[serde(with = "humantime_serde")]
+    pub webhook_give_up: Duration,
 }
 
 impl Default for JobsConfig {
@@ -270,6 +302,8 @@ impl Default for JobsConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             retry_window: Duration::from_secs(15 * 60),
             result_ttl: Duration::from_secs(24 * 3600),
+            webhook_retry_base: Duration::from_secs(5),
+            webhook_give_up: Duration::from_secs(24 * 3600),
         }
     }
 }

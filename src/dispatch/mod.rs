@@ -224,6 +224,7 @@ impl Dispatch<'_> {
         id: &str,
         digest: &str,
         idempotency: Option<(String, i64)>,
+        callback_url: Option<String>,
     ) -> job_rows::NewJob {
         job_rows::NewJob {
             id: id.to_owned(),
@@ -234,6 +235,7 @@ impl Dispatch<'_> {
             spec: serde_json::to_value(JobSpec::of(&p.req)).unwrap_or(Value::Null),
             request_id: p.call.request_id.clone(),
             idempotency,
+            callback_url,
         }
     }
 

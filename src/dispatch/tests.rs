@@ -372,7 +372,7 @@ async fn a_budget_refusal_is_closed_before_any_call() {
 /// Writes a prepared request's job, then runs it (as the jobs layer does).
 async fn run_job(d: &Dispatch<'_>, p: super::Prepared) -> Finished {
     let id = format!("imgjob_{}", uuid::Uuid::new_v4().simple());
-    let new = d.new_job(&p, &id, "digest", None);
+    let new = d.new_job(&p, &id, "digest", None, None);
     d.store
         .call(move |c| crate::store::jobs::create(c, &new))
         .await

@@ -81,6 +81,26 @@ pub enum CircuitGauge {
     Open = 2,
 }
 
+/// How a webhook delivery attempt ended (`imagegate_webhook_deliveries_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    Delivered,
+    /// Failed; tried again later.
+    Retrying,
+    /// Failed for the last time (`[jobs] webhook_give_up`).
+    GaveUp,
+}
+
+impl WebhookResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retrying => "retrying",
+            Self::GaveUp => "gave_up",
+        }
+    }
+}
+
 /// What happened to a job (`imagegate_jobs_total{event}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobEvent {

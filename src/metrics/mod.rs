@@ -30,7 +30,7 @@ use crate::model::{ModelId, Quality};
 use crate::upstream::failure::FailureKind;
 
 pub use http::UpstreamWait;
-pub use labels::{CallOutcome, CircuitGauge, Fault, JobEvent, Phase, RefusalReason};
+pub use labels::{CallOutcome, CircuitGauge, Fault, JobEvent, Phase, RefusalReason, WebhookResult};
 
 /// Seconds, for whole requests, single upstream calls and tasks: a SparkPix answer takes well
 /// under a second, a high-quality 4K gpt-image-2-all task about two minutes, and model deadlines
@@ -87,6 +87,7 @@ pub struct Metrics {
     // Jobs
     jobs: IntCounterVec,
     jobs_in_flight: IntGauge,
+    webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -156,6 +157,9 @@ impl Metrics {
             jobs: int_counter(r, "imagegate_jobs_total",
                 "Job events: created, completed, failed, unknown (the upstream may have billed; booked until resolved), resumed (after a restart), joined_idempotency_key, joined_sdk_retry, replayed.",
                 &["event"])?,
+            webhooks: int_counter(r, "imagegate_webhook_deliveries_total",
+                "Webhook delivery attempts to clients by result: delivered, retrying, gave_up.",
+                &["result"])?,
             jobs_in_flight: {
                 let g = IntGauge::new("imagegate_jobs_in_flight",
                     "Jobs running in this process (answered or not).")?;
@@ -313,6 +317,10 @@ impl Metrics {
 
     pub fn job(&self, event: JobEvent) {
         self.jobs.with_label_values(&[event.as_str()]).inc();
+    }
+
+    pub fn webhook(&self, result: WebhookResult) {
+        self.webhooks.with_label_values(&[result.as_str()]).inc();
     }
 
     /// A job running in this process, counted while the guard lives.

@@ -68,6 +68,8 @@ pub struct NewJob {
     pub request_id: String,
     /// The `Idempotency-Key` and when its record expires (unix ms).
     pub idempotency: Option<(String, i64)>,
+    /// Where the job's end is posted (a signed webhook), if anywhere.
+    pub callback_url: Option<String>,
 }
 
 /// What creating a job decided.
@@ -169,8 +171,8 @@ pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
     }
     tx.execute(
         "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
-            created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8)",
+            created_ms, updated_ms, callback_url)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8, ?9)",
         params![
             job.id,
             job.key_id,
@@ -179,7 +181,8 @@ pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
             job.public_model,
             job.spec.to_string(),
             job.request_id,
-            now
+            now,
+            job.callback_url
         ],
     )?;
     tx.commit()?;
@@ -410,7 +413,93 @@ pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreEr
             "job {job} is already finished"
         )));
     }
+    // The webhook of the job's end goes into the outbox with it: delivered at least once.
+    tx.execute(
+        "INSERT INTO webhooks (id, job_id, key_id, url, next_ms, created_ms)
+         SELECT 'msg_' || lower(hex(randomblob(16))), id, key_id, callback_url, ?2, ?2
+         FROM jobs WHERE id = ?1 AND callback_url IS NOT NULL",
+        params![job, now],
+    )?;
     insert_row(tx, &f.row)
+}
+
+/// One webhook delivery of the outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    pub id: String,
+    pub job_id: String,
+    pub key_id: String,
+    pub url: String,
+    pub state: String,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+    pub delivered_ms: Option<i64>,
+}
+
+const WEBHOOK_COLUMNS: &str =
+    "id, job_id, key_id, url, state, attempts, last_status, last_error, created_ms, delivered_ms";
+
+fn webhook(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+    Ok(Webhook {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        key_id: r.get(2)?,
+        url: r.get(3)?,
+        state: r.get(4)?,
+        attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+        last_status: r
+            .get::<_, Option<i64>>(6)?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: r.get(7)?,
+        created_ms: r.get(8)?,
+        delivered_ms: r.get(9)?,
+    })
+}
+
+/// Deliveries due now (pending, their next attempt time passed), oldest first.
+pub fn due_webhooks(c: &Connection, now: i64, limit: u32) -> Result<Vec<Webhook>, StoreError> {
+    let sql = format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE state = 'pending' AND next_ms <= ?1
+         ORDER BY next_ms LIMIT ?2"
+    );
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map(params![now, limit], webhook)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A job's deliveries.
+pub fn webhooks_of(c: &Connection, job_id: &str) -> Result<Vec<Webhook>, StoreError> {
+    let sql =
+        format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE job_id = ?1 ORDER BY created_ms");
+    let mut stmt = c.prepare(&sql)?;
+    let rows = stmt.query_map([job_id], webhook)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records one delivery attempt: delivered, or tried again at `next_ms` (`None`: given up).
+pub fn webhook_attempted(
+    tx: &Transaction<'_>,
+    id: &str,
+    status: Option<u16>,
+    error: Option<&str>,
+    delivered: bool,
+    next_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let state = match (delivered, next_ms) {
+        (true, _) => "delivered",
+        (false, Some(_)) => "pending",
+        (false, None) => "failed",
+    };
+    tx.execute(
+        "UPDATE webhooks SET attempts = attempts + 1, state = ?2, last_status = ?3,
+            last_error = ?4, next_ms = COALESCE(?5, next_ms),
+            delivered_ms = CASE WHEN ?2 = 'delivered' THEN ?6 ELSE delivered_ms END
+         WHERE id = ?1",
+        params![id, state, status, error, next_ms, now_ms()],
+    )?;
+    Ok(())
 }
 
 /// An operator settled an `unknown` job, which becomes `failed` (no image was delivered):
@@ -438,7 +527,9 @@ pub fn resolve(
     Ok(())
 }
 
-/// Forgets finished jobs (and their calls and idempotency records) older than `before_ms`.
+/// Forgets finished jobs (and their calls, webhooks and expired idempotency records) that ended
+/// before `before_ms`. Jobs in state `unknown` are kept until an operator resolves them, and
+/// their ledger rows are never touched.
 pub fn purge(c: &mut Connection, before_ms: i64) -> Result<usize, StoreError> {
     let tx = c.transaction()?;
     tx.execute(
@@ -446,13 +537,19 @@ pub fn purge(c: &mut Connection, before_ms: i64) -> Result<usize, StoreError> {
            AND job_id NOT IN (SELECT id FROM jobs WHERE state IN ('queued', 'submitting', 'in_progress'))",
         [now_ms()],
     )?;
+    // A job whose webhook is still being delivered is kept until it is delivered or given up.
+    let old = "SELECT id FROM jobs WHERE completed_ms < ?1 AND state IN ('completed', 'failed')
+        AND id NOT IN (SELECT job_id FROM webhooks WHERE state = 'pending')";
     tx.execute(
-        "DELETE FROM job_calls WHERE job_id IN (SELECT id FROM jobs WHERE completed_ms < ?1
-           AND state IN ('completed', 'failed'))",
+        &format!("DELETE FROM job_calls WHERE job_id IN ({old})"),
+        [before_ms],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM webhooks WHERE job_id IN ({old})"),
         [before_ms],
     )?;
     let n = tx.execute(
-        "DELETE FROM jobs WHERE completed_ms < ?1 AND state IN ('completed', 'failed')",
+        &format!("DELETE FROM jobs WHERE id IN ({old})"),
         [before_ms],
     )?;
     tx.commit()?;

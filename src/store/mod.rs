@@ -87,6 +87,7 @@ CREATE TABLE jobs (
     status INTEGER,
     error TEXT,
     request_id TEXT NOT NULL,
+    callback_url TEXT,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     completed_ms INTEGER
@@ -104,6 +105,22 @@ CREATE TABLE job_calls (
     upstream_key TEXT,
     PRIMARY KEY (job_id, seq)
 );
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL,
+    delivered_ms INTEGER
+);
+CREATE INDEX webhooks_due ON webhooks (next_ms) WHERE state = 'pending';
+CREATE INDEX webhooks_job ON webhooks (job_id);
+ALTER TABLE keys ADD COLUMN webhook_secret TEXT;
 CREATE TABLE idempotency (
     key_id TEXT NOT NULL,
     idem_key TEXT NOT NULL,
@@ -271,13 +288,49 @@ impl Store {
 
     // === keys ===
 
-    pub async fn insert_key(&self, spec: KeySpec, digest: String) -> Result<(), StoreError> {
+    /// A new dynamic key with its digest and the secret that signs its webhooks.
+    pub async fn insert_key(
+        &self,
+        spec: KeySpec,
+        digest: String,
+        webhook_secret: String,
+    ) -> Result<(), StoreError> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO keys (id, digest, spec, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![spec.id, digest, serde_json::to_string(&spec)?, now_secs()],
+                "INSERT INTO keys (id, digest, spec, created_at, webhook_secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    spec.id,
+                    digest,
+                    serde_json::to_string(&spec)?,
+                    now_secs(),
+                    webhook_secret
+                ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The secret that signs a dynamic key's webhooks.
+    pub async fn webhook_secret(&self, id: String) -> Result<Option<String>, StoreError> {
+        self.call(move |c| {
+            let sql = "SELECT webhook_secret FROM keys WHERE id = ?1";
+            Ok(c.query_row(sql, [id], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    /// Replaces a dynamic key's webhook secret; false when there is no such key.
+    pub async fn set_webhook_secret(&self, id: String, secret: String) -> Result<bool, StoreError> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE keys SET webhook_secret = ?2 WHERE id = ?1",
+                params![id, secret],
+            )?;
+            Ok(n > 0)
         })
         .await
     }

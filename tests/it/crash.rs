@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use imagegate::demo::DEMO_WEBHOOK_SECRET;
+
 use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY, UPSTREAM_KEY};
+use crate::webhooks::{receiver, verify};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imagegate");
 
@@ -118,7 +121,8 @@ fn config(sim: &str, data: &Path) -> tempfile::NamedTempFile {
         f,
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
          [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n\
-         [data]\ndir = \"{}\"\n[admin]\nkey = \"{ADMIN_KEY}\"\n[[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [data]\ndir = \"{}\"\n[admin]\nkey = \"{ADMIN_KEY}\"\n[jobs]\nwebhook_retry_base = \"100ms\"\n\
+         [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\nwebhook_secret = \"{DEMO_WEBHOOK_SECRET}\"\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
         data.display()
     )
@@ -291,4 +295,59 @@ async fn every_crash_point_ends_in_its_documented_state() {
         assert_eq!(rows, row.into_iter().collect::<Vec<_>>(), "{point}");
         stop.cancel();
     }
+}
+
+#[tokio::test]
+async fn a_webhook_survives_a_restart_between_its_failed_attempts() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let hook = receiver(2).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(&sim, data.path());
+    let http = reqwest::Client::new();
+    let first = Proc::start(cfg.path(), None);
+    let res = http
+        .post(first.url("/v1/images/generations"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "sparkpix", "prompt": "a wren", "callback_url": hook.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    hook.until(1).await;
+    first.kill9();
+    // The outbox is in the store: the next process goes on with the same webhook.
+    let second = Proc::start(cfg.path(), None);
+    let got = hook.until(3).await;
+    assert!(got.iter().all(|r| r.id == got[0].id), "{got:?}");
+    assert!(got.iter().all(|r| verify(DEMO_WEBHOOK_SECRET, r)));
+    second.term();
+    stop.cancel();
+}
+
+/// At least once: a crash right after the receiver's 2xx (before it is recorded) sends the same
+/// webhook again from the next process.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_crash_after_a_delivered_webhook_sends_it_again_with_the_same_id() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let hook = receiver(0).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(&sim, data.path());
+    let http = reqwest::Client::new();
+    let crashing = Proc::start(cfg.path(), Some("after_webhook_delivered"));
+    let _ = http
+        .post(crashing.url("/v1/images/generations"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "sparkpix", "prompt": "a wren", "callback_url": hook.url}))
+        .send()
+        .await;
+    hook.until(1).await;
+    crashing.wait_dead();
+    let again = Proc::start(cfg.path(), None);
+    let got = hook.until(2).await;
+    assert_eq!(got[0].id, got[1].id);
+    again.term();
+    stop.cancel();
 }

@@ -33,3 +33,4 @@ mod pool;
 mod routing;
 mod slow_clients;
 mod support;
+mod webhooks;
