@@ -444,6 +444,8 @@ async fn dashboard_and_alerts_use_only_emitted_series() {
         json!({"model": "gpt-image-2-all", "prompt": "x [sim:policy]", "size": "1024x1024"}),
         json!({"model": "gpt-image-2-lite", "prompt": "x [sim:500]"}),
         json!({"model": "gpt-image-2-lite", "prompt": "x", "n": 99}),
+        // An upstream connection reset after the create was sent: a job of unknown outcome.
+        json!({"model": "gpt-image-2-lite", "prompt": "x [sim:reset]"}),
     ];
     for body in workload {
         let res = env.post_raw(GENERATIONS).json(&body).send().await.unwrap();
