@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from served import OwnSimulator, ServedGateway, gateway_config
 from support import REQUEST_TIMEOUT_S, Simulator, gradient_png, mask_png
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -56,6 +57,17 @@ def _binary() -> Path:
     return path
 
 
+def _require_binary() -> Path:
+    binary = _binary()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"gateway binary not found or not executable: {binary} "
+            "(build it with `cargo build` or set IMAGEGATE_BIN)",
+            pytrace=False,
+        )
+    return binary
+
+
 def _log_tail(path: Path, lines: int = 80) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -76,13 +88,7 @@ def _pump_stdout(stream, out: queue.Queue, seen: list[str]) -> None:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, pytestconfig) -> Demo:
-    binary = _binary()
-    if not binary.is_file() or not os.access(binary, os.X_OK):
-        pytest.fail(
-            f"gateway binary not found or not executable: {binary} "
-            "(build it with `cargo build` or set IMAGEGATE_BIN)",
-            pytrace=False,
-        )
+    binary = _require_binary()
 
     log_path = tmp_path_factory.mktemp("gateway") / "imagegate-demo.stderr.log"
     pytestconfig.stash[_LOG_PATH_KEY] = log_path
@@ -213,3 +219,41 @@ def image_files(tmp_path):
     mask.write_bytes(mask_png())
     make.mask = mask
     return make
+
+
+# --------------------------------------------------------------------------------------------------
+# Gateways of one test: `imagegate serve` on a config file, with the test's own simulator.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_sim(tmp_path) -> OwnSimulator:
+    """A simulator (`imagegate sim`, time scale 0.01) whose counters only this test moves."""
+    sim = OwnSimulator(_require_binary(), tmp_path)
+    yield sim
+    sim.child.terminate()
+
+
+@pytest.fixture
+def serve_gateway(tmp_path, own_sim: OwnSimulator):
+    """`serve_gateway(listen=..., models={...})` writes a serve config pointed at `own_sim` (data
+    in the test's tmp dir) and starts `imagegate serve` on it. Every gateway is stopped after the
+    test; on a failure the tails of their logs are printed."""
+    binary = _require_binary()
+    started: list[ServedGateway] = []
+
+    def make(*, listen: str = "127.0.0.1:0", models: dict | None = None) -> ServedGateway:
+        n = len(started) + 1
+        data_dir = tmp_path / f"data{n}"
+        data_dir.mkdir()
+        config = tmp_path / f"imagegate{n}.toml"
+        config.write_text(gateway_config(sim=own_sim, data_dir=data_dir, listen=listen, models=models))
+        gateway = ServedGateway(binary, config, tmp_path)
+        started.append(gateway)
+        return gateway.start()
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+    for log in sorted(tmp_path.glob("imagegate-*.stderr.log")):
+        print(f"--- {log.name} (tail) ---\n{_log_tail(log, 30)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -85,6 +86,24 @@ def mask_png(width: int = 32, height: int = 32) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------------
+# Waiting for a state: a condition polled until a deadline, never a fixed sleep.
+# --------------------------------------------------------------------------------------------------
+
+
+def wait_until(condition, timeout: float, message, interval: float = 0.02):
+    """Polls `condition()` until it returns a truthy value (returned) or `timeout` seconds pass
+    (AssertionError with `message`, a string or a callable that makes one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------------
 # Raw HTTP and the simulator.
 # --------------------------------------------------------------------------------------------------
 
@@ -126,6 +145,10 @@ class Simulator:
         res = http("GET", f"{self.base_url}/_sim/stats")
         assert res.status == 200, f"GET /_sim/stats -> {res.status}: {res.body[:500]!r}"
         return res.json()
+
+    def creates(self) -> int:
+        """Upstream create calls received so far (`creates` in `/_sim/stats`)."""
+        return self.stats()["creates"]
 
     def recording(self) -> "Recording":
         return Recording(self)

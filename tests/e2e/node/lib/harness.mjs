@@ -291,3 +291,21 @@ export class Simulator {
     return { result, error, requests, creates: requests.filter((r) => r.json != null || (r.multipart && r.multipart.length > 0)) };
   }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Waiting for a state: a condition polled until a deadline, never a fixed sleep.
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * Polls `condition()` (sync or async) until it returns a truthy value, which is returned; throws
+ * `message()` (or `message`) once `timeoutMs` passed.
+ */
+export async function waitUntil(condition, timeoutMs, message, intervalMs = 20) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await condition();
+    if (value) return value;
+    if (Date.now() >= deadline) throw new Error(typeof message === 'function' ? message() : message);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
