@@ -8,6 +8,7 @@ Both processes log to a file; the address they listen on is read from their log 
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -22,6 +23,8 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 # The client key of every served gateway (keys need at least 16 characters).
 CLIENT_KEY = "sk-test-client-key-0123456789"
+# Signs the client key's webhooks (Standard Webhooks: `whsec_` and base64).
+WEBHOOK_SECRET = "whsec_c2VydmVkLWdhdGV3YXktd2ViaG9vay1zZWNyZXQ="
 ADMIN_KEY = "sk-admin-0123456789abcdef"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -42,10 +45,11 @@ class Child:
     process: subprocess.Popen
 
     @classmethod
-    def spawn(cls, cmd: list[str], log_path: Path) -> "Child":
+    def spawn(cls, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> "Child":
+        full_env = {**os.environ, **(env or {})}
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=full_env
             )
         return cls(cmd, log_path, process)
 
@@ -127,12 +131,15 @@ class ServedGateway:
     addr: str = ""
     starts: int = 0
 
-    def start(self) -> "ServedGateway":
+    def start(self, env: dict[str, str] | None = None) -> "ServedGateway":
+        """Starts `imagegate serve`; `env` adds environment variables (e.g. a crash point,
+        `IMAGEGATE_FAILPOINT`, which the test build compiles in)."""
         assert self.child is None or self.child.process.poll() is not None, "already running"
         self.starts += 1
         self.child = Child.spawn(
             [str(self.binary), "serve", "--config", str(self.config_path)],
             self.log_dir / f"imagegate-serve-{self.starts}.stderr.log",
+            env,
         )
         self.addr = self.child.listening_addr("imagegate")
         return self
@@ -181,9 +188,13 @@ dir = "{data_dir}"
 [admin]
 key = "{ADMIN_KEY}"
 
+[jobs]
+webhook_retry_base = "100ms"
+
 [[keys]]
 id = "t"
 key = "{CLIENT_KEY}"
+webhook_secret = "{WEBHOOK_SECRET}"
 """
     for model, settings in (models or {}).items():
         text += f"\n[models.{model}]\n"
