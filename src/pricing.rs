@@ -34,7 +34,8 @@ pub fn tier(size: Size) -> &'static str {
 pub struct Price {
     /// One image.
     pub unit: Usd,
-    /// Images asked for.
+    /// The most images the upstream may make (and bill) for the request: `n`, or for a SparkPix
+    /// edit with k reference URLs, `n` × k (the edit model can return one result per input).
     pub n: u8,
 }
 
@@ -52,20 +53,27 @@ impl Price {
 
 /// The price of `req` on `model`.
 pub fn price(models: &ModelsConfig, model: ModelId, req: &ImageRequest) -> Price {
+    let per_call = match model.def().price {
+        // NOTE(upstream): "the edit model can return several images"; it is billed per image.
+        PriceRule::GenerateEdit { .. } if uses_edit_endpoint(req) => req.images.len().max(1),
+        _ => 1,
+    };
     Price {
         unit: per_image(models.get(model), model, req),
-        n: req.n,
+        n: u8::try_from(usize::from(req.n).saturating_mul(per_call)).unwrap_or(u8::MAX),
     }
+}
+
+/// The SparkPix edit endpoint serves edits and generations with reference images.
+fn uses_edit_endpoint(req: &ImageRequest) -> bool {
+    req.op == Operation::Edit || !req.images.is_empty()
 }
 
 fn per_image(m: &ModelConfig, model: ModelId, req: &ImageRequest) -> Usd {
     let flat = |p: Option<f64>| Usd::from_dollars(p.unwrap_or_default());
     match model.def().price {
         PriceRule::Flat { .. } => flat(m.price_usd),
-        // The edit endpoint serves edits and generations with reference images.
-        PriceRule::GenerateEdit { .. } if req.op == Operation::Edit || !req.images.is_empty() => {
-            flat(m.edit_price_usd)
-        }
+        PriceRule::GenerateEdit { .. } if uses_edit_endpoint(req) => flat(m.edit_price_usd),
         PriceRule::GenerateEdit { .. } => flat(m.price_usd),
         PriceRule::Matrix { .. } => {
             let Some(matrix) = &m.price_matrix_usd else {

@@ -331,14 +331,11 @@ impl Dispatch<'_> {
         let results = futures_util::future::join_all(polls).await;
         let price = Usd(job.price_micros);
         let mut images = Vec::new();
-        let (mut ok_calls, mut unknown_calls) = (0usize, 0usize);
+        let mut unknown_calls = 0usize;
         let mut first_err: Option<UpstreamError> = None;
         for r in results {
             match r {
-                Ok(made) => {
-                    ok_calls += 1;
-                    images.extend(made);
-                }
+                Ok(made) => images.extend(made),
                 Err(e) => {
                     if e.kind.billing() != Billing::NotBilled {
                         unknown_calls += 1;
@@ -347,8 +344,8 @@ impl Dispatch<'_> {
                 }
             }
         }
-        let units = if job.per_call { ok_calls } else { images.len() };
-        let made = Usd(price.micros().saturating_mul(units as u64));
+        // Billed per image made; a call whose outcome is unknown is booked at one image.
+        let made = Usd(price.micros().saturating_mul(images.len() as u64));
         let unknown = Usd(price.micros().saturating_mul(unknown_calls as u64));
         let cost = made + unknown;
         if !images.is_empty() {

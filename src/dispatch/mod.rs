@@ -689,13 +689,8 @@ fn plan_first(
     }))
 }
 
-/// What the upstream charged: every image of a native-`n` call, or one image per successful
-/// call when `n` was fanned out (calls that failed are not billed).
+/// What the upstream charged: every image it made (a fanned-out call that failed made none and
+/// is not billed; a SparkPix edit may make one image per reference).
 fn billed(candidate: &Candidate, out: &Output) -> Usd {
-    let images = if catalog::capabilities(candidate.model).native_n {
-        out.images.len()
-    } else {
-        out.calls_ok as usize
-    };
-    candidate.price.of(images)
+    candidate.price.of(out.images.len())
 }

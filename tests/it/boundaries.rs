@@ -123,7 +123,6 @@ async fn a_sparkpix_generation_with_references_is_an_edit_and_priced_as_one() {
 }
 
 #[tokio::test]
-#[ignore = "known, not yet fixed: src/dispatch/mod.rs billed() and the SparkPix edit price: a SparkPix edit with k > 1 references makes k images (and the platform bills k × $0.013), but one call is billed once and every image is delivered for n = 1"]
 async fn a_sparkpix_edit_with_two_references_bills_what_the_platform_charges() {
     let env = start().await;
     let a = env

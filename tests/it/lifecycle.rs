@@ -36,15 +36,16 @@ async fn drain_timeout_bounds_shutdown() {
     let drain = Duration::from_millis(500);
     let env = start_with(|c| c.server.drain_timeout = drain).await;
     let request = env.post_raw("/v1/images/generations");
+    // A sync call that never answers: the drain waits for it, up to its timeout.
     let stuck = tokio::spawn(async move {
         request
-            .json(&json!({"model": "gpt-image-2-beta", "prompt": "p [sim:stuck]"}))
+            .json(&json!({"model": "sparkpix", "prompt": "p [sim:stuck]"}))
             .send()
             .await
     });
     env.until_upstream_called().await;
     // Returns once the drain timeout is over, although the request would wait for the
-    // model's 120 s deadline.
+    // model's deadline.
     let stopping = std::time::Instant::now();
     env.shutdown().await.unwrap();
     let took = stopping.elapsed();
@@ -54,6 +55,32 @@ async fn drain_timeout_bounds_shutdown() {
         "did not wait for the stuck request: {took:?}"
     );
     stuck.abort();
+}
+
+#[tokio::test]
+async fn an_async_task_does_not_hold_the_drain_and_its_caller_is_told_at_once() {
+    let drain = Duration::from_secs(30);
+    let env = start_with(|c| c.server.drain_timeout = drain).await;
+    let request = env.post_raw("/v1/images/generations");
+    let waiting = tokio::spawn(async move {
+        request
+            .json(&json!({"model": "gpt-image-2-beta", "prompt": "p [sim:stuck]"}))
+            .send()
+            .await
+    });
+    // The task is with the platform once its first poll went out.
+    for _ in 0..500 {
+        if env.upstream_stats().await["polls"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = std::time::Instant::now();
+    env.shutdown().await.unwrap();
+    assert!(stopping.elapsed() < drain / 2, "{:?}", stopping.elapsed());
+    let a = crate::support::Env::read(waiting.await.unwrap().unwrap()).await;
+    assert_eq!((a.status, a.code()), (503, "shutting_down"), "{}", a.body);
+    assert!(a.headers.get("x-imagegate-job-id").is_some());
 }
 
 #[tokio::test]
