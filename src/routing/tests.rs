@@ -212,12 +212,26 @@ fn candidate_order_for_a_grid_of_requests() {
             want: &[(All, "0.025")],
         },
         Case {
-            name: "auto edit with URLs: SparkPix's edit price",
+            name: "auto edit with one URL: SparkPix's edit price",
+            group: "auto",
+            fields: json!({"quality": "medium"}),
+            refs: || (vec![url(0)], None),
+            want: &[
+                (SparkPix, "0.013"),
+                (All, "0.025"),
+                (Beta, "0.03"),
+                (Lite, "0.04"),
+            ],
+        },
+        Case {
+            // The SparkPix edit model may make (and bill) one image per reference; within the
+            // tie tolerance of gpt-image-2-all's price, the faster model comes first.
+            name: "auto edit with two URLs: SparkPix's edit price per reference",
             group: "auto",
             fields: json!({"quality": "medium"}),
             refs: || (vec![url(0), url(1)], None),
             want: &[
-                (SparkPix, "0.013"),
+                (SparkPix, "0.026"),
                 (All, "0.025"),
                 (Beta, "0.03"),
                 (Lite, "0.04"),
