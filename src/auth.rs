@@ -29,7 +29,7 @@ pub use crate::keys::ClientKey;
 use crate::state::AppState;
 
 /// Routes that need no key: the operator's probes and metrics (`api::ops`).
-pub const PUBLIC_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub const PUBLIC_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/upstream/callback"];
 
 /// The prefix of the operator's routes.
 pub const ADMIN_PREFIX: &str = "/admin";

@@ -29,6 +29,30 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/upstream/callback", axum::routing::post(upstream_callback))
+}
+
+/// `POST /upstream/callback` (no key: the platform posts here when `server.public_url` is set).
+/// The body is not trusted (callbacks are unsigned): its `data.taskId` only makes the gateway
+/// poll that task now, with its own key. Always 200, so the platform stops re-sending.
+async fn upstream_callback(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let task = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/data/taskId")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
+        });
+    let known = task.as_deref().is_some_and(|t| state.upstream.wake(t));
+    tracing::debug!(
+        task_id = task.as_deref().unwrap_or(""),
+        known,
+        "upstream callback"
+    );
+    Json(json!({ "received": true })).into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

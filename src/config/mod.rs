@@ -94,6 +94,10 @@ pub struct ServerConfig {
     /// Most connections open at once from one client IP address (the TCP peer's); beyond it a
     /// new connection is closed without an answer.
     pub max_connections_per_ip: usize,
+    /// The gateway's own public base URL (e.g. `https://images.example.com`). When set, async
+    /// tasks are created with a `callback_url` pointing at `{public_url}/upstream/callback`; a
+    /// callback (unsigned) only makes the gateway poll that task at once. Absent: polling only.
+    pub public_url: Option<String>,
 }
 
 /// A `trusted_proxies` entry as a network: `10.0.0.0/8`, or one address.
@@ -116,8 +120,20 @@ impl ServerConfig {
             .collect()
     }
 
+    /// Where the platform posts task callbacks, when `public_url` is set.
+    pub fn upstream_callback_url(&self) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .map(|u| format!("{}/upstream/callback", u.trim_end_matches('/')))
+    }
+
     /// The client-connection limits: none may be zero (zero would refuse every client).
     fn check(&self, problems: &mut Vec<String>) {
+        if let Some(u) = &self.public_url {
+            if !matches!(url::Url::parse(u), Ok(p) if matches!(p.scheme(), "http" | "https")) {
+                problems.push(format!("server.public_url: `{u}` is not an http(s) URL"));
+            }
+        }
         let durations = [
             ("header_read_timeout", self.header_read_timeout),
             ("body_read_timeout", self.body_read_timeout),
@@ -163,6 +179,7 @@ impl Default for ServerConfig {
             body_total_timeout: Duration::from_secs(600),
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            public_url: None,
         }
     }
 }

@@ -197,6 +197,8 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             openai_images(answer.body)
         }
         Plan::Async(body) => {
+            // Only the async shape: a callback on a sync request would switch it to async.
+            let body = super::with_callback(up, body);
             let created = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{fan_out, task, CallCtx, Output, Upstream, UpstreamError};
+use super::{fan_out, task, with_callback, CallCtx, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
 use crate::model::ModelId;
 use crate::request::{as_bool, ImageRequest};
@@ -56,9 +56,10 @@ pub fn plan(req: &ImageRequest) -> Result<Plan, ApiError> {
 
 pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
     let model = up.model_config(ModelId::Beta);
+    let body = with_callback(up, plan.body);
     fan_out(plan.n, || async {
         let created = up
-            .post_json("/api/v1/images/generations", &plan.body, ctx)
+            .post_json("/api/v1/images/generations", &body, ctx)
             .await?;
         task::run_envelope(up, model, created, ctx).await
     })

@@ -134,6 +134,10 @@ pub struct Upstream {
     pub urls: urls::UrlPolicy,
     /// Largest platform API answer read (`upstream.max_response_bytes`).
     max_response: usize,
+    /// Where async tasks ask the platform to post their end (`server.public_url`), if anywhere.
+    pub callback_url: Option<String>,
+    /// Tasks being polled, each with what wakes its poll loop early (an upstream callback).
+    wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -165,6 +169,8 @@ impl Upstream {
             reach: reach::Reachability::new(&config.upstream.base_url),
             urls: url_policy,
             max_response: config.upstream.max_response_bytes,
+            callback_url: config.server.upstream_callback_url(),
+            wakers: std::sync::Mutex::default(),
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),
@@ -174,6 +180,37 @@ impl Upstream {
 
     pub fn model_config(&self, id: ModelId) -> &ModelConfig {
         self.models.get(id)
+    }
+
+    /// An upstream callback named `task_id`: its poll loop polls at once. A callback is never
+    /// trusted as it is (the platform does not sign them): only the poll's answer counts.
+    /// False when no task of that id is being polled here.
+    pub fn wake(&self, task_id: &str) -> bool {
+        let wakers = self
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match wakers.get(task_id) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Registers `task_id`'s poll loop for wake-ups while the guard lives.
+    fn waker(&self, task_id: &str) -> Waker<'_> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        self.wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task_id.to_owned(), notify.clone());
+        Waker {
+            up: self,
+            task_id: task_id.to_owned(),
+            notify,
+        }
     }
 
     async fn post_json(
@@ -366,6 +403,29 @@ impl Upstream {
     }
 }
 
+/// A poll loop's registration for upstream callbacks; removed when dropped.
+struct Waker<'a> {
+    up: &'a Upstream,
+    task_id: String,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Waker<'_> {
+    async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Waker<'_> {
+    fn drop(&mut self) {
+        self.up
+            .wakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.task_id);
+    }
+}
+
 trait WithoutUrl {
     fn without_url_string(&self) -> String;
 }
@@ -553,6 +613,14 @@ where
         Some(e) if out.images.is_empty() => Err(e),
         _ => Ok(out),
     }
+}
+
+/// An async task's create body with the gateway's `callback_url` (`server.public_url`), if set.
+fn with_callback(up: &Upstream, mut body: Value) -> Value {
+    if let (Some(url), Some(map)) = (&up.callback_url, body.as_object_mut()) {
+        map.insert("callback_url".into(), Value::from(url.as_str()));
+    }
+    body
 }
 
 /// Refuses what the URL-only models (beta, SparkPix) cannot take: uploads, masks, transparency.

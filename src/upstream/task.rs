@@ -143,12 +143,22 @@ async fn poll(
     let timeout = || UpstreamError::new(FailureKind::Timeout, String::new()).with_task(task_id);
     let mut next = Instant::now() + model.first_poll_delay;
     let mut failures = 0u32;
+    // An upstream callback (with `server.public_url`) polls at once; the timer stays the net.
+    let waker = up.waker(task_id);
     loop {
         if next >= ctx.deadline {
-            sleep_until_deadline(ctx).await;
-            return Err(timeout());
+            tokio::select! {
+                () = sleep_until_deadline(ctx) => return Err(timeout()),
+                () = waker.notified() => {}
+            }
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = waker.notified() => {
+                    tracing::debug!(task_id, "upstream callback: polling now");
+                }
+            }
         }
-        tokio::time::sleep_until(next).await;
         *polls += 1;
         let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT, key).await {
             Ok(v) => {

@@ -307,3 +307,48 @@ async fn every_answer_after_admission_names_its_job() {
     assert_eq!(refused.status, 400);
     assert!(refused.headers.get("x-imagegate-job-id").is_none());
 }
+
+#[tokio::test]
+async fn an_upstream_callback_makes_the_gateway_poll_at_once() {
+    // Polls 30 s apart, a 10 s deadline: only the platform's callback can end this in time.
+    let slow_polls = |c: &mut imagegate::Config| {
+        let beta = c.models.get_mut(ModelId::Beta);
+        beta.first_poll_delay = Duration::from_secs(30);
+        beta.poll_interval = Duration::from_secs(30);
+        beta.deadline = Duration::from_secs(10);
+    };
+    let env = start_with(|c| {
+        slow_polls(c);
+        c.server.public_url = Some(format!("http://{}", c.server.listen));
+    })
+    .await;
+    let a = env
+        .generate(json!({"model": "gpt-image-2-beta", "prompt": "a crane"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let stats = env.upstream_stats().await;
+    // One poll, made when the callback came; the callback URL was the gateway's.
+    assert_eq!(stats["polls"], 1, "{stats}");
+    let reqs = env.upstream_requests().await;
+    let create = &on_path(&reqs, "/api/v1/images/generations")[0];
+    assert_eq!(
+        create["json"]["callback_url"],
+        format!("{}/upstream/callback", env.gateway).as_str()
+    );
+    // A forged callback for a task nobody polls changes nothing and is answered 200.
+    let forged = env
+        .http
+        .post(format!("{}/upstream/callback", env.gateway))
+        .json(&json!({"code": 200, "data": {"taskId": "forged", "state": "completed"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 200);
+
+    // Without a public URL the same request waits for its slow poll: the deadline passes.
+    let env = start_with(slow_polls).await;
+    let a = env
+        .generate(json!({"model": "gpt-image-2-beta", "prompt": "a crane"}))
+        .await;
+    assert_eq!(a.status, 504, "{}", a.body);
+}
