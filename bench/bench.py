@@ -196,6 +196,9 @@ def gateway_config(port: int, sim_port: int, data_dir: str) -> str:
 [server]
 listen = "{HOST}:{port}"
 drain_timeout = "5s"
+# Scenario 3 holds 10,000 connections from one address.
+max_connections = 20000
+max_connections_per_ip = 20000
 
 [upstream]
 base_url = "http://{HOST}:{sim_port}"

@@ -105,7 +105,11 @@ pub async fn run(
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
     let upstream_key = format!("sk-sim-{}", uuid::Uuid::new_v4().simple());
-    let config = demo_config(sim_addr, &upstream_key, addr)?;
+    let mut config = demo_config(sim_addr, &upstream_key, addr)?;
+    // Jobs, keys and the ledger in a directory of their own, removed when the demo stops.
+    let data =
+        std::env::temp_dir().join(format!("imagegate-demo-{}", uuid::Uuid::new_v4().simple()));
+    config.data.dir = Some(data.clone());
 
     let stop = CancellationToken::new();
     #[allow(
@@ -154,5 +158,8 @@ pub async fn run(
     let result = crate::serve(config, listener, shutdown).await;
     stop.cancel();
     let _ = sim.await;
+    if let Err(e) = std::fs::remove_dir_all(&data) {
+        tracing::warn!(dir = %data.display(), error = %e, "could not remove the demo's data directory");
+    }
     result
 }

@@ -224,25 +224,36 @@ impl Jobs {
         let new = state
             .dispatch()
             .new_job(&prepared, &id, digest, idem, opts.callback_url.clone());
-        let created = state.store().call(move |c| jobs::create(c, &new)).await?;
-        if let Created::Existing {
-            job_id,
-            digest: other,
-        } = created
-        {
-            // The request that lost the race is no job: its admission is given back unused.
-            drop(prepared);
-            if other != digest {
-                return Err(reused());
+        // A job goes into the store before anything is sent upstream. With an Idempotency-Key
+        // (its record decides whether the job is new) or for the async API (the caller may read
+        // it at once) it is written now; otherwise with its first create's record, in the same
+        // transaction (see `JobCtx::unwritten`).
+        let ctx = if opts.idempotency_key.is_some() || opts.respond_async {
+            let created = state.store().call(move |c| jobs::create(c, &new)).await?;
+            if let Created::Existing {
+                job_id,
+                digest: other,
+            } = created
+            {
+                // The request that lost the race is no job: its admission is given back unused.
+                drop(prepared);
+                if other != digest {
+                    return Err(reused());
+                }
+                state.metrics.job(JobEvent::JoinedIdempotencyKey);
+                let job = state
+                    .store()
+                    .call(move |c| jobs::load(c, &job_id))
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::internal("The job of this Idempotency-Key is gone.")
+                    })?;
+                return Ok(self.admitted(job));
             }
-            state.metrics.job(JobEvent::JoinedIdempotencyKey);
-            let job = state
-                .store()
-                .call(move |c| jobs::load(c, &job_id))
-                .await?
-                .ok_or_else(|| ApiError::internal("The job of this Idempotency-Key is gone."))?;
-            return Ok(self.admitted(job));
-        }
+            JobCtx::new(&id)
+        } else {
+            JobCtx::unwritten(new)
+        };
         state.metrics.job(JobEvent::Created);
         let id: Arc<str> = id.into();
         let (tx, rx) = watch::channel(Progress::Running);
@@ -253,7 +264,7 @@ impl Jobs {
             let _running = state.metrics.job_running();
             let (late_tx, mut late_rx) = tokio::sync::oneshot::channel();
             let dispatch = state.dispatch();
-            let run = dispatch.run(prepared, JobCtx::new(&job_id), Some(late_tx));
+            let run = dispatch.run(prepared, ctx, Some(late_tx));
             tokio::pin!(run);
             let mut late_seen = false;
             let finished = loop {

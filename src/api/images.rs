@@ -221,7 +221,13 @@ async fn answer(
     if opts.callback_url.is_none() {
         opts.callback_url = call.caller.record.spec.webhook_url.clone();
     }
-    if opts.callback_url.is_some() && state.keys.webhook_secret(&call.caller.id).await.is_none() {
+    // Sub-futures that run before the wait are boxed: a request waiting minutes on its job then
+    // holds only what the wait needs (memory per waiting request).
+    if opts.callback_url.is_some()
+        && Box::pin(state.keys.webhook_secret(&call.caller.id))
+            .await
+            .is_none()
+    {
         return ApiError::invalid(
             "callback_url",
             "This key has no webhook secret to sign with: set `webhook_secret` on a config-file key, or create one with POST /admin/keys/{id}/webhook-secret.",
@@ -234,10 +240,7 @@ async fn answer(
         Operation::Edit => "image_edit",
     };
     // A retry, or a request with a known Idempotency-Key, joins its job: no new admission.
-    let joined = state
-        .jobs
-        .existing(&state, &call.caller.id, &digest, &opts)
-        .await;
+    let joined = Box::pin(state.jobs.existing(&state, &call.caller.id, &digest, &opts)).await;
     let (admitted, rate_headers, first) = match joined {
         Err(e) => return e.into_response(),
         Ok(Some(admitted)) => (admitted, Vec::new(), false),
@@ -247,7 +250,7 @@ async fn answer(
                 Err(refused) => return render(*refused, log),
             };
             let rate_headers = prepared.rate_headers();
-            match state.jobs.start(&state, prepared, &digest, &opts).await {
+            match Box::pin(state.jobs.start(&state, prepared, &digest, &opts)).await {
                 Ok(a @ Admitted::Job(..)) => (a, rate_headers, true),
                 Ok(a) => (a, rate_headers, false),
                 Err(e) => return e.into_response(),
@@ -255,7 +258,7 @@ async fn answer(
         }
     };
     if opts.respond_async {
-        return accepted(&state, &admitted).await;
+        return Box::pin(accepted(&state, &admitted)).await;
     }
     if stream {
         return sse(state, prefix, admitted, first, rate_headers, log);
@@ -277,7 +280,7 @@ async fn outcome(state: &AppState, admitted: Admitted, first: bool) -> (Finished
     let (id, mut rx) = match admitted {
         Admitted::Finished(job) => {
             state.metrics.job(JobEvent::Replayed);
-            return (jobs::replay(state, &job).await, true);
+            return (Box::pin(jobs::replay(state, &job)).await, true);
         }
         Admitted::Job(id, rx) => (id, rx),
     };

@@ -584,9 +584,15 @@ impl Dispatch<'_> {
             row,
         };
         let id = job.id.clone();
+        let row = job.take_row();
         if let Err(e) = self
             .store
-            .write(Box::new(move |tx| job_rows::finish(tx, &id, &finish)))
+            .write(Box::new(move |tx| {
+                if let Some(row) = &row {
+                    job_rows::insert(tx, row)?;
+                }
+                job_rows::finish(tx, &id, &finish)
+            }))
             .await
         {
             tracing::error!(job_id = %job.id, error = %e, "could not write a job's end");

@@ -133,6 +133,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Writes `job` (state `queued`) in `tx`.
+pub fn insert(tx: &Transaction<'_>, job: &NewJob) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
+            created_ms, updated_ms, callback_url)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8, ?9)",
+    )?;
+    stmt.execute(params![
+        job.id,
+        job.key_id,
+        job.team,
+        job.digest,
+        job.public_model,
+        job.spec.to_string(),
+        job.request_id,
+        now_ms(),
+        job.callback_url
+    ])?;
+    Ok(())
+}
+
 /// Creates `job` (state `queued`). With an `Idempotency-Key`, the key's record decides, by its
 /// primary key, not by a read before the write: the first request inserts it; a later one finds
 /// it and joins that job, unless that job failed unbilled or the record expired — then the
@@ -169,22 +190,7 @@ pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
             )?;
         }
     }
-    tx.execute(
-        "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
-            created_ms, updated_ms, callback_url)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8, ?9)",
-        params![
-            job.id,
-            job.key_id,
-            job.team,
-            job.digest,
-            job.public_model,
-            job.spec.to_string(),
-            job.request_id,
-            now,
-            job.callback_url
-        ],
-    )?;
+    insert(&tx, job)?;
     tx.commit()?;
     Ok(Created::New)
 }
@@ -291,7 +297,9 @@ pub fn find_retry(
     Ok(None)
 }
 
-/// Jobs that were not finished when the last process stopped.
+/// Jobs that were not finished when the last process stopped. A scan (read once, at startup):
+/// finished jobs are purged after `[jobs] result_ttl`, and an index on the state would cost a
+/// write on every state change of every job.
 pub fn unfinished(c: &Connection) -> Result<Vec<JobRecord>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM jobs WHERE state IN ('queued', 'submitting', 'in_progress')
@@ -317,20 +325,20 @@ pub fn attempt(
     per_call: bool,
     reserved_micros: u64,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE jobs SET attempt = ?2, model = ?3, price_micros = ?4, per_call = ?5,
             reserved_micros = ?6, updated_ms = ?7
          WHERE id = ?1",
-        params![
-            job,
-            attempt,
-            model,
-            i64::try_from(price_micros).unwrap_or(i64::MAX),
-            per_call,
-            i64::try_from(reserved_micros).unwrap_or(i64::MAX),
-            now_ms()
-        ],
-    )?;
+    )?
+    .execute(params![
+        job,
+        attempt,
+        model,
+        i64::try_from(price_micros).unwrap_or(i64::MAX),
+        per_call,
+        i64::try_from(reserved_micros).unwrap_or(i64::MAX),
+        now_ms()
+    ])?;
     Ok(())
 }
 
@@ -342,15 +350,15 @@ pub fn submitting(
     attempt: u32,
     model: &str,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO job_calls (job_id, seq, attempt, model, state) VALUES (?1, ?2, ?3, ?4, 'submitting')
          ON CONFLICT (job_id, seq) DO NOTHING",
-        params![job, seq, attempt, model],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![job, seq, attempt, model])?;
+    tx.prepare_cached(
         "UPDATE jobs SET state = 'submitting', updated_ms = ?2 WHERE id = ?1 AND state = 'queued'",
-        params![job, now_ms()],
-    )?;
+    )?
+    .execute(params![job, now_ms()])?;
     Ok(())
 }
 
@@ -363,18 +371,18 @@ pub fn call_ended(
     task_id: Option<&str>,
     key: Option<&str>,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE job_calls SET state = ?3, task_id = COALESCE(?4, task_id),
             upstream_key = COALESCE(?5, upstream_key)
          WHERE job_id = ?1 AND seq = ?2",
-        params![job, seq, state.as_str(), task_id, key],
-    )?;
+    )?
+    .execute(params![job, seq, state.as_str(), task_id, key])?;
     if state == JobState::InProgress {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'in_progress', updated_ms = ?2
              WHERE id = ?1 AND state IN ('queued', 'submitting')",
-            params![job, now_ms()],
-        )?;
+        )?
+        .execute(params![job, now_ms()])?;
     }
     Ok(())
 }
@@ -394,11 +402,13 @@ pub struct Finish {
 /// is (and its second row refused by the unique index).
 pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreError> {
     let now = now_ms();
-    let changed = tx.execute(
-        "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4, images = ?5, error = ?6,
-            updated_ms = ?7, completed_ms = ?7
-         WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
-        params![
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4, images = ?5, error = ?6,
+                updated_ms = ?7, completed_ms = ?7
+             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
+        )?
+        .execute(params![
             job,
             f.state.as_str(),
             f.status,
@@ -406,20 +416,19 @@ pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreEr
             f.images.as_ref().map(Value::to_string),
             f.error.as_ref().map(Value::to_string),
             now
-        ],
-    )?;
+        ])?;
     if changed == 0 {
         return Err(StoreError::Refused(format!(
             "job {job} is already finished"
         )));
     }
     // The webhook of the job's end goes into the outbox with it: delivered at least once.
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO webhooks (id, job_id, key_id, url, next_ms, created_ms)
          SELECT 'msg_' || lower(hex(randomblob(16))), id, key_id, callback_url, ?2, ?2
          FROM jobs WHERE id = ?1 AND callback_url IS NOT NULL",
-        params![job, now],
-    )?;
+    )?
+    .execute(params![job, now])?;
     insert_row(tx, &f.row)
 }
 

@@ -94,7 +94,6 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_owner ON jobs (key_id, created_ms);
 CREATE INDEX jobs_digest ON jobs (key_id, digest, created_ms);
-CREATE INDEX jobs_open ON jobs (state) WHERE state IN ('queued', 'submitting', 'in_progress');
 CREATE TABLE job_calls (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -207,6 +206,7 @@ impl Store {
     /// Opens (creating the directory and file) and migrates the database.
     pub fn open(dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut lock = None;
+        let mut checkpoints = None;
         let mut conn = match dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -216,6 +216,9 @@ impl Store {
                 let conn = Connection::open(dir.join(DB_FILE))?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
+                // Checkpoints (and their fsync) run on a thread of their own, not in a commit.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                checkpoints = Some(dir.join(DB_FILE));
                 conn
             }
             None => Connection::open_in_memory()?,
@@ -228,6 +231,13 @@ impl Store {
         std::thread::Builder::new()
             .name("imagegate-writer".to_owned())
             .spawn(move || writer::run(writer, rx))?;
+        if let Some(path) = checkpoints {
+            let alive = Arc::downgrade(&conn);
+            let checkpointer = Connection::open(path)?;
+            std::thread::Builder::new()
+                .name("imagegate-checkpoint".to_owned())
+                .spawn(move || writer::checkpoints(&checkpointer, &alive))?;
+        }
         Ok(Self {
             conn,
             writes,

@@ -29,6 +29,28 @@ pub(super) enum Msg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] (a passive checkpoint:
+/// writers are not blocked, and its fsync is not in any commit), until the store is gone.
+pub(super) fn checkpoints(conn: &Connection, alive: &std::sync::Weak<Mutex<Connection>>) {
+    loop {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the checkpointer is a thread of its own, not a runtime worker"
+        )]
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "WAL checkpoint failed; trying again later");
+        }
+    }
+}
+
 /// Most writes grouped into one transaction.
 const GROUP: usize = 512;
 /// Longest pause between two tries of a write that keeps failing.
