@@ -46,7 +46,6 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     NoHealthyUpstream,
     UpstreamError,
-    UpstreamBadResponse,
     UpstreamTaskFailed,
     ResultDownloadFailed,
     UpstreamTimeout,
@@ -67,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 37] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -95,7 +94,6 @@ impl ErrorCode {
         Self::UpstreamUnavailable,
         Self::NoHealthyUpstream,
         Self::UpstreamError,
-        Self::UpstreamBadResponse,
         Self::UpstreamTaskFailed,
         Self::ResultDownloadFailed,
         Self::UpstreamTimeout,
@@ -139,7 +137,6 @@ impl ErrorCode {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::UpstreamError => "upstream_error",
-            Self::UpstreamBadResponse => "upstream_bad_response",
             Self::UpstreamTaskFailed => "upstream_task_failed",
             Self::ResultDownloadFailed => "result_download_failed",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -177,7 +174,6 @@ impl ErrorCode {
             | Self::UpstreamInsufficientCredits
             | Self::UpstreamUnavailable
             | Self::UpstreamError
-            | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed
             | Self::UpstreamOutcomeUnknown => StatusCode::BAD_GATEWAY,
@@ -218,7 +214,6 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::NoHealthyUpstream
             | Self::UpstreamError
-            | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout
@@ -261,7 +256,6 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::NoHealthyUpstream
             | Self::UpstreamError
-            | Self::UpstreamBadResponse
             | Self::UpstreamTaskFailed
             | Self::InternalError
             | Self::Panicked
@@ -296,7 +290,6 @@ impl ErrorCode {
             Self::UpstreamRateLimited => Fault::UpstreamRateLimited,
             Self::UpstreamUnavailable | Self::NoHealthyUpstream => Fault::UpstreamUnavailable,
             Self::UpstreamError => Fault::UpstreamServerError,
-            Self::UpstreamBadResponse => Fault::UpstreamBadResponse,
             Self::UpstreamTaskFailed => Fault::UpstreamTaskFailed,
             Self::ResultDownloadFailed => Fault::UpstreamDownload,
             Self::UpstreamTimeout => Fault::UpstreamTimeout,
@@ -335,7 +328,6 @@ pub enum Fault {
     UpstreamRateLimited,
     UpstreamUnavailable,
     UpstreamServerError,
-    UpstreamBadResponse,
     UpstreamTaskFailed,
     UpstreamDownload,
     UpstreamTimeout,
@@ -366,7 +358,6 @@ impl Fault {
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamServerError => "upstream_server_error",
-            Self::UpstreamBadResponse => "upstream_bad_response",
             Self::UpstreamTaskFailed => "upstream_task_failed",
             Self::UpstreamDownload => "upstream_download",
             Self::UpstreamTimeout => "upstream_timeout",
