@@ -158,19 +158,7 @@ impl Jobs {
             let (key, idem) = (key_id.to_owned(), idem.clone());
             let now = now_ms();
             let rec = store
-                .call(move |c| {
-                    let row: Option<(String, String, i64)> = c
-                        .query_row(
-                            "SELECT job_id, digest, expires_ms FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
-                            [&key, &idem],
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                        )
-                        .ok();
-                    let Some((job_id, digest, expires)) = row else {
-                        return Ok(None);
-                    };
-                    Ok(jobs::load(c, &job_id)?.map(|j| (j, digest, expires)))
-                })
+                .call(move |c| jobs::by_idempotency_key(c, &key, &idem))
                 .await?;
             match rec {
                 Some((job, stored_digest, expires)) => {

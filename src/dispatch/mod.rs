@@ -46,7 +46,7 @@ use crate::ledger::{self, Row};
 use crate::limits::{Admission, RateLimits};
 use crate::metrics::{CallOutcome, JobEvent, Metrics, RefusalReason, UpstreamWait};
 use crate::model::{ModelId, Route, Usd};
-use crate::request::{ImageRef, ImageRequest, Operation};
+use crate::request::{ImageRef, ImageRequest, Operation, ResponseFormat};
 use crate::routing::health::{Health, HealthView, Verdict};
 use crate::routing::{Candidate, Constraints, Routing};
 use crate::store::jobs::{self as job_rows, Finish};
@@ -301,11 +301,16 @@ impl Dispatch<'_> {
         req: &ImageRequest,
         images: Vec<upstream::Image>,
     ) -> Result<Value, ApiError> {
+        // Inline images and `url` answers fetch nothing: nothing to try again, nothing to copy.
+        let nothing_to_fetch = !req.stream && req.response_format == ResponseFormat::Url
+            || images.iter().all(|i| i.b64.is_some());
+        if nothing_to_fetch {
+            return results::body(fetch, req, images).await;
+        }
         let until = Instant::now() + self.results_timeout;
         let mut pause = Duration::from_millis(200);
         loop {
-            let again = results::Fetch { ..fetch };
-            match results::body(again, req, images.clone()).await {
+            match results::body(fetch, req, images.clone()).await {
                 Err(e)
                     if e.code == ErrorCode::ResultDownloadFailed
                         && Instant::now() + pause < until =>
@@ -504,29 +509,7 @@ impl Dispatch<'_> {
         result: Result<Value, ApiError>,
         by: ServedBy,
     ) -> Finished {
-        let (status, error_code) = match &result {
-            Ok(_) => (200, None),
-            Err(e) => (e.status().as_u16(), Some(e.code)),
-        };
-        let finished = ledger::Finished {
-            status,
-            error_code,
-            // A failure served nothing, unless the upstream made (and billed) images.
-            served: by.model.filter(|_| status < 400 || by.cost > Usd::ZERO),
-            cost: by.cost,
-            task_ids: by.task_ids.clone(),
-        };
-        let latency = started.elapsed().as_millis();
-        let (key, team) = (&call.caller.id, call.caller.team_id());
-        let row = Row::new(
-            key,
-            team,
-            &route.public,
-            req,
-            &call.request_id,
-            latency,
-            finished,
-        );
+        let row = ledger_row(call, route, req, started, &result, &by);
         self.store.record(row);
         Finished {
             result,
@@ -552,35 +535,14 @@ impl Dispatch<'_> {
         state: JobState,
         images: Option<Value>,
     ) -> Finished {
-        let (status, error) = match &result {
-            Ok(_) => (200, None),
-            Err(e) => (e.status().as_u16(), Some(e)),
-        };
-        let finished = ledger::Finished {
-            status,
-            error_code: error.map(|e| e.code),
-            served: by.model.filter(|_| status < 400 || by.cost > Usd::ZERO),
-            cost: by.cost,
-            task_ids: by.task_ids.clone(),
-        };
-        let latency = started.elapsed().as_millis();
-        let (key, team) = (&call.caller.id, call.caller.team_id());
-        let mut row = Row::new(
-            key,
-            team,
-            &route.public,
-            req,
-            &call.request_id,
-            latency,
-            finished,
-        );
+        let mut row = ledger_row(call, route, req, started, &result, &by);
         row.job_id = Some(job.id.to_string());
         let finish = Finish {
             state,
-            status,
+            status: row.status,
             cost_micros: by.cost.micros(),
             images,
-            error: error.map(ApiError::body),
+            error: result.as_ref().err().map(ApiError::body),
             row,
         };
         let id = job.id.clone();
@@ -658,6 +620,40 @@ impl Dispatch<'_> {
         self.metrics
             .circuit_state(model, self.health.state(model).into());
     }
+}
+
+/// The ledger row of a finished request. A failure served nothing, unless the upstream made (and
+/// billed) images.
+fn ledger_row(
+    call: &Call,
+    route: &Route,
+    req: &ImageRequest,
+    started: Instant,
+    result: &Result<Value, ApiError>,
+    by: &ServedBy,
+) -> Row {
+    let (status, error_code) = match result {
+        Ok(_) => (200, None),
+        Err(e) => (e.status().as_u16(), Some(e.code)),
+    };
+    let finished = ledger::Finished {
+        status,
+        error_code,
+        served: by.model.filter(|_| status < 400 || by.cost > Usd::ZERO),
+        cost: by.cost,
+        task_ids: by.task_ids.clone(),
+    };
+    let (key, team) = (&call.caller.id, call.caller.team_id());
+    let latency = started.elapsed().as_millis();
+    Row::new(
+        key,
+        team,
+        &route.public,
+        req,
+        &call.request_id,
+        latency,
+        finished,
+    )
 }
 
 /// Step 3: the first candidate whose adapter accepts `req`, with its plan and the candidates

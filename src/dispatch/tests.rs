@@ -379,3 +379,72 @@ async fn run_job(d: &Dispatch<'_>, p: super::Prepared) -> Finished {
         .unwrap();
     d.run(p, super::JobCtx::new(&id), None).await
 }
+
+/// A restart finds a job never sent (queued: failed, nothing booked) and one whose create may
+/// have gone out without an answer recorded (submitting: unknown, its reservation booked).
+#[tokio::test]
+async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
+    use crate::store::jobs as rows;
+    let h = Handles::new();
+    for (id, sent) in [("imgjob_q", false), ("imgjob_s", true)] {
+        let new = rows::NewJob {
+            id: id.to_owned(),
+            key_id: "k1".to_owned(),
+            team: None,
+            digest: "d".to_owned(),
+            public_model: "gpt-image-2-beta".to_owned(),
+            spec: serde_json::to_value(JobSpec::of(
+                &ImageRequest::from_fields(
+                    Operation::Generate,
+                    Head::from_fields(json!({"prompt": "p"}).as_object().unwrap()).unwrap(),
+                    json!({"prompt": "p"}).as_object().unwrap(),
+                    vec![],
+                    None,
+                )
+                .unwrap(),
+            ))
+            .unwrap(),
+            request_id: "r".to_owned(),
+            idempotency: None,
+            callback_url: None,
+        };
+        h.store
+            .write(Box::new(move |tx| {
+                rows::insert(tx, &new)?;
+                if sent {
+                    rows::attempt(tx, &new.id, 1, "gpt-image-2-beta", 30_000, true, 30_000)?;
+                    rows::submitting(tx, &new.id, 0, 1, "gpt-image-2-beta")?;
+                }
+                Ok(())
+            }))
+            .await
+            .unwrap();
+    }
+    let unfinished = h.store.call(|c| rows::unfinished(c)).await.unwrap();
+    assert_eq!(unfinished.len(), 2);
+    for job in unfinished {
+        let id = job.id.clone();
+        let state = h.dispatch().resume(job).await;
+        let (want, booked) = if id == "imgjob_q" {
+            (JobState::Failed, 0)
+        } else {
+            (JobState::Unknown, 30_000)
+        };
+        assert_eq!(state, want, "{id}");
+        let cost: i64 = h
+            .store
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT SUM(cost_micros) FROM ledger WHERE job_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(cost, booked);
+    }
+    // Nothing was sent by the restart, and the unknown job's price stays booked.
+    assert!(h.upstream.calls().is_empty());
+    assert_eq!(h.spend().0, "0.03");
+}

@@ -154,6 +154,25 @@ pub fn insert(tx: &Transaction<'_>, job: &NewJob) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The job an `Idempotency-Key` names, with the digest of its request and when the key's record
+/// expires (unix ms).
+pub fn by_idempotency_key(
+    c: &Connection,
+    key_id: &str,
+    idem: &str,
+) -> Result<Option<(JobRecord, String, i64)>, StoreError> {
+    let row: Option<(String, String, i64)> = c
+        .prepare_cached(
+            "SELECT job_id, digest, expires_ms FROM idempotency WHERE key_id = ?1 AND idem_key = ?2",
+        )?
+        .query_row([key_id, idem], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((job_id, digest, expires)) = row else {
+        return Ok(None);
+    };
+    Ok(load(c, &job_id)?.map(|j| (j, digest, expires)))
+}
+
 /// Creates `job` (state `queued`). With an `Idempotency-Key`, the key's record decides, by its
 /// primary key, not by a read before the write: the first request inserts it; a later one finds
 /// it and joins that job, unless that job failed unbilled or the record expired — then the

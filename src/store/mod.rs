@@ -552,7 +552,7 @@ mod tests {
     use crate::ledger::UsageQuery;
     use crate::model::Usd;
 
-    fn row(i: usize) -> Row {
+    pub(super) fn row(i: usize) -> Row {
         Row {
             ts_ms: 0,
             day: "2026-11-21".to_owned(),
@@ -584,5 +584,100 @@ mod tests {
         let rows = store.usage(UsageQuery::default()).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].cost_micros), (1_300, 13_000_000));
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use super::jobs::{self, Finish, NewJob};
+    use super::*;
+    use crate::model::Usd;
+
+    fn job(id: &str, callback: Option<&str>) -> NewJob {
+        NewJob {
+            id: id.to_owned(),
+            key_id: "k".to_owned(),
+            team: None,
+            digest: "d".to_owned(),
+            public_model: "auto".to_owned(),
+            spec: serde_json::json!({}),
+            request_id: "r".to_owned(),
+            idempotency: None,
+            callback_url: callback.map(str::to_owned),
+        }
+    }
+
+    fn finish(id: &str, state: JobState) -> Finish {
+        let mut row = super::tests::row(0);
+        row.job_id = Some(id.to_owned());
+        row.cost = Usd::ZERO;
+        Finish {
+            state,
+            status: 200,
+            cost_micros: 0,
+            images: None,
+            error: None,
+            row,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_is_tried_again_and_a_refused_one_is_reported() {
+        let store = Store::open(None).unwrap();
+        let tries = Arc::new(AtomicU32::new(0));
+        let seen = tries.clone();
+        // Fails once as the disk would (not a constraint), then succeeds: never dropped.
+        store
+            .write(Box::new(move |tx| {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                        None,
+                    )));
+                }
+                jobs::insert(tx, &job("j1", None))
+            }))
+            .await
+            .unwrap();
+        assert!(tries.load(Ordering::SeqCst) >= 2);
+        // The same job again breaks the primary key: refused, and the caller is told.
+        let again = store.write(Box::new(|tx| jobs::insert(tx, &job("j1", None))));
+        assert!(again.await.is_err());
+        // One ledger row per job: a second end is refused.
+        let end = |tx: &Transaction<'_>| jobs::finish(tx, "j1", &finish("j1", JobState::Completed));
+        store.write(Box::new(end)).await.unwrap();
+        assert!(store.write(Box::new(end)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn purge_forgets_old_finished_jobs_but_not_unknown_ones_or_pending_webhooks() {
+        let store = Store::open(None).unwrap();
+        for (id, callback, state) in [
+            ("done", None, JobState::Completed),
+            ("hooked", Some("https://example.com/h"), JobState::Completed),
+            ("unknown", None, JobState::Unknown),
+        ] {
+            let new = job(id, callback);
+            let end = finish(id, state);
+            store
+                .write(Box::new(move |tx| {
+                    jobs::insert(tx, &new)?;
+                    jobs::finish(tx, &new.id, &end)
+                }))
+                .await
+                .unwrap();
+        }
+        let purged = store
+            .call(|c| jobs::purge(c, jobs::now_ms() + 1))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        let left = store.call(|c| jobs::list(c, None, 10, None)).await.unwrap();
+        let mut ids: Vec<String> = left.into_iter().map(|j| j.id).collect();
+        ids.sort();
+        assert_eq!(ids, ["hooked", "unknown"]);
     }
 }

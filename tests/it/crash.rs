@@ -82,6 +82,7 @@ impl Proc {
     }
 
     /// Waits for the process to die by itself (an abort at a failpoint).
+    #[cfg(feature = "failpoints")]
     fn wait_dead(mut self) {
         let status = self.child.wait().unwrap();
         assert!(!status.success(), "{}", self.logs.lock().unwrap());
