@@ -691,8 +691,11 @@ fn plan_first(
     }))
 }
 
-/// What the upstream charged: every image it made (a fanned-out call that failed made none and
-/// is not billed; a SparkPix edit may make one image per reference).
+/// What the upstream charged: every image it made (a SparkPix edit may make one per reference),
+/// and one image for each fanned-out call whose outcome is unknown (it may have been billed); a
+/// call that provably failed made none and is not billed.
 fn billed(candidate: &Candidate, out: &Output) -> Usd {
-    candidate.price.of(out.images.len())
+    candidate
+        .price
+        .of(out.images.len() + out.unsettled as usize)
 }

@@ -44,7 +44,7 @@ fn images(n: usize) -> Output {
             .map(|i| Image::url(format!("https://files.test/{i}.png")))
             .collect(),
         task_ids: vec!["task-1".to_owned()],
-        calls_ok: n as u32,
+        unsettled: 0,
     }
 }
 
@@ -212,13 +212,24 @@ async fn failover_goes_down_the_price_order_and_books_only_the_model_that_served
 async fn a_served_attempt_is_settled_at_its_own_price_per_image_made() {
     let h = Handles::new();
     // SparkPix fans n=3 out: two calls succeeded, so two images are billed at $0.01.
-    let mut out = images(2);
-    out.calls_ok = 2;
-    h.upstream.answer(ModelId::SparkPix, Ok(out));
+    h.upstream.answer(ModelId::SparkPix, Ok(images(2)));
     let done = h.run("sparkpix", json!({"n": 3})).await;
     assert!(done.result.is_ok(), "{:?}", done.result);
     assert_eq!(done.served.cost.to_string(), "0.02");
     assert_eq!(h.spend(), ("0.02".to_owned(), "0".to_owned()));
+}
+
+#[tokio::test]
+async fn a_fanned_out_call_of_unknown_outcome_stays_booked() {
+    let h = Handles::new();
+    // n=3: two images made, one call reset after it was sent (the platform may have billed it).
+    let mut out = images(2);
+    out.unsettled = 1;
+    h.upstream.answer(ModelId::SparkPix, Ok(out));
+    let done = h.run("sparkpix", json!({"n": 3})).await;
+    assert!(done.result.is_ok(), "{:?}", done.result);
+    assert_eq!(done.served.cost.to_string(), "0.03");
+    assert_eq!(h.spend(), ("0.03".to_owned(), "0".to_owned()));
 }
 
 #[tokio::test]

@@ -466,8 +466,9 @@ async fn read_capped(
 pub struct Output {
     pub images: Vec<Image>,
     pub task_ids: Vec<String>,
-    /// Calls that succeeded when `n` was fanned out into single-image calls (each billed once).
-    pub calls_ok: u32,
+    /// Fanned-out calls that failed in a way the upstream may have billed (a reset after the
+    /// request was sent, an unreadable answer, a deadline): each is booked as one image.
+    pub unsettled: u32,
 }
 
 macro_rules! adapters {
@@ -601,11 +602,22 @@ where
             Ok(o) => {
                 out.images.extend(o.images);
                 out.task_ids.extend(o.task_ids);
-                out.calls_ok += 1;
             }
             Err(e) => {
                 tracing::warn!(kind = ?e.kind, error = %e.message, "one of a fanned-out set of upstream calls failed");
-                first_err.get_or_insert(e);
+                if e.kind.billing() != failure::Billing::NotBilled {
+                    out.unsettled += 1;
+                    out.task_ids.extend(e.task_id.clone());
+                    // When nothing was made, the failure that may have been billed is the
+                    // one reported: the attempt then stays booked.
+                    if first_err.as_ref().is_none_or(|f: &UpstreamError| {
+                        f.kind.billing() == failure::Billing::NotBilled
+                    }) {
+                        first_err = Some(e);
+                    }
+                } else {
+                    first_err.get_or_insert(e);
+                }
             }
         }
     }
@@ -740,11 +752,39 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!((out.images.len(), out.calls_ok), (2, 2));
+        assert_eq!((out.images.len(), out.unsettled), (2, 0));
         let all_fail = fan_out(3, || async {
             Err(UpstreamError::new(FailureKind::Connect, String::new()))
         });
         assert_eq!(all_fail.await.unwrap_err().kind, FailureKind::Connect);
+    }
+
+    /// A sibling call whose outcome is unknown (the platform may have made and billed it) is
+    /// counted, so the attempt books it; with no image at all, that failure is the one reported.
+    #[tokio::test]
+    async fn fan_out_counts_calls_that_may_have_been_billed() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let out = fan_out(3, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Ok(Output {
+                    images: vec![Image::url("u".to_owned())],
+                    ..Output::default()
+                }),
+                1 => Err(UpstreamError::new(FailureKind::Unknown, String::new())),
+                _ => Err(UpstreamError::new(FailureKind::ServerError, String::new())),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((out.images.len(), out.unsettled), (1, 1));
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let none = fan_out(2, || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(UpstreamError::new(FailureKind::ServerError, String::new())),
+                _ => Err(UpstreamError::new(FailureKind::Unknown, String::new())),
+            }
+        });
+        assert_eq!(none.await.unwrap_err().kind, FailureKind::Unknown);
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub(super) async fn run_envelope(
     Ok(Output {
         images: urls.into_iter().map(Image::url).collect(),
         task_ids: vec![task_id],
-        calls_ok: 1,
+        unsettled: 0,
     })
 }
 
