@@ -187,14 +187,25 @@ impl Jobs {
         } else {
             None
         };
-        Ok(found.map(|job| self.admitted(job)))
+        match found {
+            Some(job) => Ok(Some(self.admitted(state, job).await?)),
+            None => Ok(None),
+        }
     }
 
-    fn admitted(&self, job: JobRecord) -> Admitted {
-        match self.watch(&job.id) {
-            Some(rx) if !job.state.is_terminal() => Admitted::Job(job.id.as_str().into(), rx),
-            _ => Admitted::Finished(Box::new(job)),
+    /// A stored job as a waiter joins it: its owner's progress while it runs, else its record.
+    /// A job's owner registers it before its first write and unregisters it only after its end
+    /// is committed, so an unfinished record with no owner here has just ended: it is read again.
+    async fn admitted(&self, state: &AppState, job: JobRecord) -> Result<Admitted, ApiError> {
+        if job.state.is_terminal() {
+            return Ok(Admitted::Finished(Box::new(job)));
         }
+        if let Some(rx) = self.watch(&job.id) {
+            return Ok(Admitted::Job(job.id.as_str().into(), rx));
+        }
+        let id = job.id.clone();
+        let again = state.store().call(move |c| jobs::load(c, &id)).await?;
+        Ok(Admitted::Finished(Box::new(again.unwrap_or(job))))
     }
 
     /// Writes the job of a prepared request and starts it, or joins the job its
@@ -216,14 +227,20 @@ impl Jobs {
         // (its record decides whether the job is new) or for the async API (the caller may read
         // it at once) it is written now; otherwise with its first create's record, in the same
         // transaction (see `JobCtx::unwritten`).
+        // The job is registered before it is written, so a request that finds its record (the
+        // same Idempotency-Key, a moment later) also finds its owner.
+        let job_id: Arc<str> = id.as_str().into();
+        let (tx, rx) = watch::channel(Progress::Running);
+        let registered = Registered::new(self, job_id.clone(), rx.clone());
         let ctx = if opts.idempotency_key.is_some() || opts.respond_async {
             let created = state.store().call(move |c| jobs::create(c, &new)).await?;
             if let Created::Existing {
-                job_id,
+                job_id: existing,
                 digest: other,
             } = created
             {
                 // The request that lost the race is no job: its admission is given back unused.
+                drop(registered);
                 drop(prepared);
                 if other != digest {
                     return Err(reused());
@@ -231,21 +248,20 @@ impl Jobs {
                 state.metrics.job(JobEvent::JoinedIdempotencyKey);
                 let job = state
                     .store()
-                    .call(move |c| jobs::load(c, &job_id))
+                    .call(move |c| jobs::load(c, &existing))
                     .await?
                     .ok_or_else(|| {
                         ApiError::internal("The job of this Idempotency-Key is gone.")
                     })?;
-                return Ok(self.admitted(job));
+                return self.admitted(state, job).await;
             }
             JobCtx::new(&id)
         } else {
             JobCtx::unwritten(new)
         };
         state.metrics.job(JobEvent::Created);
-        let id: Arc<str> = id.into();
-        let (tx, rx) = watch::channel(Progress::Running);
-        self.running().insert(id.clone(), rx.clone());
+        registered.keep();
+        let id = job_id.clone();
         let state = state.clone();
         let job_id = id.clone();
         self.spawn(async move {
@@ -324,6 +340,33 @@ impl Jobs {
         self.stopping.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// A job entered in [`Jobs::running`] before it is started; it leaves again when the start is
+/// abandoned (an error, a lost Idempotency-Key race, a caller gone) unless it was kept.
+struct Registered<'a> {
+    jobs: &'a Jobs,
+    id: Option<Arc<str>>,
+}
+
+impl<'a> Registered<'a> {
+    fn new(jobs: &'a Jobs, id: Arc<str>, rx: watch::Receiver<Progress>) -> Self {
+        jobs.running().insert(id.clone(), rx);
+        Self { jobs, id: Some(id) }
+    }
+
+    /// The job started: its task removes it when it ends.
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.jobs.running().remove(&id);
+        }
     }
 }
 

@@ -198,6 +198,35 @@ async fn one_idempotency_key_makes_one_upstream_create_for_twenty_concurrent_req
     assert_eq!(env.creates().await, 1);
 }
 
+/// Requests racing on one Idempotency-Key across worker threads: whichever finds the key's
+/// record, however soon after it was written, joins the running job (never a half-made replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_key_races_across_threads_all_join_the_running_job() {
+    let env = start().await;
+    let rounds = (0..8).map(|round| {
+        let env = &env;
+        async move {
+            let key = format!("race-{round}");
+            let body = json!({"model": "gpt-image-2-all", "prompt": format!("a kite {round} [sim:slow=0.3]")});
+            let sends = (0..10).map(|_| {
+                env.post_raw("/v1/images/generations")
+                    .header("idempotency-key", &key)
+                    .json(&body)
+                    .send()
+            });
+            let mut jobs = Vec::new();
+            for res in futures_util::future::join_all(sends).await {
+                let a = Env::read(res.unwrap()).await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                jobs.push(a.headers["x-imagegate-job-id"].to_str().unwrap().to_owned());
+            }
+            assert!(jobs.iter().all(|j| *j == jobs[0]), "{jobs:?}");
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    assert_eq!(env.creates().await, 8);
+}
+
 #[tokio::test]
 async fn a_failed_unbilled_job_runs_again_under_its_idempotency_key() {
     let env = start().await;
