@@ -43,6 +43,7 @@ SMALL_FILE = 768
 SIZES = {"2 MiB": 2 * 1024 * 1024 * 3 // 4, "12 MiB": 12 * 1024 * 1024 * 3 // 4}
 UPLOAD_FILES, UPLOAD_FILE_BYTES = 16, 2 * 1024 * 1024
 BETA_FIRST_POLL, BETA_INTERVAL = 5.0, 2.0
+POLL_JITTER = 0.1  # the gateway's spread of a poll interval (upstream/task.rs `next_poll`)
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -597,8 +598,10 @@ def s3_waiting(stack: Stack, tmp: str, a, rep: Report):
         "| gateway CPU while waiting | simulator CPU | polls per task (mean / max / allowed) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    # Polls at first_poll_delay, then every interval, until the one at or after completion.
-    allowed = 1 + math.ceil((a.hold_latency - BETA_FIRST_POLL) / BETA_INTERVAL)
+    # Polls at first_poll_delay, then every interval, until the one at or after completion. The
+    # gateway spreads each interval by ±10% (so polls never arrive in lockstep): the allowance
+    # uses the shortest interval; the mean stays one poll per interval.
+    allowed = 1 + math.ceil((a.hold_latency - BETA_FIRST_POLL) / (BETA_INTERVAL * (1 - POLL_JITTER)))
     worst_kib, worst_cpu, worst_polls, all_ok = 0.0, 0.0, 0.0, True
     for n in a.holds:
         stack.restart_gateway()
@@ -609,7 +612,11 @@ def s3_waiting(stack: Stack, tmp: str, a, rep: Report):
         mean = sum(polls) / max(1, len(polls))
         top = max(polls, default=0)
         per = (r["peak_kib"] - r["before_kib"]) / n
-        worst_kib, worst_cpu = max(worst_kib, per), max(worst_cpu, r["cpu_pct"])
+        # The target is per waiting job at the largest hold: a small hold's figure is mostly
+        # the process's fixed growth (pools, caches) spread over few requests.
+        if n == max(a.holds):
+            worst_kib = per
+        worst_cpu = max(worst_cpu, r["cpu_pct"])
         worst_polls = max(worst_polls, top)
         all_ok &= r["ok"] == n
         lines.append(
@@ -622,7 +629,7 @@ def s3_waiting(stack: Stack, tmp: str, a, rep: Report):
     rep.section(f"3. Thousands waiting ({a.hold_latency:g} s async tasks)", lines)
     top_n = max(a.holds)
     rep.target(f"{top_n:,} waiting jobs: memory each", "≤ 35 KB",
-               f"{worst_kib:.1f} KiB (worst of {', '.join(f'{n:,}' for n in a.holds)})",
+               f"{worst_kib:.1f} KiB ({top_n:,} waiting)",
                worst_kib * 1.024 <= 35, f"by {worst_kib * 1.024 - 35:.1f} KB")
     rep.target("Waiting: polls per task", f"≤ {allowed} ({a.hold_latency:g} s task, first poll "
                f"{BETA_FIRST_POLL:g} s, every {BETA_INTERVAL:g} s)", f"max {worst_polls}",

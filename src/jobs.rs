@@ -264,11 +264,13 @@ impl Jobs {
         let id = job_id.clone();
         let state = state.clone();
         let job_id = id.clone();
+        // Boxed so the task holds the request once (in `run`), not also as a captured value.
+        let prepared = Box::new(prepared);
         self.spawn(async move {
             let _running = state.metrics.job_running();
             let (late_tx, mut late_rx) = tokio::sync::oneshot::channel();
             let dispatch = state.dispatch();
-            let run = dispatch.run(prepared, ctx, Some(late_tx));
+            let run = dispatch.run(*prepared, ctx, Some(late_tx));
             tokio::pin!(run);
             let mut late_seen = false;
             let finished = loop {
@@ -314,6 +316,9 @@ impl Jobs {
     /// The work runs in the span of the request that started it, so its log lines name it.
     fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         let stopping = self.stopping.clone();
+        // Boxed: a future moved into `select!` would be held twice in the task (as the captured
+        // value and as the selected one), and a waiting job is mostly this future.
+        let work = Box::pin(work);
         let work = async move {
             tokio::select! {
                 () = work => {}

@@ -207,6 +207,15 @@ pub struct UpstreamConfig {
     /// base64); a longer one is a malformed answer, not a memory spike.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Most task polls in flight at once, over all waiting requests: a poll past it waits for a
+    /// slot. Thousands of tasks polled every 2 s would otherwise open a connection each in bursts
+    /// (memory and the platform's rate limits); with this many, each poll reuses a pooled one.
+    #[serde(default = "default_max_polls_in_flight")]
+    pub max_polls_in_flight: usize,
+}
+
+fn default_max_polls_in_flight() -> usize {
+    256
 }
 
 fn default_max_response_bytes() -> usize {
@@ -236,6 +245,7 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("keys", &self.keys)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_polls_in_flight", &self.max_polls_in_flight)
             .finish()
     }
 }
@@ -445,6 +455,9 @@ impl Config {
         }
         if !(1..=Semaphore::MAX_PERMITS).contains(&self.server.max_in_flight) {
             problems.push("server.max_in_flight: must be at least 1".to_owned());
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.upstream.max_polls_in_flight) {
+            problems.push("upstream.max_polls_in_flight: must be at least 1".to_owned());
         }
         self.server.check(&mut problems);
         if self.keys.is_empty() && self.data.dir.is_none() {

@@ -138,6 +138,8 @@ pub struct Upstream {
     pub callback_url: Option<String>,
     /// Tasks being polled, each with what wakes its poll loop early (an upstream callback).
     wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Slots for task polls (`upstream.max_polls_in_flight`).
+    polls: tokio::sync::Semaphore,
     redactor: Redactor,
     results: ResultsConfig,
     models: ModelsConfig,
@@ -171,6 +173,7 @@ impl Upstream {
             max_response: config.upstream.max_response_bytes,
             callback_url: config.server.upstream_callback_url(),
             wakers: std::sync::Mutex::default(),
+            polls: tokio::sync::Semaphore::new(config.upstream.max_polls_in_flight),
             redactor: Redactor(config.upstream.pool().into_iter().map(|k| k.key).collect()),
             results: config.results.clone(),
             models: config.models.clone(),

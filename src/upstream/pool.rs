@@ -200,6 +200,7 @@ mod tests {
             bench_out_of_credits: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(1),
             max_response_bytes: 1024,
+            max_polls_in_flight: 1,
         };
         KeyPool::new(&config).unwrap()
     }

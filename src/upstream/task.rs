@@ -159,8 +159,15 @@ async fn poll(
                 }
             }
         }
+        // A slot among `upstream.max_polls_in_flight`; a poll that waits for one past the
+        // deadline is not sent.
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(ctx.deadline, up.polls.acquire()).await else {
+            return Err(timeout());
+        };
         *polls += 1;
-        let answer = match up.get_json(&path, ctx, POLL_CALL_LIMIT, key).await {
+        // Boxed: the call's state exists only while a poll is in flight, not while the task
+        // sleeps between polls (most of a waiting job's life).
+        let answer = match Box::pin(up.get_json(&path, ctx, POLL_CALL_LIMIT, key)).await {
             Ok(v) => {
                 failures = 0;
                 next = Instant::now() + next_poll(model.poll_interval, 0, None, fastrand::f64());

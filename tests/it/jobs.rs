@@ -381,3 +381,22 @@ async fn an_upstream_callback_makes_the_gateway_poll_at_once() {
         .await;
     assert_eq!(a.status, 504, "{}", a.body);
 }
+
+/// Polls are bounded over all waiting requests (`upstream.max_polls_in_flight`): with 2 slots,
+/// 8 jobs whose polls each take 0.2 s never have more than 2 polls at the platform at once,
+/// and every job still completes.
+#[tokio::test]
+async fn polls_in_flight_are_bounded_across_waiting_jobs() {
+    let env = start_with(|c| c.upstream.max_polls_in_flight = 2).await;
+    let sends = (0..8).map(|i| {
+        env.post(
+            "/v1/images/generations",
+            json!({"model": "gpt-image-2-beta", "prompt": format!("a bee {i} [sim:slowpoll=0.2]"), "response_format": "url"}),
+        )
+    });
+    for a in futures_util::future::join_all(sends).await {
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let stats = env.upstream_stats().await;
+    assert_eq!(stats["polls_in_flight_max"], 2, "{stats}");
+}

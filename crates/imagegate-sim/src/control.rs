@@ -69,6 +69,8 @@ pub(crate) struct Stats {
     pub polls: u64,
     /// Authorised polls per `task_id` (known or not).
     pub polls_by_task: BTreeMap<String, u64>,
+    /// The most polls answered at once (a `[sim:slowpoll]` poll counts while it waits).
+    pub polls_in_flight_max: u64,
     /// `GET /files/*` requests, found or not.
     pub downloads: u64,
     /// Callback POST attempts (every retry counts).

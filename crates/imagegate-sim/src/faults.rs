@@ -5,7 +5,7 @@
 //! then `*`) only when the prompt names no outcome. Directive names are matched
 //! case-insensitively; unknown directives are ignored. When a prompt names several outcomes
 //! (`[sim:policy] [sim:500]`), the first one wins; `nofile`, `slow`, `slowfile`, `pollfail`,
-//! `filebytes`, `stallcreate` and one of `reset` / `truncate` (the first named) combine with any
+//! `slowpoll`, `filebytes`, `stallcreate` and one of `reset` / `truncate` (the first named) combine with any
 //! outcome.
 //!
 //! HTTP-level faults (`401`, `402`, `403`, `429`, `500`, `code402`, `code500`, `malformed`) answer
@@ -189,6 +189,8 @@ pub(crate) struct Directives {
     pub slowfile: Option<Duration>,
     /// `[sim:pollfail=N]`: the first N polls of the task answer HTTP 500.
     pub pollfail: u32,
+    /// `[sim:slowpoll=SECS]`: every poll of the task answers SECS seconds late (not scaled).
+    pub slowpoll: Option<Duration>,
     /// `[sim:filebytes=N]`: PNG result files are exactly N bytes long (see `render`).
     pub file_bytes: Option<u32>,
     /// `[sim:429=SECS]`: the `retry-after` of the 429 answer.
@@ -215,6 +217,7 @@ impl Directives {
                 "slow" => out.slow = secs().or(out.slow),
                 "slowfile" => out.slowfile = secs().or(out.slowfile),
                 "stallcreate" => out.stall_create = secs().or(out.stall_create),
+                "slowpoll" => out.slowpoll = secs().or(out.slowpoll),
                 "nofile" => {
                     out.nofile = match value.and_then(|v| v.parse().ok()) {
                         Some(0) => NoFile::Off,
@@ -364,13 +367,14 @@ mod tests {
     #[test]
     fn parses_directives() {
         let d = Directives::parse(
-            "a cat [SIM:policy] [sim:slow=2.5][sim:nofile] [sim:pollfail=3] [sim:filebytes=768]",
+            "a cat [SIM:policy] [sim:slow=2.5][sim:nofile] [sim:pollfail=3] [sim:filebytes=768] [sim:slowpoll=0.5]",
         );
         assert_eq!(d.file_bytes, Some(768));
         assert_eq!(d.kind, Some(FaultKind::Policy));
         assert_eq!(d.nofile, NoFile::Always);
         assert_eq!(d.slow, Some(Duration::from_millis(2500)));
         assert_eq!(d.pollfail, 3);
+        assert_eq!(d.slowpoll, Some(Duration::from_millis(500)));
         assert_eq!(
             Directives::parse("[sim:code402]").kind,
             Some(FaultKind::Code402)

@@ -127,6 +127,8 @@ pub(crate) struct Task {
     pub failed_shape: u64,
     /// Polls left that answer HTTP 500 (`[sim:pollfail=N]`).
     pub pollfail: u32,
+    /// How late every poll answers (`[sim:slowpoll=SECS]`).
+    pub slowpoll: Duration,
 }
 
 #[derive(Default)]
@@ -206,6 +208,7 @@ pub(crate) fn start(state: &AppState, job: Job) -> Started {
         failure: None,
         failed_shape: state.next_failed_shape(),
         pollfail: job.directives.pollfail,
+        slowpoll: job.directives.slowpoll.unwrap_or_default(),
     });
     lock(&state.intro).stats.task_created(&id);
     delivery::accepted(job.directives.delivery());
@@ -378,6 +381,14 @@ pub(crate) async fn poll(State(state): State<AppState>, uri: Uri) -> Response {
     else {
         return ApiError::bad_request("task_id is required").into_response();
     };
+    let _in_flight = state.poll_started();
+    let slow = lock(&state.tasks).map.get(id).map(|t| t.slowpoll);
+    if let Some(d) = slow.filter(|d| !d.is_zero()) {
+        if !state.sleep(d).await {
+            return ApiError::with(StatusCode::SERVICE_UNAVAILABLE, 503, "shutting down")
+                .into_response();
+        }
+    }
     let data = {
         let mut tasks = lock(&state.tasks);
         let Some(task) = tasks.map.get_mut(id) else {

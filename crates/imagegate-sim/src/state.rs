@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub accounts: Mutex<std::collections::HashMap<String, bool>>,
     /// Round-robin counter choosing how a failed task reports its (missing) result URLs.
     failed_shape: AtomicU64,
+    /// Polls being answered now (see `Stats::polls_in_flight_max`).
+    polls_in_flight: AtomicU64,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -59,7 +61,16 @@ impl Shared {
             faults: Mutex::new(FaultTable::default()),
             accounts: Mutex::default(),
             failed_shape: AtomicU64::new(0),
+            polls_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a poll in flight until the guard is dropped, and keeps the peak in the stats.
+    pub fn poll_started(&self) -> PollInFlight<'_> {
+        let now = self.polls_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut intro = lock(&self.intro);
+        intro.stats.polls_in_flight_max = intro.stats.polls_in_flight_max.max(now);
+        PollInFlight(&self.polls_in_flight)
     }
 
     /// `secs` of simulated time, multiplied by the configured time scale.
@@ -87,6 +98,15 @@ impl Shared {
             () = self.cancel.cancelled() => false,
             () = tokio::time::sleep(d) => true,
         }
+    }
+}
+
+/// A poll being answered (see [`Shared::poll_started`]).
+pub(crate) struct PollInFlight<'a>(&'a AtomicU64);
+
+impl Drop for PollInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
