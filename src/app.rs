@@ -11,10 +11,10 @@
 //! | 1 | `SetSensitiveRequestHeadersLayer(Authorization)` | keys never appear in traces |
 //! | 2 | `SetRequestIdLayer` | keeps the caller's `x-request-id` or makes one (UUID) |
 //! | 3 | `PropagateRequestIdLayer` | returns `x-request-id` on every response, errors included |
-//! | 4 | `metrics::http::track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
-//! | 5 | `access_log` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
+//! | 4 | `metrics::http::Track` | counts and times every request (401s too) to the end of its body; inserts [`UpstreamWait`] |
+//! | 5 | `AccessLog` | one line per request; sees 401s and every error; runs the request in a span carrying its `request_id` |
 //! | 5a | `CatchPanicLayer` (inner) | a handler's panic becomes a 500 with its access-log line and request id; counted `gateway_panic` |
-//! | 6 | `shed::shed` | past `server.max_in_flight`, 503 `server_overloaded` before any read or parse (probes excepted) |
+//! | 6 | `shed::Shed` | past `server.max_in_flight`, 503 `server_overloaded` before any read or parse (probes excepted) |
 //! | 7 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
 //! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
 //! | 9 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
@@ -36,16 +36,17 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
+use axum::http::Method;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tracing::Instrument as _;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::hook::{After, Before, Hook, HookLayer};
 use crate::keys::ClientKey;
 use crate::metrics::{Fault, UpstreamWait};
 use crate::model::ModelId;
@@ -72,11 +73,10 @@ fn with_middleware(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(middleware::from_fn_with_state(
+        .layer(HookLayer(crate::metrics::http::Track(
             state.metrics.clone(),
-            crate::metrics::http::track,
-        ))
-        .layer(middleware::from_fn(access_log))
+        )))
+        .layer(HookLayer(AccessLog))
         // Inside the access log and the metrics: a handler's panic is answered, counted as
         // `gateway_panic`, logged with its request id, and has its access-log line.
         .layer(CatchPanicLayer::custom(
@@ -91,10 +91,7 @@ fn with_middleware(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Route
                     .into_response()
             },
         ))
-        .layer(middleware::from_fn_with_state(
-            state.in_flight.clone(),
-            crate::shed::shed,
-        ))
+        .layer(HookLayer(crate::shed::Shed(state.in_flight.clone())))
         .layer(middleware::from_fn(move |req, next| {
             crate::drain::drain_unread_body(limit, req, next)
         }))
@@ -120,43 +117,74 @@ async fn not_found(State(_): State<Arc<AppState>>, req: Request) -> ApiError {
 ///
 /// The request runs inside a `request` span carrying its `request_id`, so every line logged
 /// while serving it (a failed fan-out call, an abandoned task) names the request.
-async fn access_log(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let wait = req.extensions().get::<UpstreamWait>().cloned();
-    // At `error` level so it is enabled whenever any line inside it is.
-    let span = tracing::error_span!("request", request_id = request_id.as_str());
-    let res = next.run(req).instrument(span).await;
-    let key = res.extensions().get::<ClientKey>().map(|k| k.id.clone());
-    let log = res.extensions().get::<RequestLog>();
-    let error = res.extensions().get::<ApiError>();
-    tracing::info!(
-        request_id,
-        %method,
-        path,
-        status = res.status().as_u16(),
-        latency_ms = start.elapsed().as_millis() as u64,
-        upstream_ms = wait.map_or(0, |w| w.total().as_millis() as u64),
-        key_id = key.as_deref().unwrap_or("-"),
-        model = log.and_then(|l| l.public_model.as_deref()).unwrap_or("-"),
-        upstream_model = log.and_then(|l| l.upstream_model).map_or("-", ModelId::as_str),
-        attempts = log.map_or(0, |l| l.attempts),
-        n = log.map_or(0, |l| l.n),
-        cost_usd = log.and_then(|l| l.cost).map(|c| c.to_string()),
-        task_ids = log.map_or("", |l| l.task_ids.as_str()),
-        error_code = error.map_or("", |e| e.code.as_str()),
-        error = error.map_or("", |e| e.message.as_str()),
-        prompt = log.and_then(|l| l.prompt.as_deref()),
-        "request"
-    );
-    res
+#[derive(Clone)]
+struct AccessLog;
+
+impl Hook for AccessLog {
+    type After = Logged;
+
+    fn before(&self, req: &mut Request) -> Before<Logged> {
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        // At `error` level so it is enabled whenever any line inside it is.
+        let span = tracing::error_span!("request", request_id = request_id.as_str());
+        let logged = Logged {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            request_id,
+            wait: req.extensions().get::<UpstreamWait>().cloned(),
+        };
+        Before::Call(logged, span)
+    }
+}
+
+/// What the access-log line needs from the request.
+struct Logged {
+    start: Instant,
+    method: Method,
+    path: String,
+    request_id: String,
+    wait: Option<UpstreamWait>,
+}
+
+impl After for Logged {
+    fn after(self, res: Response) -> Response {
+        let Self {
+            start,
+            method,
+            path,
+            request_id,
+            wait,
+        } = self;
+        let key = res.extensions().get::<ClientKey>().map(|k| k.id.clone());
+        let log = res.extensions().get::<RequestLog>();
+        let error = res.extensions().get::<ApiError>();
+        tracing::info!(
+            request_id,
+            %method,
+            path,
+            status = res.status().as_u16(),
+            latency_ms = start.elapsed().as_millis() as u64,
+            upstream_ms = wait.map_or(0, |w| w.total().as_millis() as u64),
+            key_id = key.as_deref().unwrap_or("-"),
+            model = log.and_then(|l| l.public_model.as_deref()).unwrap_or("-"),
+            upstream_model = log.and_then(|l| l.upstream_model).map_or("-", ModelId::as_str),
+            attempts = log.map_or(0, |l| l.attempts),
+            n = log.map_or(0, |l| l.n),
+            cost_usd = log.and_then(|l| l.cost).map(|c| c.to_string()),
+            task_ids = log.map_or("", |l| l.task_ids.as_str()),
+            error_code = error.map_or("", |e| e.code.as_str()),
+            error = error.map_or("", |e| e.message.as_str()),
+            prompt = log.and_then(|l| l.prompt.as_deref()),
+            "request"
+        );
+        res
+    }
 }
 
 #[cfg(test)]

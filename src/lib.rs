@@ -31,7 +31,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | L0 domain | [`model`] (ids, sizes, formats, money, routes, the model registry), [`upstream::failure`], [`failpoint`] |
-//! | L1 | [`config`], [`error`] |
+//! | L1 | [`config`], [`error`], [`hook`] (middleware without a boxed future) |
 //! | L2 | [`request`] (parsing), [`metrics`] |
 //! | L3 | [`pricing`], [`catalog`], [`upstream`] (adapters), [`store`], [`ledger`] |
 //! | L4 | [`keys`], [`limits`], [`budget`] |
@@ -52,6 +52,7 @@ pub mod dispatch;
 mod drain;
 pub mod error;
 pub mod failpoint;
+pub mod hook;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;

@@ -9,32 +9,50 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Span;
 
 use crate::auth::PUBLIC_ROUTES;
 use crate::error::ApiError;
+use crate::hook::{After, Before, Hook};
 
 /// Refuses a request over the in-flight limit; holds a slot for the others until their answer's
 /// body ends.
-pub async fn shed(State(slots): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    if PUBLIC_ROUTES.contains(&req.uri().path()) {
-        return next.run(req).await;
+#[derive(Clone)]
+pub struct Shed(pub Arc<Semaphore>);
+
+impl Hook for Shed {
+    type After = Slot;
+
+    fn before(&self, req: &mut Request) -> Before<Slot> {
+        if PUBLIC_ROUTES.contains(&req.uri().path()) {
+            return Before::Call(Slot(None), Span::none());
+        }
+        match self.0.clone().try_acquire_owned() {
+            Ok(slot) => Before::Call(Slot(Some(slot)), Span::none()),
+            Err(_) => Before::Answer(ApiError::overloaded().into_response()),
+        }
     }
-    let Ok(slot) = slots.try_acquire_owned() else {
-        return ApiError::overloaded().into_response();
-    };
-    let (parts, body) = next.run(req).await.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Held {
-            inner: body,
-            _slot: slot,
-        }),
-    )
+}
+
+/// A request's slot (none for the probes), handed to its answer's body.
+pub struct Slot(Option<OwnedSemaphorePermit>);
+
+impl After for Slot {
+    fn after(self, res: Response) -> Response {
+        let Some(slot) = self.0 else { return res };
+        let (parts, body) = res.into_parts();
+        Response::from_parts(
+            parts,
+            Body::new(Held {
+                inner: body,
+                _slot: slot,
+            }),
+        )
+    }
 }
 
 /// An answer's body holding its request's slot until it is dropped. Its own type rather than

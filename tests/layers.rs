@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("failpoint", 0),
     ("config", 1),
     ("error", 1),
+    ("hook", 1),
     ("request", 2),
     ("metrics", 2),
     ("pricing", 3),

@@ -1,11 +1,11 @@
 //! The HTTP metrics middleware and the per-request upstream clock.
 //!
-//! [`track`] counts every request by route template and status, keeps the in-flight gauge, and
+//! [`Track`] counts every request by route template and status, keeps the in-flight gauge, and
 //! records the duration, the gateway's overhead and the bytes sent **when the response body ends**
 //! (a streamed answer is timed to its last event, not to its headers).
 //!
 //! The overhead is the total minus the time the request spent waiting on the upstream, measured by
-//! an [`UpstreamWait`] that `track` puts into the request's extensions. The image handlers carry it
+//! an [`UpstreamWait`] that [`Track`] puts into the request's extensions. The image handlers carry it
 //! into [`CallCtx`](crate::upstream::CallCtx); the upstream client, the task engine and result
 //! downloads hold it while they wait on the platform.
 
@@ -15,15 +15,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
+use tracing::Span;
 
 use super::{InFlight, Metrics, UNMATCHED_ROUTE};
 use crate::error::ApiError;
+use crate::hook::{After, Before, Hook};
 
 /// Wall-clock time a request spends waiting on the upstream. Concurrent waits (fanned-out calls,
 /// parallel downloads) count once: the clock runs while at least one wait is open.
@@ -99,40 +100,71 @@ pub(super) struct Done {
 }
 
 /// Counts and times every request; see the module docs. Runs outside auth, so 401s are counted.
-pub async fn track(State(metrics): State<Arc<Metrics>>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    // Route templates only (`/v1/models/{id}`), never the raw path: the label set stays closed.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
-        .to_owned();
-    let method = req.method().clone();
-    let wait = UpstreamWait::default();
-    req.extensions_mut().insert(wait.clone());
-    let in_flight = metrics.http_in_flight(&route);
-    let res = next.run(req).await;
-    if let Some(e) = res.extensions().get::<ApiError>() {
-        metrics.error(e.code.fault());
+#[derive(Clone)]
+pub struct Track(pub Arc<Metrics>);
+
+impl Hook for Track {
+    type After = Tracked;
+
+    fn before(&self, req: &mut Request) -> Before<Tracked> {
+        let start = Instant::now();
+        // Route templates only (`/v1/models/{id}`), never the raw path: the label set stays closed.
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str)
+            .to_owned();
+        let wait = UpstreamWait::default();
+        req.extensions_mut().insert(wait.clone());
+        let in_flight = self.0.http_in_flight(&route);
+        Before::Call(
+            Tracked {
+                metrics: self.0.clone(),
+                wait,
+                start,
+                route,
+                method: req.method().clone(),
+                in_flight,
+            },
+            Span::none(),
+        )
     }
-    let finish = Finish {
-        metrics,
-        wait,
-        start,
-        bytes: 0,
-        route,
-        method,
-        status: res.status(),
-        _in_flight: in_flight,
-    };
-    let (parts, body) = res.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Counted {
-            inner: body,
-            finish: Some(finish),
-        }),
-    )
+}
+
+/// A request being counted, until its answer's body ends.
+pub struct Tracked {
+    metrics: Arc<Metrics>,
+    wait: UpstreamWait,
+    start: Instant,
+    route: String,
+    method: Method,
+    in_flight: InFlight,
+}
+
+impl After for Tracked {
+    fn after(self, res: Response) -> Response {
+        if let Some(e) = res.extensions().get::<ApiError>() {
+            self.metrics.error(e.code.fault());
+        }
+        let finish = Finish {
+            metrics: self.metrics,
+            wait: self.wait,
+            start: self.start,
+            bytes: 0,
+            route: self.route,
+            method: self.method,
+            status: res.status(),
+            _in_flight: self.in_flight,
+        };
+        let (parts, body) = res.into_parts();
+        Response::from_parts(
+            parts,
+            Body::new(Counted {
+                inner: body,
+                finish: Some(finish),
+            }),
+        )
+    }
 }
 
 /// Records the request when dropped: at the end of the body, or when the client goes away.

@@ -183,7 +183,7 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    // === HTTP: the middleware (`http::track`) and the panic handler ===
+    // === HTTP: the middleware (`http::Track`) and the panic handler ===
 
     fn http_in_flight(&self, route: &str) -> InFlight {
         InFlight::new(self.http_in_flight.with_label_values(&[route]))
