@@ -228,6 +228,10 @@ key = "{CLIENT_KEY}"
 first_poll_delay = "10ms"
 poll_interval = "1s"
 
+# Scenario 3 holds 10,000 tasks at once: past the default cap of concurrent beta requests.
+[limits.models.gpt-image-2-beta]
+max_concurrent = 20000
+
 # Scenario 3: the shipped defaults for gpt-image-2-beta.
 [models.gpt-image-2-beta]
 first_poll_delay = "{int(BETA_FIRST_POLL)}s"

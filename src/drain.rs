@@ -6,6 +6,11 @@
 //! socket, the kernel resets it and the client loses the response. So the body is shared between
 //! the handler and this layer: whatever the handler did not read is read (and discarded) here,
 //! within a byte budget and a time limit, and only then is the response returned.
+//!
+//! Except when the client asked `Expect: 100-continue` and the handler never read the body (a
+//! refusal before the upload: auth, a key over its limits): then the client is waiting for a go
+//! that never comes and sends no body, so nothing is read — reading would send the `100
+//! Continue` and make it upload what is refused.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
+use axum::http::header::EXPECT;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as _, Frame, SizeHint};
@@ -23,7 +29,20 @@ use http_body_util::BodyExt as _;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// A body shared with the middleware: the handler reads through it, the middleware reads the rest.
-struct SharedBody(Arc<Mutex<Body>>);
+struct SharedBody(Arc<Mutex<Shared>>);
+
+#[derive(Default)]
+struct Shared {
+    body: Body,
+    /// Whether the handler asked for any of the body.
+    touched: bool,
+}
+
+impl SharedBody {
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl http_body::Body for SharedBody {
     type Data = Bytes;
@@ -33,22 +52,17 @@ impl http_body::Body for SharedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut body = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Pin::new(&mut *body).poll_frame(cx)
+        let mut shared = self.shared();
+        shared.touched = true;
+        Pin::new(&mut shared.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_end_stream()
+        self.shared().body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .size_hint()
+        self.shared().body.size_hint()
     }
 }
 
@@ -58,10 +72,23 @@ pub async fn drain_unread_body(budget: usize, req: Request, next: Next) -> Respo
     if body.is_end_stream() {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let shared = Arc::new(Mutex::new(body));
+    let expects_continue = parts
+        .headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let shared = Arc::new(Mutex::new(Shared {
+        body,
+        touched: false,
+    }));
     let req = Request::from_parts(parts, Body::new(SharedBody(shared.clone())));
     let res = next.run(req).await;
-    let rest = std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner));
+    let Shared {
+        body: rest,
+        touched,
+    } = std::mem::take(&mut *shared.lock().unwrap_or_else(PoisonError::into_inner));
+    if expects_continue && !touched {
+        return res;
+    }
     let drain = async move {
         let mut read = 0usize;
         let mut rest = rest;

@@ -6,7 +6,8 @@
 //!   (≤ 60 s, as the SDKs honour it), `retry-after-ms` and `x-ratelimit-{limit,remaining,reset}-
 //!   {requests,images}`. Successful answers carry the same `x-ratelimit-*` headers.
 //! - Per upstream model (`[limits.models.<id>]`): request rate and concurrency that protect the
-//!   upstream account. A request over the cap waits up to `queue_timeout` for room, then is
+//!   upstream account; every model has a concurrency cap by default (the registry's
+//!   `max_concurrent`). A request over the cap waits up to `queue_timeout` for room, then is
 //!   refused with a 429.
 //!
 //! Checks run key first, then team; a request refused by the team's limit has already used one
@@ -23,7 +24,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Limits, LimitsConfig};
+use crate::config::{Limits, LimitsConfig, DEFAULT_QUEUE_TIMEOUT};
 use crate::error::{ApiError, RateLimit};
 use crate::keys::ClientKey;
 use crate::model::ModelId;
@@ -81,6 +82,9 @@ struct ScopeState {
     requests: Option<Window>,
     images: Option<Window>,
     concurrent: Option<Arc<Semaphore>>,
+    /// Until when the request window is known to be empty: set when a request is refused by it
+    /// (cells only come back with time), read by [`RateLimits::precheck`].
+    requests_empty_until: Mutex<Option<std::time::Instant>>,
 }
 
 impl ScopeState {
@@ -96,7 +100,32 @@ impl ScopeState {
                 .max_concurrent
                 .map(|c| Arc::new(Semaphore::new(c as usize))),
             limits,
+            requests_empty_until: Mutex::new(None),
         }
+    }
+
+    fn empty_until(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.requests_empty_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long the request window stays empty, if it was seen empty and still is.
+    fn requests_empty_for(&self) -> Option<Duration> {
+        let until = (*self.empty_until())?;
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn concurrency_refusal(&self, who: &str) -> ApiError {
+        ApiError::rate_limited(
+            RateLimit::Concurrency,
+            format!(
+                "Too many concurrent requests for {who}: the limit is {}.",
+                self.limits.max_concurrent.unwrap_or_default()
+            ),
+            retry_headers(Duration::from_secs(1)),
+        )
     }
 }
 
@@ -146,23 +175,23 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(config: &LimitsConfig) -> Self {
+        // Every model has a concurrency cap: the configured one, else the registry's default.
         let models = ModelId::ALL
             .into_iter()
-            .filter_map(|m| {
-                let l = config.get(m)?;
-                Some((
-                    m,
-                    ModelCap {
-                        rate: l
-                            .requests_per_minute
-                            .and_then(NonZeroU32::new)
-                            .map(|r| Window::per_minute(r, DefaultClock::default())),
-                        concurrent: l
-                            .max_concurrent
-                            .map(|c| Arc::new(Semaphore::new(c as usize))),
-                        queue_timeout: l.queue_timeout,
-                    },
-                ))
+            .map(|m| {
+                let l = config.get(m);
+                let concurrent = l
+                    .and_then(|l| l.max_concurrent)
+                    .unwrap_or(m.def().max_concurrent);
+                let cap = ModelCap {
+                    rate: l
+                        .and_then(|l| l.requests_per_minute)
+                        .and_then(NonZeroU32::new)
+                        .map(|r| Window::per_minute(r, DefaultClock::default())),
+                    concurrent: Some(Arc::new(Semaphore::new(concurrent as usize))),
+                    queue_timeout: l.map_or(DEFAULT_QUEUE_TIMEOUT, |l| l.queue_timeout),
+                };
+                (m, cap)
             })
             .collect();
         Self {
@@ -185,23 +214,51 @@ impl RateLimits {
         }
     }
 
-    /// Checks the caller's key and team limits for a request of `n` images.
-    pub fn admit(&self, caller: &ClientKey, n: u8) -> Result<Admission, ApiError> {
+    /// The caller's limited scopes: its key, then its team.
+    fn scopes(&self, caller: &ClientKey) -> Vec<(String, Arc<ScopeState>)> {
         let mut scopes = vec![("key", caller.id.to_string(), caller.record.limits)];
         if let Some(team) = &caller.team {
             scopes.push(("team", team.spec.id.clone(), team.limits));
         }
-        let mut admission = Admission::default();
-        for (kind, id, limits) in scopes {
-            if limits == Limits::default() {
-                continue;
+        scopes
+            .into_iter()
+            .filter(|(_, _, limits)| *limits != Limits::default())
+            .map(|(kind, id, limits)| {
+                let state = self.scope(format!("{kind}:{id}"), limits);
+                (format!("{kind} `{id}`"), state)
+            })
+            .collect()
+    }
+
+    /// A look before a large body is read, taking nothing: refuses a request that the caller's
+    /// limits would refuse now for sure — every concurrency slot taken, or the request window
+    /// seen empty — so its upload is not read for nothing.
+    pub fn precheck(&self, caller: &ClientKey) -> Result<(), ApiError> {
+        for (who, state) in self.scopes(caller) {
+            if let (Some(w), Some(wait)) = (&state.requests, state.requests_empty_for()) {
+                return Err(refuse(&who, RateLimit::Requests, w.limit, wait));
             }
-            let state = self.scope(format!("{kind}:{id}"), limits);
-            let who = format!("{kind} `{id}`");
+            if let Some(sem) = &state.concurrent {
+                if sem.available_permits() == 0 {
+                    return Err(state.concurrency_refusal(&who));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the caller's key and team limits for a request of `n` images.
+    pub fn admit(&self, caller: &ClientKey, n: u8) -> Result<Admission, ApiError> {
+        let mut admission = Admission::default();
+        for (who, state) in self.scopes(caller) {
             if let Some(w) = &state.requests {
-                let left = w
-                    .take(1)
-                    .map_err(|wait| refuse(&who, RateLimit::Requests, w.limit, wait))?;
+                let left = match w.take(1) {
+                    Ok(left) => left,
+                    Err(wait) => {
+                        *state.empty_until() = Some(std::time::Instant::now() + wait);
+                        return Err(refuse(&who, RateLimit::Requests, w.limit, wait));
+                    }
+                };
                 tighter(&mut admission.requests, left);
             }
             if let Some(w) = &state.images {
@@ -220,16 +277,10 @@ impl RateLimits {
                 tighter(&mut admission.images, left);
             }
             if let Some(sem) = &state.concurrent {
-                let permit = sem.clone().try_acquire_owned().map_err(|_| {
-                    ApiError::rate_limited(
-                        RateLimit::Concurrency,
-                        format!(
-                            "Too many concurrent requests for {who}: the limit is {}.",
-                            state.limits.max_concurrent.unwrap_or_default()
-                        ),
-                        retry_headers(Duration::from_secs(1)),
-                    )
-                })?;
+                let permit = sem
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| state.concurrency_refusal(&who))?;
                 admission._permits.push(permit);
             }
         }
@@ -329,6 +380,34 @@ mod tests {
     use governor::clock::FakeRelativeClock;
 
     use super::*;
+
+    /// Every model is capped: the configured `max_concurrent` where there is one, else the
+    /// registry's default.
+    #[test]
+    fn every_model_has_a_concurrency_cap_by_default() {
+        let mut config = LimitsConfig::default();
+        config.models.insert(
+            "sparkpix".to_owned(),
+            crate::config::ModelLimits {
+                requests_per_minute: None,
+                max_concurrent: Some(3),
+                queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            },
+        );
+        let limits = RateLimits::new(&config);
+        for m in ModelId::ALL {
+            let cap = limits.models[&m]
+                .concurrent
+                .as_ref()
+                .map(|s| s.available_permits());
+            let want = if m == ModelId::SparkPix {
+                3
+            } else {
+                m.def().max_concurrent as usize
+            };
+            assert_eq!(cap, Some(want), "{m}");
+        }
+    }
 
     #[test]
     fn window_is_exact_at_its_edges() {

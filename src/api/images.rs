@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
@@ -38,7 +39,7 @@ pub const ATTEMPTS_HEADER: &str = "x-imagegate-attempts";
 pub const JOB_HEADER: &str = "x-imagegate-job-id";
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (call, opts) = match call_of(&request) {
+    let (call, opts) = match call_of(&state, &request) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -71,7 +72,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (call, opts) = match call_of(&request) {
+    let (call, opts) = match call_of(&state, &request) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -91,15 +92,31 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
     }
 }
 
+/// Bodies from this size on (or of unknown size) are checked against the caller's limits
+/// before they are read.
+const LARGE_BODY: u64 = 1 << 20;
+
 /// Who is calling and how: the authenticated key, the routing headers, the request id and the
 /// request's upstream clock (set by the metrics layer); and the job headers.
-fn call_of(request: &Request) -> Result<(Call, JobOptions), ApiError> {
+///
+/// Before a large body is read, a first attempt that the caller's limits refuse anyway is
+/// refused (a retry or an `Idempotency-Key` request may join its job: it is let through).
+fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobOptions), ApiError> {
     let caller = request
         .extensions()
         .get::<ClientKey>()
         .cloned()
         .ok_or_else(|| ApiError::unauthorized("No API key."))?;
     let opts = JobOptions::from_headers(request.headers())?;
+    let large = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_none_or(|n| n >= LARGE_BODY);
+    if large && !opts.sdk_retry && opts.idempotency_key.is_none() {
+        state.limits.precheck(&caller)?;
+    }
     let call = Call {
         caller,
         constraints: Constraints::from_headers(request.headers())?,
@@ -245,7 +262,7 @@ async fn answer(
         Err(e) => return e.into_response(),
         Ok(Some(admitted)) => (admitted, Vec::new(), false),
         Ok(None) => {
-            let prepared = match state.dispatch().prepare(call, route, req) {
+            let prepared = match Box::pin(state.dispatch().prepare(call, route, req)).await {
                 Ok(p) => p,
                 Err(refused) => return render(*refused, log),
             };

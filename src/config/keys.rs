@@ -352,8 +352,11 @@ pub struct ModelLimits {
     pub queue_timeout: Duration,
 }
 
+/// How long a request over a model's cap waits for room by default.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn default_queue_timeout() -> Duration {
-    Duration::from_secs(2)
+    DEFAULT_QUEUE_TIMEOUT
 }
 
 impl LimitsConfig {

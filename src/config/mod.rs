@@ -21,7 +21,7 @@ mod routing;
 
 pub use keys::{
     Budget, DataConfig, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec,
-    UpstreamKeyConfig, MIN_CLIENT_KEY_LEN,
+    UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT, MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};

@@ -153,7 +153,7 @@ pub type Late = Option<tokio::sync::oneshot::Sender<()>>;
 impl Dispatch<'_> {
     /// Steps 1–3: choose, plan, admit. A refusal is closed here (ledger row) and returned as a
     /// [`Finished`] to render.
-    pub fn prepare(
+    pub async fn prepare(
         &self,
         call: Call,
         route: Route,
@@ -170,15 +170,18 @@ impl Dispatch<'_> {
                 admission,
                 started,
             }),
-            Err(error) => Err(Box::new(self.close(
-                &call,
-                &route,
-                &req,
-                started,
-                None,
-                Err(error),
-                ServedBy::default(),
-            ))),
+            Err(error) => Err(Box::new(
+                self.close(
+                    &call,
+                    &route,
+                    &req,
+                    started,
+                    None,
+                    Err(error),
+                    ServedBy::default(),
+                )
+                .await,
+            )),
         }
     }
 
@@ -499,7 +502,7 @@ impl Dispatch<'_> {
 
     /// Step 8: writes the ledger row and hands back what to render.
     #[allow(clippy::too_many_arguments)]
-    fn close(
+    async fn close(
         &self,
         call: &Call,
         route: &Route,
@@ -510,7 +513,7 @@ impl Dispatch<'_> {
         by: ServedBy,
     ) -> Finished {
         let row = ledger_row(call, route, req, started, &result, &by);
-        self.store.record(row);
+        self.store.record(row).await;
         Finished {
             result,
             served: by,

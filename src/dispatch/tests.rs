@@ -156,7 +156,7 @@ impl Handles {
             request_id: "req-1".to_owned(),
             wait: UpstreamWait::default(),
         };
-        match self.dispatch().prepare(call, route, req) {
+        match self.dispatch().prepare(call, route, req).await {
             Ok(prepared) => run_job(&self.dispatch(), prepared).await,
             Err(refused) => *refused,
         }
@@ -371,7 +371,7 @@ async fn a_budget_refusal_is_closed_before_any_call() {
         request_id: "req-2".to_owned(),
         wait: UpstreamWait::default(),
     };
-    let Ok(prepared) = h.dispatch().prepare(call, route, req) else {
+    let Ok(prepared) = h.dispatch().prepare(call, route, req).await else {
         panic!("prepare refused");
     };
     let done = run_job(&h.dispatch(), prepared).await;

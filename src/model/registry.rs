@@ -57,6 +57,10 @@ pub struct ModelDef {
     pub catalog: Capabilities,
     pub price: PriceRule,
     pub timings: Timings,
+    /// Default cap on this model's requests in flight (`[limits.models.<id>] max_concurrent`):
+    /// a sync call holds an upstream connection for its whole generation, an async one a task
+    /// the account runs. It protects the upstream account from one burst.
+    pub max_concurrent: u32,
 }
 
 /// Every model, in [`for_each_model!`](crate::for_each_model) order (a test checks the two agree).
@@ -87,6 +91,7 @@ pub const MODELS: [ModelDef; super::ModelId::COUNT] = [
             first_poll_delay_s: 5,
             poll_interval_s: 3,
         },
+        max_concurrent: 256,
     },
     // All: `src/upstream/all.rs`
     ModelDef {
@@ -121,6 +126,7 @@ pub const MODELS: [ModelDef; super::ModelId::COUNT] = [
             first_poll_delay_s: 10,
             poll_interval_s: 3,
         },
+        max_concurrent: 256,
     },
     // Beta: `src/upstream/beta.rs`
     ModelDef {
@@ -149,6 +155,7 @@ pub const MODELS: [ModelDef; super::ModelId::COUNT] = [
             first_poll_delay_s: 5,
             poll_interval_s: 2,
         },
+        max_concurrent: 2000,
     },
     // SparkPix: `src/upstream/sparkpix.rs`
     ModelDef {
@@ -182,6 +189,7 @@ pub const MODELS: [ModelDef; super::ModelId::COUNT] = [
             first_poll_delay_s: 5,
             poll_interval_s: 3,
         },
+        max_concurrent: 256,
     },
 ];
 

@@ -167,7 +167,7 @@ pub type SpendBy = Vec<(String, Spent)>;
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    writes: std::sync::mpsc::Sender<writer::Msg>,
+    writes: tokio::sync::mpsc::Sender<writer::Msg>,
     /// Holds `data.dir` for this process (see [`DataLock`]).
     _lock: Option<Arc<DataLock>>,
 }
@@ -226,7 +226,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
-        let (writes, rx) = std::sync::mpsc::channel();
+        let (writes, rx) = tokio::sync::mpsc::channel(writer::QUEUE);
         let writer = conn.clone();
         std::thread::Builder::new()
             .name("imagegate-writer".to_owned())
@@ -253,7 +253,7 @@ impl Store {
             op,
             done: Some(done),
         };
-        if self.writes.send(msg).is_err() {
+        if self.queue(msg).await.is_err() {
             return Err(StoreError::Refused("the writer has stopped".to_owned()));
         }
         match wait.await {
@@ -263,14 +263,30 @@ impl Store {
         }
     }
 
-    /// Queues `op` without waiting for it (it is still never dropped: see `writer`).
-    pub fn write_detached(&self, op: WriteFn) {
+    /// Queues `op` without waiting for its commit (it is still never dropped: see `writer`);
+    /// waits only for room in the queue.
+    pub async fn write_detached(&self, op: WriteFn) {
         if self
-            .writes
-            .send(writer::Msg::Write { op, done: None })
+            .queue(writer::Msg::Write { op, done: None })
+            .await
             .is_err()
         {
             tracing::error!("the database writer has stopped; a write was not queued");
+        }
+    }
+
+    /// Sends `msg` to the writer, waiting for room when the queue is full.
+    async fn queue(&self, msg: writer::Msg) -> Result<(), ()> {
+        match self.writes.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
+                tracing::warn!(
+                    queued = writer::QUEUE,
+                    "the database writer is behind; this request waits to queue its write"
+                );
+                self.writes.send(msg).await.map_err(|_| ())
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
         }
     }
 
@@ -419,14 +435,15 @@ impl Store {
     // === ledger ===
 
     /// Queues one ledger row; the writer thread inserts it (see the module docs).
-    pub fn record(&self, row: Row) {
-        self.write_detached(Box::new(move |tx| insert_row(tx, &row)));
+    pub async fn record(&self, row: Row) {
+        self.write_detached(Box::new(move |tx| insert_row(tx, &row)))
+            .await;
     }
 
     /// Waits until every write queued before this call is committed.
     pub async fn flush(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.writes.send(writer::Msg::Flush(done)).is_ok() {
+        if self.queue(writer::Msg::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
     }
@@ -578,12 +595,55 @@ mod tests {
     async fn recorded_rows_are_written_in_batches_and_flush_waits_for_them() {
         let store = Store::open(None).unwrap();
         for i in 0..1_300 {
-            store.record(row(i));
+            store.record(row(i)).await;
         }
         store.flush().await;
         let rows = store.usage(UsageQuery::default()).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].cost_micros), (1_300, 13_000_000));
+    }
+
+    /// The disk falls behind (here: the writer cannot get the connection): the queue fills, the
+    /// writes past it wait instead of growing it, and once the writer is back nothing is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_write_queue_makes_writers_wait_and_drops_nothing() {
+        let store = Store::open(None).unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (holding, held) = std::sync::mpsc::channel::<()>();
+        let conn = store.conn.clone();
+        let holder = std::thread::spawn(move || {
+            let _guard = conn.lock().unwrap();
+            holding.send(()).unwrap();
+            released.recv().unwrap();
+        });
+        held.recv().unwrap();
+        let total = writer::QUEUE + 2_000;
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let (store, queued) = (store.clone(), queued.clone());
+            tasks.spawn(async move {
+                store.record(row(i)).await;
+                queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        while store.writes.capacity() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // Full: at most the queue and the group the writer holds are in; the rest wait.
+        let in_queue = queued.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            in_queue <= writer::QUEUE + writer::GROUP,
+            "{in_queue} of {total} queued"
+        );
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        store.flush().await;
+        let rows = store.usage(UsageQuery::default()).await.unwrap();
+        assert_eq!(rows[0].requests, total as u64);
     }
 }
 

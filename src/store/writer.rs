@@ -2,15 +2,18 @@
 //! transaction. Nothing waits on a timer: while one group commits the next one gathers, so a busy
 //! gateway commits many requests' writes at once and an idle one commits a single write at once.
 //!
+//! The queue is bounded ([`QUEUE`]): when the disk falls behind, a request waits to queue its
+//! write (backpressure) instead of the queue growing without end.
+//!
 //! A write is never dropped. When a group fails, its writes are applied one by one; a write that
 //! breaks a constraint (a duplicate ledger row for a job, say) is refused and its waiter told;
 //! any other failure (disk full, I/O) is retried with backoff until it succeeds.
 
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, Transaction};
+use tokio::sync::mpsc::Receiver;
 
 use super::StoreError;
 
@@ -51,16 +54,18 @@ pub(super) fn checkpoints(conn: &Connection, alive: &std::sync::Weak<Mutex<Conne
     }
 }
 
+/// Most writes waiting for the writer; past it, a writer's `send` waits for room.
+pub(super) const QUEUE: usize = 4096;
 /// Most writes grouped into one transaction.
-const GROUP: usize = 512;
+pub(super) const GROUP: usize = 512;
 /// Longest pause between two tries of a write that keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 type Done = Option<tokio::sync::oneshot::Sender<Result<(), String>>>;
 
 /// Applies writes until every sender is gone.
-pub(super) fn run(conn: Arc<Mutex<Connection>>, rx: Receiver<Msg>) {
-    while let Ok(first) = rx.recv() {
+pub(super) fn run(conn: Arc<Mutex<Connection>>, mut rx: Receiver<Msg>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut writes: Vec<(WriteFn, Done)> = Vec::new();
         let mut flushes = Vec::new();
         let mut next = Some(first);

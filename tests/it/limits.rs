@@ -180,3 +180,33 @@ async fn team_limit_is_shared_by_its_keys() {
         .contains("team `design`"));
     assert_eq!(third.headers["x-ratelimit-limit-requests"], "2");
 }
+
+/// A key over its limit is told so before it uploads: a large edit sent with
+/// `Expect: 100-continue` gets its 429 straight away, never the `100 Continue` that would have
+/// made the client send 8 MiB only to be refused.
+#[tokio::test]
+async fn a_large_upload_over_a_limit_is_refused_before_its_body_is_sent() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let env = start_with(|c| c.keys[0].requests_per_minute = Some(1)).await;
+    assert_eq!(env.generate(sparkpix(1)).await.status, 200);
+    // The minute's one request is used: the next is refused, and the window is known empty.
+    assert_eq!(env.generate(sparkpix(1)).await.status, 429);
+
+    let addr = env.gateway.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/images/edits HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\
+         content-type: multipart/form-data; boundary=b\r\ncontent-length: {}\r\n\
+         expect: 100-continue\r\n\r\n",
+        crate::support::KEY,
+        8 << 20
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    sock.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains("rate_limit_exceeded"), "{answer}");
+}
