@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use crate::budget::Payer;
 use crate::config::{KeySpec, TeamSpec};
-use crate::error::ApiError;
+use crate::error::{ApiError, PathId};
 use crate::keys::{self, KeyRecord, Source, TeamRecord};
 use crate::ledger::{self, GroupBy, UsageQuery};
 use crate::state::AppState;
@@ -138,7 +138,7 @@ async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> AdminRes
 /// once; deliveries from now on are signed with it.
 async fn rotate_webhook_secret(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> AdminResult {
     if state.keys.static_key(&id).is_some() {
         return Err(ApiError::conflict(format!(
@@ -186,26 +186,26 @@ async fn list_keys(State(state): State<Arc<AppState>>) -> AdminResult {
     Ok(Json(json!({ "keys": out })).into_response())
 }
 
-async fn get_key(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+async fn get_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
     let k = find_key(&state, &id).await?;
     Ok(Json(key_view(&state, &k)).into_response())
 }
 
 async fn update_key(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: Bytes,
 ) -> AdminResult {
     let patch = object(&body)?;
     change_key(&state, &id, patch).await
 }
 
-async fn disable_key(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+async fn disable_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
     let patch = Map::from_iter([("enabled".to_owned(), json!(false))]);
     change_key(&state, &id, patch).await
 }
 
-async fn enable_key(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+async fn enable_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
     let patch = Map::from_iter([("enabled".to_owned(), json!(true))]);
     change_key(&state, &id, patch).await
 }
@@ -229,7 +229,7 @@ async fn change_key(state: &AppState, id: &str, patch: Map<String, Value>) -> Ad
     Ok(Json(key_view(state, &record)).into_response())
 }
 
-async fn delete_key(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+async fn delete_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
     let current = find_key(&state, &id).await?;
     refuse_static(current.source, "key", &id)?;
     state.store().delete_key(id.clone()).await?;
@@ -289,14 +289,14 @@ async fn list_teams(State(state): State<Arc<AppState>>) -> AdminResult {
     Ok(Json(json!({ "teams": teams })).into_response())
 }
 
-async fn get_team(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> AdminResult {
+async fn get_team(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
     let t = find_team(&state, &id)?;
     Ok(Json(team_view(&state, &t)).into_response())
 }
 
 async fn update_team(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: Bytes,
 ) -> AdminResult {
     let current = find_team(&state, &id)?;
@@ -318,7 +318,7 @@ async fn update_team(
 /// deleting it would lift their team limits and budget; `force=true` deletes it anyway.
 async fn delete_team(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
     let force = match q.get("force").map(String::as_str) {

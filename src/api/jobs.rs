@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::body::Bytes;
+use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, PathId};
 use crate::jobs;
 use crate::keys::ClientKey;
 use crate::ledger::{Finished, Row};
@@ -23,7 +24,7 @@ use crate::store::{JobRecord, JobState};
 /// synchronous call returns, its images fetched again) or its `error`.
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     request: Request,
 ) -> Response {
     let Some(caller) = request.extensions().get::<ClientKey>().cloned() else {
@@ -58,7 +59,7 @@ pub async fn admin_list(
 
 /// `GET /admin/jobs/{id}`: the job object with what the operator needs: key, team, upstream
 /// model, cost, the upstream calls and their task ids.
-pub async fn admin_get(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn admin_get(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Response {
     match load(&state, &id).await {
         Ok(Some(job)) => {
             let mut v = admin_view(&job);
@@ -80,9 +81,11 @@ pub async fn admin_get(State(state): State<Arc<AppState>>, Path(id): Path<String
 /// state `unknown`. Not billed writes the compensating ledger row and gives the money back.
 pub async fn resolve(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
+    PathId(id): PathId,
+    body: Bytes,
 ) -> Response {
+    // Any body that is not `{"outcome": …}` (not JSON, another type) gets the same 400.
+    let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     let billed = match body.get("outcome").and_then(Value::as_str) {
         Some("billed") => true,
         Some("not_billed") => false,

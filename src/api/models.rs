@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::error::PathId;
 use crate::model::ModelId;
 use crate::state::AppState;
 
@@ -34,7 +35,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-pub async fn retrieve(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+pub async fn retrieve(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Response {
     match state.resolve_model(Some(&id)) {
         Ok(_) => Json(model_object(&id)).into_response(),
         Err(e) => e.into_response(),

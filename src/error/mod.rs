@@ -17,6 +17,9 @@ use serde_json::json;
 use crate::upstream::failure::{FailureKind, UpstreamError};
 
 mod code;
+mod path;
+
+pub use path::PathId;
 
 pub use code::{ErrorCode, Fault, RateLimit};
 

@@ -237,3 +237,18 @@ fn big_file() -> Vec<u8> {
     v.extend((0..10_000u32).map(|i| (i.wrapping_mul(7919) % 251) as u8));
     v
 }
+
+/// An id in a route that is not UTF-8 once decoded is a 400 in the OpenAI shape, naming `id`.
+#[tokio::test]
+async fn an_unreadable_path_id_is_an_openai_shaped_400() {
+    let env = start().await;
+    for path in ["/v1/images/jobs/%E5", "/v1/models/%FF%FE"] {
+        let a = env.get(path).await;
+        assert_eq!((a.status, a.param()), (400, "id"), "{path}: {}", a.body);
+        assert_eq!(
+            a.body["error"]["type"], "invalid_request_error",
+            "{}",
+            a.body
+        );
+    }
+}
