@@ -12,6 +12,8 @@
 //! that never comes and sends no body, so nothing is read — reading would send the `100
 //! Continue` and make it upload what is refused.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -93,7 +95,7 @@ pub async fn drain_unread_body(budget: usize, req: Request, next: Next) -> Respo
         let mut read = 0usize;
         let mut rest = rest;
         while let Some(Ok(frame)) = rest.frame().await {
-            read += frame.data_ref().map_or(0, Bytes::len);
+            read = read.saturating_add(frame.data_ref().map_or(0, Bytes::len));
             if read > budget {
                 break;
             }

@@ -22,6 +22,13 @@
 //! The upstream simulator is its own crate, `imagegate-sim` (`crates/imagegate-sim`), used by
 //! `imagegate sim`/`demo` (the default `demo` feature: [`demo`]) and by the tests.
 //!
+//! # Untrusted bytes
+//!
+//! Modules that read what clients or the platform send — request parsing, multipart, image
+//! headers (`model/image.rs`), transcoding, result downloads, body limits — deny
+//! `clippy::indexing_slicing` and `clippy::arithmetic_side_effects`: every index and size sum is
+//! checked there. Everywhere, an `#[allow]` carries its `reason`.
+//!
 //! # Layers
 //!
 //! Each module belongs to a layer and imports only from layers with a lower number (or its

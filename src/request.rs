@@ -6,6 +6,8 @@
 //! [`VENDOR_EXTRAS`] are kept for the adapters that understand them. Model-specific checks live
 //! in each adapter's `plan`.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -382,6 +384,11 @@ pub fn is_http_url(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -6,6 +6,8 @@
 //! itself into the body as its own chunk. The bytes on the wire are exactly `serde_json::to_vec`'s;
 //! the body has an exact length, so the answer keeps its `Content-Length`.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -128,7 +130,7 @@ impl http_body::Body for Chunks {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         Poll::Ready(this.parts.pop_front().map(|b| {
-            this.remaining -= b.len() as u64;
+            this.remaining = this.remaining.saturating_sub(b.len() as u64);
             Ok(Frame::data(b))
         }))
     }
@@ -143,6 +145,11 @@ impl http_body::Body for Chunks {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -3,6 +3,8 @@
 //! chunked bodies without Content-Length) and JSON (`images: [{image_url}]`, data URLs included —
 //! what Codex sends). Image bytes are recognised by magic bytes, never by the part's Content-Type.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use axum::extract::multipart::{Field, Multipart, MultipartError};
 use axum::http::StatusCode;
 use base64::Engine as _;
@@ -76,7 +78,7 @@ async fn text_part(mut field: Field<'_>, name: &str, limit: usize) -> Result<Str
         .await
         .map_err(|e| multipart_error(&e, limit))?
     {
-        if bytes.len() + chunk.len() > MAX_TEXT_BYTES {
+        if bytes.len().saturating_add(chunk.len()) > MAX_TEXT_BYTES {
             return Err(ApiError::invalid(
                 name,
                 format!("The `{name}` part is longer than {MAX_TEXT_BYTES} bytes."),
@@ -204,6 +206,11 @@ fn reference(item: &Value, param: &str) -> Result<ImageRef, ApiError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use super::*;
     use serde_json::json;

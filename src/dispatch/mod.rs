@@ -332,7 +332,10 @@ impl Dispatch<'_> {
     }
 
     /// Steps 4–6: the candidates in order until one serves the request.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed by reference rather than bundled for one call"
+    )]
     async fn execute(
         &self,
         call: &Call,
@@ -501,7 +504,10 @@ impl Dispatch<'_> {
     }
 
     /// Step 8: writes the ledger row and hands back what to render.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed by reference rather than bundled for one call"
+    )]
     async fn close(
         &self,
         call: &Call,
@@ -524,7 +530,10 @@ impl Dispatch<'_> {
 
     /// Step 8 for a job: its terminal state and its one ledger row, in one transaction, before
     /// the answer goes out.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed by reference rather than bundled for one call"
+    )]
     async fn close_job(
         &self,
         call: &Call,

@@ -8,9 +8,12 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 pub mod capabilities;
+mod image;
 mod money;
 pub mod registry;
 mod route;
+
+pub use image::image_dimensions;
 
 pub use money::Usd;
 pub use route::Route;
@@ -170,7 +173,7 @@ impl ImageFormat {
             Some(Self::Png)
         } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
             Some(Self::Jpeg)
-        } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        } else if bytes.get(..4) == Some(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
             Some(Self::Webp)
         } else {
             None
@@ -201,67 +204,6 @@ impl ImageFormat {
             _ => None,
         }
     }
-}
-
-/// Reads the pixel size from a PNG IHDR, a JPEG SOF marker or a WEBP frame header without
-/// decoding the image.
-pub fn image_dimensions(bytes: &[u8]) -> Option<Size> {
-    match ImageFormat::sniff(bytes)? {
-        ImageFormat::Png => {
-            let w = u32::from_be_bytes(bytes.get(16..20)?.try_into().ok()?);
-            let h = u32::from_be_bytes(bytes.get(20..24)?.try_into().ok()?);
-            Some(Size {
-                width: w,
-                height: h,
-            })
-        }
-        ImageFormat::Jpeg => jpeg_dimensions(bytes),
-        ImageFormat::Webp => webp_dimensions(bytes),
-    }
-}
-
-/// The canvas of a `VP8X` file, or the frame of a simple lossy (`VP8 `) or lossless (`VP8L`) one.
-fn webp_dimensions(bytes: &[u8]) -> Option<Size> {
-    let b = |i: usize| bytes.get(i).copied().map(u32::from);
-    let (width, height) = match bytes.get(12..16)? {
-        b"VP8X" => (
-            1 + (b(24)? | b(25)? << 8 | b(26)? << 16),
-            1 + (b(27)? | b(28)? << 8 | b(29)? << 16),
-        ),
-        b"VP8 " if bytes.get(23..26)? == [0x9d, 0x01, 0x2a] => (
-            (b(26)? | b(27)? << 8) & 0x3fff,
-            (b(28)? | b(29)? << 8) & 0x3fff,
-        ),
-        b"VP8L" if b(20)? == 0x2f => {
-            let bits = b(21)? | b(22)? << 8 | b(23)? << 16 | b(24)? << 24;
-            (1 + (bits & 0x3fff), 1 + ((bits >> 14) & 0x3fff))
-        }
-        _ => return None,
-    };
-    Some(Size { width, height })
-}
-
-fn jpeg_dimensions(bytes: &[u8]) -> Option<Size> {
-    let mut i = 2;
-    while i + 9 < bytes.len() {
-        if bytes[i] != 0xFF {
-            i += 1;
-            continue;
-        }
-        let marker = bytes[i + 1];
-        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
-        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
-        if (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            let h = u32::from(u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]));
-            let w = u32::from(u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]));
-            return Some(Size {
-                width: w,
-                height: h,
-            });
-        }
-        i += 2 + len;
-    }
-    None
 }
 
 #[cfg(test)]

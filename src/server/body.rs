@@ -7,6 +7,8 @@
 //! and the body reads as finished afterwards; the connection is then closed after the answer,
 //! since the rest of the body was never read.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -81,9 +83,13 @@ where
         }
         let limits = this.limits;
         let created = this.created;
-        let total = this
-            .total
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(created + limits.total)));
+        let total = this.total.get_or_insert_with(|| {
+            // An absurd limit that overflows the clock: tokio's `sleep` clamps it.
+            Box::pin(match created.checked_add(limits.total) {
+                Some(at) => tokio::time::sleep_until(at),
+                None => tokio::time::sleep(limits.total),
+            })
+        });
         if total.as_mut().poll(cx).is_ready() {
             this.expired = true;
             return Poll::Ready(Some(Err(BodyTimeout::Total(limits.total).into())));
@@ -112,6 +118,11 @@ where
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use std::convert::Infallible;
 

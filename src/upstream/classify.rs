@@ -1,6 +1,8 @@
 //! Upstream answers → values or classified failures ([`FailureKind`]): the one place a status
 //! code, a body `code` or a failure message is read.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use serde_json::Value;
 
 use super::{FailureKind, Redactor, UpstreamError};
@@ -92,6 +94,11 @@ pub(super) fn is_policy_message(message: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use super::*;
 

@@ -2,6 +2,8 @@
 //! `b64_json` answer — concurrently, from allowed hosts only, with a size cap and a timeout, and
 //! without the upstream key.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
@@ -85,9 +87,11 @@ const PEEK: usize = 64 * 1024;
 
 /// Decodes the first `bytes` bytes (about) of a base64 image.
 fn peek_b64(b64: &str, bytes: usize) -> Vec<u8> {
-    let chars = (bytes.div_ceil(3) * 4).min(b64.len() / 4 * 4);
+    // Whole groups of four characters only.
+    let whole = b64.len() & !3;
+    let chars = bytes.div_ceil(3).saturating_mul(4).min(whole);
     base64::engine::general_purpose::STANDARD
-        .decode(&b64.as_bytes()[..chars])
+        .decode(b64.as_bytes().get(..chars).unwrap_or_default())
         .unwrap_or_default()
 }
 
@@ -183,7 +187,7 @@ impl Upstream {
             let mut stream = res.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| err(e.without_url_string()))?;
-                if buf.len() + chunk.len() > max {
+                if buf.len().saturating_add(chunk.len()) > max {
                     return Err(err(format!("result file is larger than {max} bytes")));
                 }
                 buf.extend_from_slice(&chunk);

@@ -7,6 +7,8 @@
 //! at all, and every decoder is also given a memory limit (4 bytes per pixel of that), so a
 //! small file cannot make the gateway allocate gigabytes.
 
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use std::io::Cursor;
 
 use bytes::Bytes;
@@ -54,8 +56,10 @@ pub fn convert(bytes: &[u8], wanted: ImageFormat) -> Option<Bytes> {
         ImageFormat::Jpeg => decode_jpeg(bytes)?,
         ImageFormat::Webp => decode_webp(bytes)?,
     };
-    if pixels.data.len() != pixels.width as usize * pixels.height as usize * pixels.color.channels()
-    {
+    let expected = (pixels.width as usize)
+        .checked_mul(pixels.height as usize)
+        .and_then(|n| n.checked_mul(pixels.color.channels()));
+    if expected != Some(pixels.data.len()) {
         return None;
     }
     let out = match wanted {
@@ -67,7 +71,11 @@ pub fn convert(bytes: &[u8], wanted: ImageFormat) -> Option<Bytes> {
 }
 
 fn within_limit(width: u32, height: u32) -> bool {
-    width > 0 && height > 0 && u64::from(width) * u64::from(height) <= MAX_PIXELS
+    width > 0
+        && height > 0
+        && u64::from(width)
+            .checked_mul(u64::from(height))
+            .is_some_and(|n| n <= MAX_PIXELS)
 }
 
 /// Most memory a decoder may take for one picture: 4 bytes per pixel of the largest accepted.
@@ -171,7 +179,11 @@ fn encode_jpeg(mut p: Pixels) -> Option<Vec<u8>> {
         Color::Rgba => jpeg_encoder::ColorType::Rgba,
         // JPEG has no alpha: keep the luminance.
         Color::La => {
-            p.data = p.data.chunks_exact(2).map(|px| px[0]).collect();
+            p.data = p
+                .data
+                .chunks_exact(2)
+                .filter_map(|px| px.first().copied())
+                .collect();
             jpeg_encoder::ColorType::Luma
         }
     };
@@ -198,6 +210,11 @@ fn encode_webp(p: &Pixels) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use super::*;
     use crate::model::image_dimensions;

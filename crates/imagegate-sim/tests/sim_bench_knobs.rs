@@ -2,7 +2,11 @@
 //! OpenAI-shaped sync answer and of async tasks, and `[sim:slow=SECS]` with `--time-scale 0`
 //! keeps answers immediate.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test that cannot set itself up should fail loudly"
+)]
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
