@@ -10,9 +10,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 if [[ -z "${IMAGEGATE_BIN:-}" ]]; then
-  # The features of `cargo test` in scripts/test.sh, so the test run's build is reused.
-  echo "==> cargo build --locked --features imagegate/failpoints"
-  cargo build --locked --features imagegate/failpoints
+  # The packages and features of `cargo test` in scripts/test.sh, so the test run's build is
+  # reused (without `--workspace` the dependencies' features differ and much is built again).
+  echo "==> cargo build --workspace --locked --features imagegate/failpoints"
+  cargo build --workspace --locked --features imagegate/failpoints
   IMAGEGATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/imagegate"
 fi
 if [[ "$IMAGEGATE_BIN" != /* ]]; then

@@ -8,7 +8,7 @@
 
 use imagegate::catalog;
 use imagegate::config::ModelsConfig;
-use imagegate::model::{ModelId, Size};
+use imagegate::model::{ImageFormat, ModelId, Size};
 use imagegate::request::{Head, ImageRef, ImageRequest, Operation, VENDOR_EXTRAS};
 use imagegate::upstream;
 use proptest::prelude::*;
@@ -107,6 +107,32 @@ proptest! {
                 prop_assert!(!e.message.is_empty());
             }
         }
+    }
+
+    /// Any bytes behind a PNG, JPEG or WEBP signature (or none): the size is read or not,
+    /// never a panic.
+    #[test]
+    fn image_headers_are_read_or_not(kind in 0usize..5, tail in proptest::collection::vec(any::<u8>(), 0..80)) {
+        let magic: &[u8] = match kind {
+            0 => b"\x89PNG\r\n\x1a\n",
+            1 => &[0xFF, 0xD8, 0xFF],
+            2 => b"RIFF\0\0\0\0WEBPVP8X",
+            3 => b"RIFF\0\0\0\0WEBPVP8L",
+            _ => b"",
+        };
+        let bytes = [magic, &tail].concat();
+        let _ = ImageFormat::sniff(&bytes);
+        let _ = imagegate::model::image_dimensions(&bytes);
+    }
+
+    /// A PNG header gives back the size it declares, whatever it is.
+    #[test]
+    fn a_png_header_gives_its_size(w in any::<u32>(), h in any::<u32>()) {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend_from_slice(&w.to_be_bytes());
+        png.extend_from_slice(&h.to_be_bytes());
+        let size = imagegate::model::image_dimensions(&png).unwrap();
+        prop_assert_eq!((size.width, size.height), (w, h));
     }
 
     #[test]

@@ -213,7 +213,70 @@ fn reference(item: &Value, param: &str) -> Result<ImageRef, ApiError> {
 )]
 mod tests {
     use super::*;
+    use axum::extract::FromRequest as _;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// A multipart stream: parts with names the edit route knows (and some it does not), as
+    /// files or text, with any bytes; then any tail (a cut, a garbled boundary, junk) and the
+    /// closing boundary or not.
+    fn multipart_stream() -> impl Strategy<Value = Vec<u8>> {
+        let names = prop::sample::select(vec![
+            "image", "image[]", "image[2]", "mask", "prompt", "n", "size", "model", "markup", "",
+            "x\"y",
+        ]);
+        let part = (
+            names,
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..48),
+        );
+        (
+            prop::collection::vec(part, 0..6),
+            prop::collection::vec(any::<u8>(), 0..32),
+            any::<bool>(),
+        )
+            .prop_map(|(parts, tail, close)| {
+                let mut b = Vec::new();
+                for (name, file, data) in parts {
+                    b.extend_from_slice(b"--B\r\nContent-Disposition: form-data; name=\"");
+                    b.extend_from_slice(name.as_bytes());
+                    b.extend_from_slice(if file {
+                        b"\"; filename=\"f.png\"\r\n\r\n".as_slice()
+                    } else {
+                        b"\"\r\n\r\n"
+                    });
+                    b.extend_from_slice(&data);
+                    b.extend_from_slice(b"\r\n");
+                }
+                b.extend_from_slice(&tail);
+                if close {
+                    b.extend_from_slice(b"--B--\r\n");
+                }
+                b
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Any multipart stream is read into an edit or refused with a 4xx: never a panic, never
+        /// a server error.
+        #[test]
+        fn any_multipart_stream_is_read_or_refused(body in multipart_stream()) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let result = rt.block_on(async {
+                let req = axum::http::Request::post("/v1/images/edits")
+                    .header("content-type", "multipart/form-data; boundary=B")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                let form = Multipart::from_request(req, &()).await.unwrap();
+                from_multipart(form, 1 << 20).await
+            });
+            if let Err(e) = result {
+                prop_assert!(e.status().is_client_error(), "{} {}", e.status(), e.message);
+            }
+        }
+    }
 
     #[test]
     fn image_part_names() {

@@ -69,7 +69,8 @@ const CASES: &[(&str, &str, u16, &str)] = &[
 
 #[tokio::test]
 async fn failure_classes_map_to_openai_errors() {
-    let env = start().await;
+    // `[sim:nofile]` is tried again until `results.timeout`: keep it short here.
+    let env = start_with(|c| c.results.timeout = Duration::from_secs(2)).await;
     for (model, directive, status, code) in CASES {
         let a = env
             .generate(json!({"model": model, "prompt": format!("a cat {directive}"), "size": "1024x1024"}))
@@ -223,7 +224,11 @@ async fn unreachable_upstream_and_disallowed_result_hosts() {
 
 #[tokio::test]
 async fn result_download_is_capped() {
-    let env = start_with(|c| c.results.max_bytes = 1024).await;
+    let env = start_with(|c| {
+        c.results.max_bytes = 1024;
+        c.results.timeout = Duration::from_secs(2);
+    })
+    .await;
     let a = env
         .generate(json!({"model": "gpt-image-2-lite", "prompt": "p", "size": "1024x1024"}))
         .await;

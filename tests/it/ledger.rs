@@ -100,6 +100,8 @@ async fn start_with_db() -> (Env, PathBuf, tempfile::TempDir) {
     let env = start_with(|c| {
         with_admin(c);
         c.data.dir = Some(data.clone());
+        // `[sim:nofile]` is tried again until `results.timeout`: keep it short here.
+        c.results.timeout = std::time::Duration::from_secs(2);
         c.keys.push(imagegate::config::KeySpec {
             id: "broke".into(),
             key: Some(BROKE_KEY.into()),
