@@ -101,7 +101,7 @@ const LARGE_BODY: u64 = 1 << 20;
 ///
 /// Before a large body is read, a first attempt that the caller's limits refuse anyway is
 /// refused (a retry or an `Idempotency-Key` request may join its job: it is let through).
-fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobOptions), ApiError> {
+pub(super) fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobOptions), ApiError> {
     let caller = request
         .extensions()
         .get::<ClientKey>()
@@ -133,7 +133,7 @@ fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobOptions), Ap
 /// The request's head, its public name resolved, then the rest of its fields; the digest that
 /// tells a retry of this request from another one; and its `callback_url` (the gateway's own
 /// field: never sent upstream).
-fn parse(
+pub(super) fn parse(
     state: &AppState,
     op: Operation,
     mut parts: EditParts,
@@ -158,7 +158,7 @@ fn parse(
     Ok((route, req, digest, callback))
 }
 
-async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, ApiError> {
+pub(super) async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, ApiError> {
     let content_type = request
         .headers()
         .get(CONTENT_TYPE)
@@ -182,7 +182,7 @@ async fn edit_parts(state: &AppState, request: Request) -> Result<EditParts, Api
 }
 
 /// A generation is JSON: `application/json` (any parameters), or no `Content-Type` at all.
-fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(());
     };
@@ -195,7 +195,7 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn body_error(status: StatusCode, limit: usize) -> ApiError {
+pub(super) fn body_error(status: StatusCode, limit: usize) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large(limit)
     } else {
@@ -204,7 +204,7 @@ fn body_error(status: StatusCode, limit: usize) -> ApiError {
 }
 
 /// Parses a JSON object body; anything else is a 400 that says what is wrong.
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::bad_body(

@@ -6,8 +6,10 @@ mod body;
 pub(crate) mod edits;
 mod images;
 pub(crate) mod jobs;
+mod me;
 mod models;
 pub(crate) mod ops;
+mod quote;
 mod upstreams;
 
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/images/edits", post(images::edits))
         .route("/images/jobs", get(jobs::list))
         .route("/images/jobs/{id}", get(jobs::get))
+        .route("/images/quote", post(quote::quote))
+        .route("/me", get(me::me))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve));
     Router::new()

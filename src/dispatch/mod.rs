@@ -191,6 +191,20 @@ impl Dispatch<'_> {
         route: &Route,
         req: &ImageRequest,
     ) -> Result<(Vec<Candidate>, Plan, Admission), ApiError> {
+        let (first, candidates) = self.choose(call, route, req)?;
+        let admission = self.admit(&call.caller, req)?;
+        Ok((candidates, first, admission))
+    }
+
+    /// Steps 2–3 without admission: the key may use the name, the reference URLs pass, and the
+    /// models that would serve the request, in order, with their exact prices and the first one's
+    /// plan. A quote is this and nothing more: no limit is taken, nothing is sent.
+    pub(crate) fn choose(
+        &self,
+        call: &Call,
+        route: &Route,
+        req: &ImageRequest,
+    ) -> Result<(Plan, Vec<Candidate>), ApiError> {
         // Authorization first: a key that may not use the name hears nothing of its health.
         if !call.caller.record.allows(&route.public) {
             return Err(ApiError::model_not_allowed(&route.public));
@@ -205,9 +219,7 @@ impl Dispatch<'_> {
         let candidates = self
             .routing
             .choose(self.models, &view, req, route, call.constraints)?;
-        let (first, candidates) = plan_first(req, route, candidates)?;
-        let admission = self.admit(&call.caller, req)?;
-        Ok((candidates, first, admission))
+        plan_first(req, route, candidates)
     }
 
     /// Step 1: the key's and its team's rate and concurrency limits (that the key may use the

@@ -30,6 +30,7 @@ mod metrics;
 mod metrics_teams;
 mod models;
 mod pool;
+mod quote_me;
 mod routing;
 mod slow_clients;
 mod support;
