@@ -168,6 +168,12 @@ pub type SpendBy = Vec<(String, Spent)>;
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     writes: tokio::sync::mpsc::Sender<writer::Msg>,
+    /// When the WAL starts again from its beginning (see `writer::checkpoints`).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by the tests: how often the WAL restarted")
+    )]
+    restart: Arc<writer::Restart>,
     /// Holds `data.dir` for this process (see [`DataLock`]).
     _lock: Option<Arc<DataLock>>,
 }
@@ -205,6 +211,11 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreErr
 impl Store {
     /// Opens (creating the directory and file) and migrates the database.
     pub fn open(dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::open_with(dir, writer::Wal::default())
+    }
+
+    /// [`Store::open`] with the WAL's restart point and size limit given (tests make them small).
+    fn open_with(dir: Option<&Path>, wal: writer::Wal) -> anyhow::Result<Self> {
         let mut lock = None;
         let mut checkpoints = None;
         let mut conn = match dir {
@@ -218,6 +229,8 @@ impl Store {
                 conn.pragma_update(None, "synchronous", "NORMAL")?;
                 // Checkpoints (and their fsync) run on a thread of their own, not in a commit.
                 conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                // When the log starts again from its beginning, the file is cut back to this.
+                conn.pragma_update(None, "journal_size_limit", wal.size_limit)?;
                 checkpoints = Some(dir.join(DB_FILE));
                 conn
             }
@@ -228,19 +241,24 @@ impl Store {
         let conn = Arc::new(Mutex::new(conn));
         let (writes, rx) = tokio::sync::mpsc::channel(writer::QUEUE);
         let writer = conn.clone();
+        // Set by the checkpointer when the WAL should start again from its beginning.
+        let restart = Arc::new(writer::Restart::new(wal.restart_frames));
+        let restart_due = restart.clone();
         std::thread::Builder::new()
             .name("imagegate-writer".to_owned())
-            .spawn(move || writer::run(writer, rx))?;
+            .spawn(move || writer::run(writer, rx, &restart_due))?;
         if let Some(path) = checkpoints {
             let alive = Arc::downgrade(&conn);
             let checkpointer = Connection::open(path)?;
+            let asks = restart.clone();
             std::thread::Builder::new()
                 .name("imagegate-checkpoint".to_owned())
-                .spawn(move || writer::checkpoints(&checkpointer, &alive))?;
+                .spawn(move || writer::checkpoints(&checkpointer, &alive, &asks))?;
         }
         Ok(Self {
             conn,
             writes,
+            restart,
             _lock: lock,
         })
     }
@@ -601,6 +619,37 @@ mod tests {
         let rows = store.usage(UsageQuery::default()).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].cost_micros), (1_300, 13_000_000));
+    }
+
+    /// Writes that never pause: a passive checkpoint never catches up with them, so the WAL
+    /// is restarted by the writer once it passes its limit, and its file stays near that size
+    /// instead of growing with every write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wal_under_steady_writes_is_restarted_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = writer::Wal {
+            restart_frames: 64,
+            size_limit: 256 * 1024,
+        };
+        let store = Store::open_with(Some(dir.path()), wal).unwrap();
+        let restarts = || {
+            store
+                .restart
+                .done
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut i = 0;
+        // Bounded: without restarts this would end by the count, and fail below.
+        while restarts() < 3 && i < 2_000_000 {
+            store.record(row(i)).await;
+            i += 1;
+        }
+        assert!(restarts() >= 3, "no WAL restart after {i} rows");
+        store.flush().await;
+        let wal_file = dir.path().join(format!("{DB_FILE}-wal"));
+        let len = std::fs::metadata(wal_file).unwrap().len();
+        // The limit, plus what one checkpoint period of writes adds at most (generous).
+        assert!(len < 64 << 20, "the WAL is {len} bytes after {i} rows");
     }
 
     /// The disk falls behind (here: the writer cannot get the connection): the queue fills, the
