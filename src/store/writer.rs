@@ -69,14 +69,14 @@ impl Restart {
     }
 }
 
-/// WAL frames past which the log is restarted (about 128 MiB of 4 KiB pages). A restart holds
+/// WAL frames past which the log is restarted (about 256 MiB of 4 KiB pages). A restart holds
 /// the writer for what the last passive checkpoint left plus an fsync (about 0.1 s at the
-/// benchmark's 2,500 requests a second, once every 3 s): rarer is better, up to the disk it
+/// benchmark's 2,500 requests a second, once every 6 s): rarer is better, up to the disk it
 /// may take.
-pub(super) const RESTART_FRAMES: i64 = 32_768;
+pub(super) const RESTART_FRAMES: i64 = 65_536;
 
 /// The size the WAL file is cut back to when the log restarts (`journal_size_limit`).
-pub(super) const WAL_SIZE_LIMIT: i64 = 128 << 20;
+pub(super) const WAL_SIZE_LIMIT: i64 = 256 << 20;
 
 /// Copies the WAL into the database file every [`CHECKPOINT_EVERY`], until the store is gone.
 ///
