@@ -39,7 +39,9 @@ pub const ATTEMPTS_HEADER: &str = "x-imagegate-attempts";
 pub const JOB_HEADER: &str = "x-imagegate-job-id";
 
 pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (call, opts) = match call_of(&state, &request) {
+    let checked = call_of(&request)
+        .and_then(|(call, opts)| precheck(&state, &request, &call, &opts).map(|()| (call, opts)));
+    let (call, opts) = match checked {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -72,7 +74,9 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
 }
 
 pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (call, opts) = match call_of(&state, &request) {
+    let checked = call_of(&request)
+        .and_then(|(call, opts)| precheck(&state, &request, &call, &opts).map(|()| (call, opts)));
+    let (call, opts) = match checked {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -96,18 +100,14 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
 /// before they are read.
 const LARGE_BODY: u64 = 1 << 20;
 
-/// Who is calling and how: the authenticated key, the routing headers, the request id and the
-/// request's upstream clock (set by the metrics layer); and the job headers.
-///
 /// Before a large body is read, a first attempt that the caller's limits refuse anyway is
 /// refused (a retry or an `Idempotency-Key` request may join its job: it is let through).
-pub(super) fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobOptions), ApiError> {
-    let caller = request
-        .extensions()
-        .get::<ClientKey>()
-        .cloned()
-        .ok_or_else(|| ApiError::unauthorized("No API key."))?;
-    let opts = JobOptions::from_headers(request.headers())?;
+fn precheck(
+    state: &AppState,
+    request: &Request,
+    call: &Call,
+    opts: &JobOptions,
+) -> Result<(), ApiError> {
     let large = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -115,8 +115,20 @@ pub(super) fn call_of(state: &AppState, request: &Request) -> Result<(Call, JobO
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_none_or(|n| n >= LARGE_BODY);
     if large && !opts.sdk_retry && opts.idempotency_key.is_none() {
-        state.limits.precheck(&caller)?;
+        state.limits.precheck(&call.caller)?;
     }
+    Ok(())
+}
+
+/// Who is calling and how: the authenticated key, the routing headers, the request id and the
+/// request's upstream clock (set by the metrics layer); and the job headers.
+pub(super) fn call_of(request: &Request) -> Result<(Call, JobOptions), ApiError> {
+    let caller = request
+        .extensions()
+        .get::<ClientKey>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("No API key."))?;
+    let opts = JobOptions::from_headers(request.headers())?;
     let call = Call {
         caller,
         constraints: Constraints::from_headers(request.headers())?,

@@ -26,7 +26,7 @@ pub async fn quote(State(state): State<Arc<AppState>>, request: Request) -> Resp
 }
 
 async fn answer(state: &AppState, request: Request) -> Result<Value, ApiError> {
-    let (call, _) = call_of(state, &request)?;
+    let (call, _) = call_of(&request)?;
     let multipart = request
         .headers()
         .get(CONTENT_TYPE)
