@@ -309,7 +309,8 @@ impl Dispatch<'_> {
 
     /// Step 7 with retries: result files live 7 days upstream, so a failed download is tried
     /// again inside the gateway (with backoff, within `results.timeout` in all) rather than
-    /// making the client create (and pay for) the image again.
+    /// making the client create (and pay for) the image again — unless trying again cannot
+    /// mend it (a file too large or not an image, a URL the policy refuses).
     pub(crate) async fn render(
         &self,
         fetch: results::Fetch<'_>,
@@ -337,6 +338,7 @@ impl Dispatch<'_> {
             match results::body(fetch, req, images.clone()).await {
                 Err(e)
                     if e.code == ErrorCode::ResultDownloadFailed
+                        && !e.lasting
                         && Instant::now() + pause < until =>
                 {
                     tracing::info!(

@@ -32,6 +32,9 @@ pub struct ApiError {
     pub message: String,
     /// Extra response headers: `retry-after` and `x-ratelimit-*` on 429s.
     pub headers: Vec<(&'static str, String)>,
+    /// An upstream failure that trying again cannot mend (see `UpstreamError::lasting`): the
+    /// gateway does not retry it inside.
+    pub lasting: bool,
 }
 
 impl ApiError {
@@ -41,6 +44,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             headers: Vec::new(),
+            lasting: false,
         }
     }
 
@@ -250,7 +254,8 @@ impl ApiError {
                 format!("The upstream may or may not have accepted the request{detail}{task}"),
             ),
         };
-        let err = Self::new(code, message);
+        let mut err = Self::new(code, message);
+        err.lasting = e.lasting;
         // The upstream's own pause, in whole seconds as the SDKs read it (at most 60 s, the
         // longest the SDKs wait); 5 s (every 503's default) when it gave none.
         match (e.kind, e.retry_after) {

@@ -118,6 +118,9 @@ pub struct UpstreamError {
     pub task_id: Option<String>,
     /// The upstream's own `retry-after` on a 429, passed on to the client (capped at 60 s).
     pub retry_after: Option<Duration>,
+    /// The same call would fail the same way (a result file too large, or not an image): not
+    /// worth trying again.
+    pub lasting: bool,
 }
 
 impl UpstreamError {
@@ -127,7 +130,14 @@ impl UpstreamError {
             message,
             task_id: None,
             retry_after: None,
+            lasting: false,
         }
+    }
+
+    /// Marks a failure that trying again cannot mend.
+    pub(crate) fn lasting(mut self) -> Self {
+        self.lasting = true;
+        self
     }
 
     pub(crate) fn with_task(mut self, task_id: &str) -> Self {

@@ -162,7 +162,8 @@ impl Upstream {
 
     async fn download(&self, url: &str, ctx: &CallCtx) -> Result<Bytes, UpstreamError> {
         let err = |msg: String| UpstreamError::new(FailureKind::Download, msg);
-        self.check_result_url(url).map_err(err)?;
+        self.check_result_url(url)
+            .map_err(|why| err(why).lasting())?;
         let parsed = reqwest::Url::parse(url).map_err(|_| err("invalid result URL".to_owned()))?;
         let limit = self.results.timeout.min(ctx.remaining());
         let max = self.results.max_bytes;
@@ -181,14 +182,14 @@ impl Upstream {
                 )));
             }
             if res.content_length().is_some_and(|len| len > max as u64) {
-                return Err(err(format!("result file is larger than {max} bytes")));
+                return Err(err(format!("result file is larger than {max} bytes")).lasting());
             }
             let mut buf = BytesMut::with_capacity(res.content_length().unwrap_or(0) as usize);
             let mut stream = res.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| err(e.without_url_string()))?;
                 if buf.len().saturating_add(chunk.len()) > max {
-                    return Err(err(format!("result file is larger than {max} bytes")));
+                    return Err(err(format!("result file is larger than {max} bytes")).lasting());
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -204,9 +205,7 @@ impl Upstream {
             }
         };
         if ImageFormat::sniff(&bytes).is_none() {
-            return Err(err(
-                "result file is not a PNG, JPEG or WEBP image".to_owned()
-            ));
+            return Err(err("result file is not a PNG, JPEG or WEBP image".to_owned()).lasting());
         }
         Ok(bytes)
     }

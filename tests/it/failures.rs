@@ -238,4 +238,6 @@ async fn result_download_is_capped() {
         "{}",
         a.body
     );
+    // Too large is too large every time: fetched once, not again until `results.timeout`.
+    assert_eq!(env.upstream_stats().await["downloads"], 1);
 }
