@@ -157,27 +157,46 @@ class ServedGateway:
             self.child.terminate()
 
 
+def _toml(value: object) -> str:
+    """A TOML value: numbers and booleans bare, lists as arrays, anything else a quoted string."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return f'"{value}"'
+
+
+def _table(name: str, settings: dict[str, object]) -> str:
+    return f"\n[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
+
+
 def gateway_config(
     *,
     sim: OwnSimulator,
     data_dir: Path,
     listen: str = "127.0.0.1:0",
     models: dict[str, dict[str, str]] | None = None,
+    upstream_addr: str | None = None,
+    upstream: dict[str, object] | None = None,
+    results: dict[str, object] | None = None,
+    tables: dict[str, dict[str, object]] | None = None,
 ) -> str:
-    """A serve configuration (TOML) pointed at `sim`, with one client key (`CLIENT_KEY`)."""
+    """A serve configuration (TOML) pointed at `sim`, with one client key (`CLIENT_KEY`).
+
+    `upstream_addr` puts another address (a proxy) in front of the simulator, for the API and
+    the result files; `upstream` and `results` add to those sections, `tables` adds sections.
+    """
+    addr = upstream_addr or sim.addr
     text = f"""
 [server]
 listen = "{listen}"
 drain_timeout = "1s"
-
-[upstream]
-base_url = "{sim.base_url}"
-api_key = "{sim.api_key}"
-
-[results]
-allowed_hosts = ["{sim.addr}"]
-timeout = "10s"
-
+"""
+    text += _table("upstream", {"base_url": f"http://{addr}", "api_key": sim.api_key, **(upstream or {})})
+    text += _table("results", {"allowed_hosts": [addr], "timeout": "10s", **(results or {})})
+    text += f"""
 [urls]
 allow_http = true
 allow_loopback = true
@@ -196,7 +215,8 @@ id = "t"
 key = "{CLIENT_KEY}"
 webhook_secret = "{WEBHOOK_SECRET}"
 """
+    for name, settings in (tables or {}).items():
+        text += _table(name, settings)
     for model, settings in (models or {}).items():
-        text += f"\n[models.{model}]\n"
-        text += "".join(f'{name} = "{value}"\n' for name, value in settings.items())
+        text += _table(f"models.{model}", settings)
     return text

@@ -49,7 +49,7 @@ from openai import OpenAI
 
 from chaos_proxy import CREATE, DOWNLOAD, FAULTS, PASS, POLL, ChaosProxy
 from conftest import REPO_ROOT, _log_tail, _require_binary
-from served import ADMIN_KEY, CLIENT_KEY, Child, OwnSimulator, ServedGateway
+from served import ADMIN_KEY, CLIENT_KEY, Child, OwnSimulator, ServedGateway, gateway_config
 from support import PNG_MAGIC, Simulator, http, wait_until
 
 # The fault schedule and the load's order; `IMAGEGATE_CHAOS_SEED` explores others.
@@ -132,43 +132,15 @@ class ProxiedSimulator(OwnSimulator):
 def chaos_config(*, proxy: ChaosProxy, sim: OwnSimulator, data_dir: Path) -> str:
     """A serve configuration whose upstream (API and result files) is the proxy; the circuit
     breaker is off so that every request meets the faults."""
-    models = "".join(
-        f"\n[models.{kind}]\n" + "".join(f'{k} = "{v}"\n' for k, v in MODEL_SETTINGS.items())
-        for kind in sorted({k.model for k in KINDS})
+    return gateway_config(
+        sim=sim,
+        data_dir=data_dir,
+        upstream_addr=proxy.addr,
+        upstream={"connect_timeout": "2s", "max_response_bytes": MAX_RESPONSE_BYTES},
+        results={"timeout": f"{RESULTS_TIMEOUT_S}s", "max_bytes": RESULT_MAX_BYTES},
+        tables={"routing.circuit": {"enabled": False}},
+        models={kind: dict(MODEL_SETTINGS) for kind in sorted({k.model for k in KINDS})},
     )
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-drain_timeout = "1s"
-
-[upstream]
-base_url = "http://{proxy.addr}"
-api_key = "{sim.api_key}"
-connect_timeout = "2s"
-max_response_bytes = {MAX_RESPONSE_BYTES}
-
-[results]
-allowed_hosts = ["{proxy.addr}"]
-timeout = "{RESULTS_TIMEOUT_S}s"
-max_bytes = {RESULT_MAX_BYTES}
-
-[urls]
-allow_http = true
-allow_loopback = true
-
-[data]
-dir = "{data_dir}"
-
-[admin]
-key = "{ADMIN_KEY}"
-
-[routing.circuit]
-enabled = false
-
-[[keys]]
-id = "t"
-key = "{CLIENT_KEY}"
-{models}"""
 
 
 @dataclass
