@@ -261,9 +261,8 @@ impl Jobs {
         };
         state.metrics.job(JobEvent::Created);
         registered.keep();
-        let id = job_id.clone();
         let state = state.clone();
-        let job_id = id.clone();
+        let id = job_id.clone();
         // Boxed so the task holds the request once (in `run`), not also as a captured value.
         let prepared = Box::new(prepared);
         self.spawn(async move {

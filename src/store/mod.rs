@@ -10,6 +10,7 @@
 //! [`Store::flush`] waits until every row queued before it is written (usage reports, shutdown).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension as _, Transaction};
@@ -168,6 +169,8 @@ pub type SpendBy = Vec<(String, Spent)>;
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     writes: tokio::sync::mpsc::Sender<writer::Msg>,
+    /// Whether the write queue was last seen full (its warning is logged once).
+    behind: Arc<AtomicBool>,
     /// When the WAL starts again from its beginning (see `writer::checkpoints`).
     #[cfg_attr(
         not(test),
@@ -258,6 +261,7 @@ impl Store {
         Ok(Self {
             conn,
             writes,
+            behind: Arc::default(),
             restart,
             _lock: lock,
         })
@@ -296,12 +300,18 @@ impl Store {
     /// Sends `msg` to the writer, waiting for room when the queue is full.
     async fn queue(&self, msg: writer::Msg) -> Result<(), ()> {
         match self.writes.try_send(msg) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.behind.store(false, Ordering::Relaxed);
+                Ok(())
+            }
             Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
-                tracing::warn!(
-                    queued = writer::QUEUE,
-                    "the database writer is behind; this request waits to queue its write"
-                );
+                // Said once each time the writer falls behind, not once per waiting request.
+                if !self.behind.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queued = writer::QUEUE,
+                        "the database writer is behind; requests wait to queue their writes"
+                    );
+                }
                 self.writes.send(msg).await.map_err(|_| ())
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
