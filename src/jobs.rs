@@ -51,6 +51,8 @@ pub struct JobOptions {
     pub idempotency_key: Option<String>,
     /// `x-stainless-retry-count` ≥ 1: an SDK sending the same request again.
     pub sdk_retry: bool,
+    /// Codex's `x-codex-image-turn-id`: see [`implicit_key`](Self::implicit_key).
+    pub codex_turn: Option<String>,
     /// `Prefer: respond-async`.
     pub respond_async: bool,
     /// Where the job's end is posted: the request's `callback_url`, else the key's `webhook_url`.
@@ -73,6 +75,12 @@ impl JobOptions {
                 Some(k.to_owned())
             }
         };
+        // Codex's image tool sends no Idempotency-Key and no retry count, but the same turn id
+        // on each retry of one call: with the request's digest it names the call.
+        let codex_turn = text("x-codex-image-turn-id")
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 128)
+            .map(str::to_owned);
         let sdk_retry = text("x-stainless-retry-count")
             .and_then(|v| v.trim().parse::<u32>().ok())
             .is_some_and(|n| n >= 1);
@@ -84,10 +92,27 @@ impl JobOptions {
             .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
         Ok(Self {
             idempotency_key,
+            codex_turn,
             sdk_retry,
             respond_async,
             callback_url: None,
         })
+    }
+}
+
+impl JobOptions {
+    /// With no `Idempotency-Key`, a Codex turn id and the request's digest stand for one: Codex
+    /// retries a 500 or 503 four times with the same turn id, and those retries join the first
+    /// job instead of paying for four more images. A different call in the same turn has
+    /// another digest, so another key.
+    pub fn implicit_key(mut self, digest: &str) -> Self {
+        if self.idempotency_key.is_none() {
+            if let Some(turn) = self.codex_turn.take() {
+                let short = digest.get(..32).unwrap_or(digest);
+                self.idempotency_key = Some(format!("codex:{turn}:{short}"));
+            }
+        }
+        self
     }
 }
 

@@ -43,6 +43,15 @@ pub struct Row {
     /// Set on a compensating row (an operator settled an unknown outcome as not billed): the
     /// job it gives money back for. Its cost is booked negative.
     pub adjusts: Option<String>,
+    /// A text pass-through call's token usage (none on image rows).
+    pub tokens: Option<Tokens>,
+}
+
+/// Tokens a text call used, as its upstream reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
 }
 
 /// What is known of a request once it is finished.
@@ -87,6 +96,50 @@ impl Row {
             task_ids: outcome.task_ids.join(","),
             job_id: None,
             adjusts: None,
+            tokens: None,
+        }
+    }
+
+    /// The row of a text pass-through call: `model` is the text model asked for, `tokens` what
+    /// its upstream reported.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the columns of one row, each named at the call site"
+    )]
+    pub fn text(
+        key_id: &str,
+        team: Option<&str>,
+        model: &str,
+        request_id: &str,
+        latency_ms: u128,
+        status: u16,
+        error_code: Option<ErrorCode>,
+        cost: Usd,
+        tokens: Option<Tokens>,
+    ) -> Self {
+        let now = SystemTime::now();
+        Self {
+            ts_ms: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default(),
+            day: utc_day(now),
+            request_id: request_id.to_owned(),
+            key_id: key_id.to_owned(),
+            team: team.map(str::to_owned),
+            model: model.to_owned(),
+            served_model: Some(model.to_owned()),
+            n: 0,
+            size: None,
+            quality: String::new(),
+            cost,
+            status,
+            error_code: error_code.map(|c| c.as_str().to_owned()),
+            latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
+            task_ids: String::new(),
+            job_id: None,
+            adjusts: None,
+            tokens,
         }
     }
 
@@ -177,6 +230,8 @@ pub struct UsageRow {
     pub succeeded: u64,
     pub images: u64,
     pub cost_micros: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 /// The report as JSON: `{"group_by": [...], "rows": [{key, requests, …, cost_usd}], "total": …}`.
@@ -193,6 +248,8 @@ pub fn usage_json(group_by: &[GroupBy], rows: &[UsageRow]) -> Value {
             item.insert("requests".into(), json!(r.requests));
             item.insert("succeeded".into(), json!(r.succeeded));
             item.insert("images".into(), json!(r.images));
+            item.insert("input_tokens".into(), json!(r.input_tokens));
+            item.insert("output_tokens".into(), json!(r.output_tokens));
             item.insert("cost_usd".into(), json!(Usd(r.cost_micros).to_string()));
             item.insert("cost_micros".into(), json!(r.cost_micros));
             Value::Object(item)
@@ -209,18 +266,20 @@ pub fn usage_csv(group_by: &[GroupBy], rows: &[UsageRow]) -> String {
         out.push_str(g.name());
         out.push(',');
     }
-    out.push_str("requests,succeeded,images,cost_usd\n");
+    out.push_str("requests,succeeded,images,cost_usd,input_tokens,output_tokens\n");
     for r in rows {
         for v in &r.groups {
             out.push_str(&csv_field(v));
             out.push(',');
         }
         out.push_str(&format!(
-            "{},{},{},{}\n",
+            "{},{},{},{},{},{}\n",
             r.requests,
             r.succeeded,
             r.images,
-            Usd(r.cost_micros)
+            Usd(r.cost_micros),
+            r.input_tokens,
+            r.output_tokens
         ));
     }
     out
@@ -254,10 +313,12 @@ mod tests {
             succeeded: 2,
             images: 2,
             cost_micros: 50_000,
+            input_tokens: 0,
+            output_tokens: 0,
         }];
         assert_eq!(
             usage_csv(&[GroupBy::Key], &rows),
-            "key,requests,succeeded,images,cost_usd\nalice,3,2,2,0.05\n"
+            "key,requests,succeeded,images,cost_usd,input_tokens,output_tokens\nalice,3,2,2,0.05,0,0\n"
         );
         assert!(GroupBy::parse_list("key,day").is_ok());
         assert!(GroupBy::parse_list("nope").is_err());

@@ -185,9 +185,14 @@ impl ImageRequest {
         let output_format = match str_field(fields, "output_format")? {
             None => None,
             Some(f) => Some(ImageFormat::parse(f).ok_or_else(|| {
+                let why = if f.eq_ignore_ascii_case("gif") {
+                    "GIF (animated or not) is not offered by any upstream model"
+                } else {
+                    "it is not supported"
+                };
                 ApiError::invalid(
                     "output_format",
-                    format!("Output format `{f}` is not supported: use png, jpeg or webp."),
+                    format!("Output format `{f}`: {why}. Use png, jpeg or webp."),
                 )
             })?),
         };

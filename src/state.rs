@@ -17,6 +17,7 @@ use crate::request::ImageRequest;
 use crate::routing::health::{CircuitState, Health};
 use crate::routing::Routing;
 use crate::store::Store;
+use crate::upstream::text::TextUpstream;
 use crate::upstream::Upstream;
 
 /// Everything a handler needs, shared behind one `Arc`.
@@ -47,6 +48,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The jobs running in this process.
     pub jobs: Jobs,
+    /// The text upstream of `/v1/responses` and `/v1/chat/completions` (`[passthrough]`).
+    pub text: Option<TextUpstream>,
 }
 
 impl AppState {
@@ -80,6 +83,11 @@ impl AppState {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             metrics,
             jobs: Jobs::default(),
+            text: config
+                .passthrough
+                .as_ref()
+                .map(|p| TextUpstream::new(p, config.upstream.connect_timeout))
+                .transpose()?,
             config,
         })
     }

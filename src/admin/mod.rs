@@ -158,7 +158,7 @@ async fn rotate_webhook_secret(
 
 fn check_key(state: &AppState, spec: &KeySpec) -> Result<(), ApiError> {
     let mut problems = Vec::new();
-    let known = |name: &str| state.config.routing.members(name).is_some();
+    let known = |name: &str| state.config.knows_model(name);
     spec.check("key", &known, &mut problems);
     if let Some(team) = &spec.team {
         if state.keys.team(team).is_none() {

@@ -66,7 +66,8 @@ pub async fn generations(State(state): State<Arc<AppState>>, request: Request) -
             let opts = JobOptions {
                 callback_url: callback,
                 ..opts
-            };
+            }
+            .implicit_key(&digest);
             answer(state, call, route, req, digest, opts).await
         }
         Err(e) => e.into_response(),
@@ -89,7 +90,8 @@ pub async fn edits(State(state): State<Arc<AppState>>, request: Request) -> Resp
             let opts = JobOptions {
                 callback_url: callback,
                 ..opts
-            };
+            }
+            .implicit_key(&digest);
             answer(state, call, route, req, digest, opts).await
         }
         Err(e) => e.into_response(),
@@ -114,7 +116,7 @@ fn precheck(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_none_or(|n| n >= LARGE_BODY);
-    if large && !opts.sdk_retry && opts.idempotency_key.is_none() {
+    if large && !opts.sdk_retry && opts.idempotency_key.is_none() && opts.codex_turn.is_none() {
         state.limits.precheck(&call.caller)?;
     }
     Ok(())

@@ -9,6 +9,7 @@ pub(crate) mod jobs;
 mod me;
 mod models;
 pub(crate) mod ops;
+mod passthrough;
 mod quote;
 mod upstreams;
 
@@ -27,6 +28,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/images/jobs/{id}", get(jobs::get))
         .route("/images/quote", post(quote::quote))
         .route("/me", get(me::me))
+        .route("/responses", post(passthrough::responses))
+        .route("/chat/completions", post(passthrough::chat_completions))
         .route("/models", get(models::list))
         .route("/models/{id}", get(models::retrieve));
     Router::new()

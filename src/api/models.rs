@@ -1,5 +1,6 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: every public name in OpenAI's shape — the pinned
-//! model ids, the groups and the aliases — that has at least one enabled model behind it.
+//! model ids, the groups and the aliases — that has at least one enabled model behind it; then,
+//! with a `[passthrough]`, the text upstream's models (its own list, cached).
 
 use std::sync::Arc;
 
@@ -31,13 +32,32 @@ fn public_names(state: &AppState) -> impl Iterator<Item = &str> {
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = public_names(&state).map(model_object).collect();
+    let mut data: Vec<Value> = public_names(&state).map(model_object).collect();
+    if let Some(text) = &state.text {
+        for m in text.models().await {
+            let id = m.get("id").and_then(Value::as_str).unwrap_or_default();
+            if !id.is_empty() && state.config.routing.members(id).is_none() {
+                data.push(m);
+            }
+        }
+    }
     Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn retrieve(State(state): State<Arc<AppState>>, PathId(id): PathId) -> Response {
     match state.resolve_model(Some(&id)) {
         Ok(_) => Json(model_object(&id)).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(text) = &state.text {
+                let models = text.models().await;
+                if let Some(m) = models
+                    .into_iter()
+                    .find(|m| m.get("id").and_then(Value::as_str) == Some(id.as_str()))
+                {
+                    return Json(m).into_response();
+                }
+            }
+            e.into_response()
+        }
     }
 }

@@ -137,6 +137,13 @@ pub struct Budget {
     pub total: Option<Usd>,
 }
 
+impl Budget {
+    /// Whether either budget is set.
+    pub fn is_limited(&self) -> bool {
+        self.monthly.is_some() || self.total.is_some()
+    }
+}
+
 impl KeySpec {
     pub fn limits(&self) -> Limits {
         Limits {

@@ -17,6 +17,7 @@ use crate::model::ModelId;
 
 mod keys;
 mod models;
+mod passthrough;
 mod routing;
 
 pub use keys::{
@@ -25,6 +26,7 @@ pub use keys::{
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};
+pub use passthrough::{PassthroughConfig, TextPrice};
 use routing::RawRouting;
 pub use routing::{CircuitConfig, RoutingConfig};
 
@@ -50,6 +52,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub models: ModelsConfig,
     pub routing: RoutingConfig,
+    /// The text upstream of `/v1/responses` and `/v1/chat/completions`, when set.
+    pub passthrough: Option<PassthroughConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +382,8 @@ struct RawConfig {
     models: RawModels,
     #[serde(default)]
     routing: RawRouting,
+    #[serde(default)]
+    passthrough: Option<PassthroughConfig>,
 }
 
 /// A configuration problem, naming the key.
@@ -420,6 +426,7 @@ impl Config {
             jobs: raw.jobs,
             limits: raw.limits,
             models: models::merged(raw.models),
+            passthrough: raw.passthrough,
         };
         if let Some(listen) = env("IMAGEGATE_LISTEN") {
             config.server.listen = listen
@@ -434,6 +441,16 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Whether a key's `models` allow-list may name `name`: an image model id, group or alias, or,
+    /// with a `[passthrough]`, any text model (the text upstream knows its own names).
+    pub fn knows_model(&self, name: &str) -> bool {
+        self.routing.members(name).is_some()
+            || (self.passthrough.is_some()
+                && !name.is_empty()
+                && name.len() <= 128
+                && !name.chars().any(|c| c.is_whitespace() || c.is_control()))
     }
 
     /// Checks every rule and reports all problems at once.
@@ -466,7 +483,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        let known = |name: &str| self.routing.members(name).is_some();
+        let known = |name: &str| self.knows_model(name);
         keys::check(
             &self.keys,
             &self.teams,
@@ -487,6 +504,9 @@ impl Config {
         }
         self.models.check(&mut problems);
         self.routing.check(&mut problems);
+        if let Some(p) = &self.passthrough {
+            p.check(&mut problems);
+        }
         match self.routing.members(&self.server.default_model) {
             None => problems.push(format!(
                 "server.default_model: `{}` is not a model id, group or alias",

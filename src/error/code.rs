@@ -62,11 +62,15 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Ledger only: the client hung up while the upstream worked (status 499).
     ClientClosedRequest,
+    /// `/v1/responses` or `/v1/chat/completions` without a `[passthrough]` section (404).
+    PassthroughNotConfigured,
+    /// A key or team with a budget asked for a text model that has no price (403).
+    ModelNotPriced,
 }
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 39] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -104,6 +108,8 @@ impl ErrorCode {
         Self::ServerOverloaded,
         Self::ShuttingDown,
         Self::ClientClosedRequest,
+        Self::PassthroughNotConfigured,
+        Self::ModelNotPriced,
     ];
 
     /// The code named `s` (as stored with a job); `None` for anything else.
@@ -146,6 +152,8 @@ impl ErrorCode {
             Self::ServerOverloaded => "server_overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::ClientClosedRequest => "client_closed_request",
+            Self::PassthroughNotConfigured => "passthrough_not_configured",
+            Self::ModelNotPriced => "model_not_priced",
         }
     }
 
@@ -159,8 +167,10 @@ impl ErrorCode {
             | Self::ModerationBlocked
             | Self::UpstreamRejectedRequest => StatusCode::BAD_REQUEST,
             Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed => StatusCode::FORBIDDEN,
-            Self::ModelNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::ModelNotAllowed | Self::ModelNotPriced => StatusCode::FORBIDDEN,
+            Self::ModelNotFound | Self::NotFound | Self::PassthroughNotConfigured => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -204,7 +214,9 @@ impl ErrorCode {
             | Self::Conflict
             | Self::UpstreamRejectedRequest
             | Self::IdempotencyKeyReused
-            | Self::ClientClosedRequest => "invalid_request_error",
+            | Self::ClientClosedRequest
+            | Self::PassthroughNotConfigured
+            | Self::ModelNotPriced => "invalid_request_error",
             Self::RateLimitExceeded(_) => "requests",
             Self::InsufficientQuota => "insufficient_quota",
             Self::ModerationBlocked => "image_generation_user_error",
@@ -261,7 +273,9 @@ impl ErrorCode {
             | Self::Panicked
             | Self::ServerOverloaded
             | Self::ShuttingDown
-            | Self::ClientClosedRequest => true,
+            | Self::ClientClosedRequest
+            | Self::PassthroughNotConfigured
+            | Self::ModelNotPriced => true,
         }
     }
 
@@ -275,10 +289,12 @@ impl ErrorCode {
             | Self::UnsupportedMediaType
             | Self::MethodNotAllowed
             | Self::NoEligibleModel => Fault::CallerInvalidRequest,
-            Self::ModelNotAllowed => Fault::CallerForbidden,
+            Self::ModelNotAllowed | Self::ModelNotPriced => Fault::CallerForbidden,
             Self::Conflict | Self::IdempotencyKeyReused => Fault::CallerConflict,
             Self::InvalidApiKey => Fault::CallerUnauthenticated,
-            Self::ModelNotFound | Self::NotFound => Fault::CallerNotFound,
+            Self::ModelNotFound | Self::NotFound | Self::PassthroughNotConfigured => {
+                Fault::CallerNotFound
+            }
             Self::RequestTooLarge => Fault::CallerTooLarge,
             Self::UpstreamRejectedRequest => Fault::CallerUpstreamRejected,
             Self::ClientClosedRequest => Fault::CallerClosedRequest,

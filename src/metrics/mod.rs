@@ -26,7 +26,7 @@ use prometheus::{
 };
 
 use crate::model::Usd;
-use crate::model::{ModelId, Quality};
+use crate::model::{ModelId, Quality, TextRoute};
 use crate::upstream::failure::FailureKind;
 
 pub use http::UpstreamWait;
@@ -77,6 +77,9 @@ pub struct Metrics {
     task_duration: HistogramVec,
     images: IntCounterVec,
     cost: CounterVec,
+    // The text pass-through
+    text_tokens: IntCounterVec,
+    text_cost: CounterVec,
     // Routing
     failovers: IntCounterVec,
     circuit_state: IntGaugeVec,
@@ -138,6 +141,12 @@ impl Metrics {
             cost: counter(r, "imagegate_cost_usd_total",
                 "What the upstream charges for the images produced, in USD, by team, key id and upstream model (prices from `models.<id>`).",
                 &["team", "key_id", "model"])?,
+            text_tokens: int_counter(r, "imagegate_text_tokens_total",
+                "Tokens of text pass-through calls as their upstream reported them, by route (responses, chat_completions) and direction (input, output).",
+                &["route", "direction"])?,
+            text_cost: counter(r, "imagegate_text_cost_usd_total",
+                "What text pass-through calls cost at `[passthrough.prices]`, in USD, by team, key id and route.",
+                &["team", "key_id", "route"])?,
             failovers: int_counter(r, "imagegate_failovers_total",
                 "Requests moved from one upstream model to another, by the failure that caused it.",
                 &["from", "to", "reason"])?,
@@ -275,6 +284,27 @@ impl Metrics {
     pub fn cost(&self, team: Option<&str>, key_id: &str, model: ModelId, usd: Usd) {
         self.cost
             .with_label_values(&[team.unwrap_or(NO_TEAM), key_id, model.as_str()])
+            .inc_by(usd.as_dollars());
+    }
+
+    /// A text call's tokens and cost.
+    pub fn text_usage(
+        &self,
+        route: TextRoute,
+        team: Option<&str>,
+        key_id: &str,
+        tokens: (u64, u64),
+        usd: Usd,
+    ) {
+        let r = route.label();
+        self.text_tokens
+            .with_label_values(&[r, "input"])
+            .inc_by(tokens.0);
+        self.text_tokens
+            .with_label_values(&[r, "output"])
+            .inc_by(tokens.1);
+        self.text_cost
+            .with_label_values(&[team.unwrap_or(NO_TEAM), key_id, r])
             .inc_by(usd.as_dollars());
     }
 

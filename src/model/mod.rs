@@ -12,11 +12,13 @@ mod image;
 mod money;
 pub mod registry;
 mod route;
+mod text;
 
 pub use image::image_dimensions;
 
 pub use money::Usd;
 pub use route::Route;
+pub use text::TextRoute;
 
 macro_rules! declare_model_ids {
     ($($variant:ident = $id:literal => $adapter:ident),+ $(,)?) => {

@@ -130,6 +130,10 @@ CREATE TABLE idempotency (
     PRIMARY KEY (key_id, idem_key)
 );
 ",
+    r"
+ALTER TABLE ledger ADD COLUMN input_tokens INTEGER;
+ALTER TABLE ledger ADD COLUMN output_tokens INTEGER;
+",
 ];
 
 /// A database failure. Clients see a generic 500; the detail goes to the access log.
@@ -185,8 +189,9 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreErr
     let mut stmt = tx.prepare_cached(
         "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
             served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
-            task_ids, job_id, adjusts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            task_ids, job_id, adjusts, input_tokens, output_tokens)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20)",
     )?;
     stmt.execute(params![
         row.ts_ms,
@@ -207,6 +212,10 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreErr
         row.task_ids,
         row.job_id,
         row.adjusts,
+        row.tokens
+            .map(|t| i64::try_from(t.input).unwrap_or(i64::MAX)),
+        row.tokens
+            .map(|t| i64::try_from(t.output).unwrap_or(i64::MAX)),
     ])?;
     Ok(())
 }
@@ -517,7 +526,8 @@ impl Store {
             };
             let sql = format!(
                 "SELECT {select} COUNT(*), SUM(status < 400), SUM(CASE WHEN status < 400 THEN n ELSE 0 END),
-                        COALESCE(SUM(cost_micros), 0)
+                        COALESCE(SUM(cost_micros), 0), COALESCE(SUM(input_tokens), 0),
+                        COALESCE(SUM(output_tokens), 0)
                  FROM ledger
                  WHERE (?1 IS NULL OR day >= ?1) AND (?2 IS NULL OR day <= ?2)
                    AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR team = ?4)
@@ -537,6 +547,8 @@ impl Store {
                     succeeded: r.get::<_, Option<i64>>(k + 1)?.unwrap_or(0).max(0) as u64,
                     images: r.get::<_, Option<i64>>(k + 2)?.unwrap_or(0).max(0) as u64,
                     cost_micros: r.get::<_, i64>(k + 3)?.max(0) as u64,
+                    input_tokens: r.get::<_, i64>(k + 4)?.max(0) as u64,
+                    output_tokens: r.get::<_, i64>(k + 5)?.max(0) as u64,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -616,6 +628,7 @@ mod tests {
             task_ids: String::new(),
             job_id: None,
             adjusts: None,
+            tokens: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod pool;
 pub mod reach;
 pub mod results;
 mod task;
+pub mod text;
 mod transcode;
 pub mod urls;
 

@@ -84,7 +84,7 @@ async fn failures_release_the_reservation_and_are_not_billed() {
         .unwrap();
     assert_eq!(
         csv,
-        "key,served_model,requests,succeeded,images,cost_usd\ndemo,,2,0,0,0\ndemo,sparkpix,1,1,1,0.01\n"
+        "key,served_model,requests,succeeded,images,cost_usd,input_tokens,output_tokens\ndemo,,2,0,0,0,0,0\ndemo,sparkpix,1,1,1,0.01,0,0\n"
     );
 }
 

@@ -273,7 +273,7 @@ async fn cli_creates_keys_and_reports_usage() {
     assert!(ok);
     assert_eq!(
         out,
-        "team,requests,succeeded,images,cost_usd\ndesign,1,1,1,0.01\n"
+        "team,requests,succeeded,images,cost_usd,input_tokens,output_tokens\ndesign,1,1,1,0.01,0,0\n"
     );
     let r = run.clone();
     let (ok, _, err) = tokio::task::spawn_blocking(move || r(&["keys", "disable", "dana"]))
