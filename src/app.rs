@@ -18,7 +18,7 @@
 //! | 7 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
 //! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
 //! | 9 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
-//! | 10 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`) |
+//! | 10 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`), [`mcp`](crate::mcp) (`/mcp`, which calls the routes above through this same stack) |
 //!
 //! Shared state lives in [`state`](crate::state). Request/response extensions: [`UpstreamWait`]
 //! (metrics → handlers → upstream client, and read back by the access log and the metrics); `ClientKey` (auth → handlers, and on the
@@ -54,10 +54,16 @@ use crate::state::{AppState, RequestLog};
 
 /// Builds the router with the full middleware stack (see the table above).
 pub fn build_router(state: Arc<AppState>) -> Router {
-    let routes = crate::api::routes()
-        .merge(crate::admin::routes())
-        .merge(crate::api::ops::routes());
-    with_middleware(routes, state)
+    let routes = || {
+        crate::api::routes()
+            .merge(crate::admin::routes())
+            .merge(crate::api::ops::routes())
+    };
+    // `/mcp` calls the routes in-process, through the whole stack, with the caller's key: they
+    // are built once more without `/mcp` (no router holds itself).
+    let api = with_middleware(routes(), state.clone());
+    let mcp = crate::mcp::routes(api, state.config.server.max_body_bytes);
+    with_middleware(routes().merge(mcp), state)
 }
 
 /// `routes` behind the middleware stack, with the fallbacks.

@@ -8,6 +8,8 @@
 //! | client connections: timeouts for slow clients, connection caps, the drain | [`server`] |
 //! | the middleware stack, in order | [`app`] (the numbered layer table) |
 //! | an OpenAI route: parsing and the answer's shape | `api/images.rs`, `api/edits.rs` |
+//! | the text pass-through (`/v1/responses`, `/v1/chat/completions`) | `api/passthrough.rs` (admit, reserve, book), `upstream/text/` (the call and the relay) |
+//! | the MCP server (`imagegate mcp`, `/mcp`) | [`mcp`] |
 //! | what happens to an image request, start to end | [`dispatch`] — admit, choose, plan, reserve, execute with failover, settle, results, close |
 //! | which model serves a request | [`routing`] (pure choice), [`catalog`] (what a model can do) |
 //! | a model: its id, catalog row, price rule, timings | [`model::registry`] — plus its adapter `upstream/<model>.rs` |
@@ -44,7 +46,7 @@
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`] |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`], [`mcp`] |
 //! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
@@ -64,6 +66,7 @@ pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod pricing;

@@ -61,6 +61,16 @@ enum Command {
         #[arg(long, default_value_t = 0.05)]
         time_scale: f64,
     },
+    /// An MCP server on stdio (for Cursor, Claude Code, Codex) with image tools that call a
+    /// running gateway with a client key.
+    Mcp {
+        /// The gateway's base URL; a trailing `/v1` is accepted.
+        #[arg(long, env = "IMAGEGATE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The environment variable holding the client key.
+        #[arg(long, default_value = "IMAGEGATE_API_KEY")]
+        api_key_env: String,
+    },
     /// Print the SHA-256 of a client key, for `key_sha256` in the config.
     HashKey { key: String },
     /// Manage client keys through the running gateway's admin API.
@@ -109,6 +119,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage { args } => admin(cli::usage(args)),
         Command::Spend => admin(cli::get("/admin/spend")),
         Command::UpstreamKeys => admin(cli::get("/admin/upstream-keys")),
+        Command::Mcp { url, api_key_env } => {
+            // stdout carries the protocol: logs go to stderr, warnings only by default.
+            let _logs = init_tracing(LogFormat::Human, "warn");
+            let key = std::env::var(&api_key_env)
+                .with_context(|| format!("the client key: set {api_key_env}"))?;
+            let backend = imagegate::mcp::Backend::remote(&url, key)?;
+            runtime()?.block_on(imagegate::mcp::serve_stdio(backend))
+        }
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             eprintln!("{}: ok", config.display());

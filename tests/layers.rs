@@ -39,6 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("auth", 7),
     ("api", 7),
     ("admin", 7),
+    ("mcp", 7),
     ("drain", 7),
     ("shed", 7),
     ("app", 8),
