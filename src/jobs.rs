@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::metrics::JobEvent;
 use crate::request::{ImageRef, Operation};
 use crate::state::AppState;
-use crate::store::jobs::{self, now_ms};
+use crate::store::jobs::{self, now_ms, IdemKey};
 use crate::store::{Created, JobRecord, JobState};
 
 /// Where a job is, as its waiters see it.
@@ -100,16 +100,29 @@ impl JobOptions {
     }
 }
 
+/// The implicit key of a Codex image call: `codex:{turn id}:{digest}`.
+const CODEX_KEY_PREFIX: &str = "codex:";
+
+/// For a Codex call's implicit key, how long after its job ended a retry still joins it.
+fn codex_window(state: &AppState, opts: &JobOptions) -> Option<i64> {
+    opts.idempotency_key
+        .as_deref()
+        .is_some_and(|k| k.starts_with(CODEX_KEY_PREFIX))
+        .then(|| ms(state.config.jobs.codex_retry_window))
+}
+
 impl JobOptions {
     /// With no `Idempotency-Key`, a Codex turn id and the request's digest stand for one: Codex
     /// retries a 500 or 503 four times with the same turn id, and those retries join the first
     /// job instead of paying for four more images. A different call in the same turn has
-    /// another digest, so another key.
+    /// another digest, so another key; the same call made again more than
+    /// `jobs.codex_retry_window` after the first ended is a new image. (Two identical calls in
+    /// flight at once cannot be told from a retry: they share one image.)
     pub fn implicit_key(mut self, digest: &str) -> Self {
         if self.idempotency_key.is_none() {
             if let Some(turn) = self.codex_turn.take() {
                 let short = digest.get(..32).unwrap_or(digest);
-                self.idempotency_key = Some(format!("codex:{turn}:{short}"));
+                self.idempotency_key = Some(format!("{CODEX_KEY_PREFIX}{turn}:{short}"));
             }
         }
         self
@@ -187,7 +200,7 @@ impl Jobs {
                 .await?;
             match rec {
                 Some((job, stored_digest, expires)) => {
-                    let live = !job.state.is_terminal() || (expires > now && job.joinable());
+                    let live = job.live_for_key(expires, codex_window(state, opts), now);
                     if !live {
                         None
                     } else if stored_digest != digest {
@@ -244,7 +257,11 @@ impl Jobs {
     ) -> Result<Admitted, ApiError> {
         let id = new_id();
         let expires = now_ms() + ms(state.config.jobs.idempotency_ttl);
-        let idem = opts.idempotency_key.clone().map(|k| (k, expires));
+        let idem = opts.idempotency_key.clone().map(|key| IdemKey {
+            key,
+            expires_ms: expires,
+            after_end_ms: codex_window(state, opts),
+        });
         let new = state
             .dispatch()
             .new_job(&prepared, &id, digest, idem, opts.callback_url.clone());

@@ -301,6 +301,11 @@ pub struct JobsConfig {
     /// A webhook not delivered this long after its job ended is given up.
     #[serde(with = "humantime_serde")]
     pub webhook_give_up: Duration,
+    /// A Codex image call repeated with the same `x-codex-image-turn-id` and body joins the
+    /// first call's job while it runs and this long after it ended (Codex retries a 500/503
+    /// within about 3 s); later, it is a new image.
+    #[serde(with = "humantime_serde")]
+    pub codex_retry_window: Duration,
 }
 
 impl Default for JobsConfig {
@@ -311,6 +316,7 @@ impl Default for JobsConfig {
             result_ttl: Duration::from_secs(24 * 3600),
             webhook_retry_base: Duration::from_secs(5),
             webhook_give_up: Duration::from_secs(24 * 3600),
+            codex_retry_window: Duration::from_secs(10),
         }
     }
 }

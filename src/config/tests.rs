@@ -84,6 +84,7 @@ fn example_config_parses() {
     let env = |name: &str| match name {
         "IMAGEGATE_UPSTREAM_KEY" => Some("k".to_owned()),
         "IMAGEGATE_CI_KEY" => Some("sk-ci-0123456789".to_owned()),
+        "OPENAI_API_KEY" => Some("sk-text".to_owned()),
         _ => None,
     };
     Config::from_toml(text, &env).unwrap();

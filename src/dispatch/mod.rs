@@ -238,7 +238,7 @@ impl Dispatch<'_> {
         p: &Prepared,
         id: &str,
         digest: &str,
-        idempotency: Option<(String, i64)>,
+        idempotency: Option<job_rows::IdemKey>,
         callback_url: Option<String>,
     ) -> job_rows::NewJob {
         job_rows::NewJob {

@@ -66,10 +66,21 @@ pub struct NewJob {
     pub public_model: String,
     pub spec: Value,
     pub request_id: String,
-    /// The `Idempotency-Key` and when its record expires (unix ms).
-    pub idempotency: Option<(String, i64)>,
+    /// The `Idempotency-Key`'s record, if the request has one.
+    pub idempotency: Option<IdemKey>,
     /// Where the job's end is posted (a signed webhook), if anywhere.
     pub callback_url: Option<String>,
+}
+
+/// An `Idempotency-Key` (explicit, or a Codex call's implicit one) as a new job records it.
+#[derive(Debug, Clone)]
+pub struct IdemKey {
+    pub key: String,
+    /// When the record expires (unix ms).
+    pub expires_ms: i64,
+    /// When set, the job is joined by this key only this long (ms) after it ended: a Codex
+    /// call's retries come within seconds; the same call later is a new request.
+    pub after_end_ms: Option<i64>,
 }
 
 /// What creating a job decided.
@@ -123,6 +134,17 @@ impl JobRecord {
     /// when it failed with nothing billed.
     pub fn joinable(&self) -> bool {
         !(self.state == JobState::Failed && self.cost_micros.unwrap_or(0) == 0)
+    }
+
+    /// Whether a request naming this job by its idempotency record (expiring at `expires_ms`;
+    /// see [`IdemKey::after_end_ms`]) joins it at `now`: while it runs, and after it ended until
+    /// the record expires, unless it failed unbilled.
+    pub fn live_for_key(&self, expires_ms: i64, after_end_ms: Option<i64>, now: i64) -> bool {
+        let expires = match (after_end_ms, self.completed_ms) {
+            (Some(window), Some(done)) => expires_ms.min(done.saturating_add(window)),
+            _ => expires_ms,
+        };
+        !self.state.is_terminal() || (expires > now && self.joinable())
     }
 }
 
@@ -180,7 +202,12 @@ pub fn by_idempotency_key(
 pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
     let tx = c.transaction()?;
     let now = now_ms();
-    if let Some((idem, expires)) = &job.idempotency {
+    if let Some(IdemKey {
+        key: idem,
+        expires_ms: expires,
+        after_end_ms,
+    }) = &job.idempotency
+    {
         let inserted = tx.execute(
             "INSERT INTO idempotency (key_id, idem_key, digest, job_id, expires_ms)
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
@@ -195,7 +222,7 @@ pub fn create(c: &mut Connection, job: &NewJob) -> Result<Created, StoreError> {
             let old = load(&tx, &old_job)?;
             let live = old
                 .as_ref()
-                .is_some_and(|o| !o.state.is_terminal() || (old_expires > now && o.joinable()));
+                .is_some_and(|o| o.live_for_key(old_expires, *after_end_ms, now));
             if live {
                 return Ok(Created::Existing {
                     job_id: old_job,

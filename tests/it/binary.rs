@@ -26,6 +26,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
         .args(["check-config", "config/imagegate.example.toml"])
         .env("IMAGEGATE_UPSTREAM_KEY", "k")
         .env("IMAGEGATE_CI_KEY", "sk-ci-0123456789")
+        .env("OPENAI_API_KEY", "sk-text")
         .output()
         .unwrap();
     assert!(

@@ -29,6 +29,7 @@ mod limits;
 mod metrics;
 mod metrics_teams;
 mod models;
+mod passthrough;
 mod pool;
 mod quote_me;
 mod routing;
