@@ -14,9 +14,12 @@ Checked for a generation, an edit (a PNG of the working directory named by absol
 - the ledger books the image and the text turns' tokens at the configured price;
 - the upstream of the text turns never sees `x-openai-actor-authorization` or Codex's own headers;
 - a 500 in place of the gateway's first 200 makes Codex retry with the same turn id, and the
-  retry joins the first job: one image made and billed, the same bytes answered.
+  retry joins the first job: one image made and billed, the same bytes answered;
+- Codex reads a stream that the gateway fills with keepalive comments.
 
-Skipped when the Codex CLI is not installed (`npm ci` in tests/e2e/codex).
+These are skipped when the Codex CLI is not installed (`npm ci` in tests/e2e/codex). Two more
+send Codex's image requests directly: the turn id joins only the same key and body, and a GIF
+request is refused.
 """
 
 from __future__ import annotations
@@ -262,6 +265,20 @@ def test_codex_edits_a_referenced_image_through_the_gateway(stack: Stack) -> Non
     assert len(creates) == 1, f"expected one edit upstream: {json.dumps(stack.sim.requests())[:3000]}"
 
 
+def test_codex_reads_a_stream_with_keepalive_comments(stack: Stack) -> None:
+    """A turn whose upstream is silent for 3 s mid-stream (the gateway fills it with
+    `: keepalive` comments every second): Codex parses the stream and prints the message."""
+    stack.fake.script(
+        responses_turn([message_item("Nothing to draw today.")], input_tokens=10, output_tokens=6,
+                       pauses={1: 3.0})
+    )
+    home = CodexHome.create(stack.tmp, stack.gateway.base_url, model=TEXT_MODEL)
+    run = run_codex(stack.codex, home, workdir(stack), "say something", api_key=CLIENT_KEY)
+    assert run.returncode == 0, run.describe()
+    assert "Nothing to draw today." in run.stdout, run.describe()
+    assert len(stack.fake.requests_to("/v1/responses")) == 1, stack.fake.describe()
+
+
 # --------------------------------------------------------------------------------------------------
 # A lost answer: Codex retries, the gateway joins.
 # --------------------------------------------------------------------------------------------------
@@ -388,3 +405,73 @@ def test_codex_retry_after_a_lost_answer_joins_the_first_job(stack: Stack) -> No
     assert sum(r["images"] for r in images) == 1, f"more than one image billed: {rows}"
     billed = wait_for_sim_billing(stack.sim)
     assert sum(r["cost_micros"] for r in images) == billed["billed_micros"], (rows, billed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Codex's image requests sent directly (no Codex needed): the implicit idempotency key and GIF.
+# --------------------------------------------------------------------------------------------------
+
+
+def codex_body(prompt: str, **extra: Any) -> bytes:
+    """An image request body as Codex 0.171.0 sends it (key order and spacing included)."""
+    body = {"prompt": prompt, "background": "opaque", "model": "gpt-image-2", "quality": "auto",
+            "size": "auto", **extra}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def codex_generate(gateway: ServedGateway, key: str, turn_id: str, body: bytes):
+    return http(
+        "POST",
+        gateway.base_url + "/images/generations",
+        headers={
+            "authorization": f"Bearer {key}",
+            "content-type": "application/json",
+            ACTOR_HEADER: "imagegate-e2e",
+            "x-codex-image-turn-id": turn_id,
+            "originator": "codex_exec",
+        },
+        body=body,
+    )
+
+
+def test_codex_turn_id_joins_only_the_same_key_and_body(serve_gateway, own_sim: OwnSimulator) -> None:
+    """`x-codex-image-turn-id` acts as an idempotency key scoped to the client key and the request
+    digest: the same (key, id, body) again joins the first job (same bytes, no new upstream
+    image); another body or another key under the same id makes a new image."""
+    gateway = serve_gateway()
+    turn = "01a22be1-19e3-7583-b0f2-67231f34f8f2"
+    first = codex_generate(gateway, CLIENT_KEY, turn, codex_body("a red square"))
+    assert first.status == 200, first.body[:500]
+    again = codex_generate(gateway, CLIENT_KEY, turn, codex_body("a red square"))
+    assert again.status == 200, again.body[:500]
+    assert b64_image(again.body) == b64_image(first.body)
+    assert own_sim.creates() == 1, "the repeated (key, turn id, body) made a second image"
+
+    other_body = codex_generate(gateway, CLIENT_KEY, turn, codex_body("a blue circle"))
+    assert other_body.status == 200, other_body.body[:500]
+    assert own_sim.creates() == 2, "another body under the same turn id did not make its own image"
+
+    res = http("POST", f"http://{gateway.addr}/admin/keys",
+               headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"},
+               body=json.dumps({"id": "other"}).encode())
+    assert res.status in (200, 201), res.body[:500]
+    other_key = codex_generate(gateway, res.json()["secret"], turn, codex_body("a red square"))
+    assert other_key.status == 200, other_key.body[:500]
+    assert own_sim.creates() == 3, "another key's request joined the first key's job"
+
+
+def test_codex_gif_request_is_refused(serve_gateway, own_sim: OwnSimulator) -> None:
+    """Codex's GIF request (`output_format: "gif"`, behind a feature flag) gets 400
+    `invalid_value` on `output_format`, saying no upstream model offers GIF; nothing goes
+    upstream."""
+    gateway = serve_gateway()
+    res = codex_generate(
+        gateway, CLIENT_KEY, "turn-gif",
+        codex_body("a spinning square", output_format="gif", frame_count=8, frame_duration_ms=100),
+    )
+    assert res.status == 400, (res.status, res.body[:500])
+    error = res.json()["error"]
+    assert error["code"] == "invalid_value", error
+    assert error["param"] == "output_format", error
+    assert "gif" in error["message"].lower(), error
+    assert own_sim.creates() == 0

@@ -396,6 +396,7 @@ def test_keepalive_comments_fill_silences_between_events_only(stack: Stack) -> N
         received = b"".join(resp.iter_bytes())
 
     keepalives = match_relayed(received, events)
+    print(f"keepalives before each event: {keepalives}")
     assert keepalives[2] >= 3, (
         f"expected a keepalive about every {KEEPALIVE_S:g}s during the 5 s silence before event 2; "
         f"keepalives before each event: {keepalives}"
