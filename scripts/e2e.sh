@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end tests: the gateway (`imagegate demo`) driven by the official OpenAI SDKs,
-# Python (pytest) then Node (node --test).
+# Python (pytest) then Node (node --test), and by the Codex CLI (from the Python suite).
 #
 # Usage: scripts/e2e.sh
 #   IMAGEGATE_BIN=/path/to/imagegate   test that binary instead of building target/debug/imagegate
@@ -34,6 +34,10 @@ fi
 
 echo "==> npm ci (tests/e2e/node)"
 (cd tests/e2e/node && npm ci --loglevel=error --no-audit --no-fund)
+
+# The Codex CLI (pinned) that the Python suite's Codex tests run against the gateway.
+echo "==> npm ci (tests/e2e/codex)"
+(cd tests/e2e/codex && npm ci --loglevel=error --no-audit --no-fund)
 
 # Both suites run even if the first fails, so one run shows every failure.
 failed=()
