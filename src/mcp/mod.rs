@@ -45,6 +45,7 @@ pub struct GenerateArgs {
     /// `low`, `medium`, `high` or `auto`.
     pub quality: Option<String>,
     /// How many images, 1 to 10.
+    #[schemars(range(min = 1, max = 10))]
     pub n: Option<u8>,
     /// `transparent`, `opaque` or `auto`.
     pub background: Option<String>,
@@ -72,6 +73,7 @@ pub struct EditArgs {
     /// `low`, `medium`, `high` or `auto`.
     pub quality: Option<String>,
     /// How many images, 1 to 10.
+    #[schemars(range(min = 1, max = 10))]
     pub n: Option<u8>,
     /// `transparent`, `opaque` or `auto`.
     pub background: Option<String>,
@@ -194,7 +196,7 @@ impl ImageTools {
     }
 
     #[tool(
-        description = "List the models imagegate offers: image models, groups and aliases with the price of a default 1024x1024 image, and text models."
+        description = "List the models imagegate offers: image models (kind `image`), groups and aliases that route to the cheapest healthy model (kind `group`), each with the price of a 1024x1024 image and the model that would serve it, and text models (kind `text`)."
     )]
     async fn list_models(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
         let listed = match self
@@ -242,9 +244,15 @@ impl ImageTools {
                 }
                 _ => (None, None),
             };
+            // A name served by another model is a group or an alias: it routes.
+            let kind = if served.as_ref().and_then(Value::as_str) == Some(id.as_str()) {
+                "image"
+            } else {
+                "group"
+            };
             models.push(json!({
                 "id": id,
-                "kind": "image",
+                "kind": kind,
                 "served_model": served,
                 "price_usd": price,
             }));

@@ -178,6 +178,11 @@ pub fn usage_of(v: &Value) -> Option<Tokens> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use serde_json::json;
 

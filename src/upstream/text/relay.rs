@@ -287,6 +287,11 @@ impl<S> Drop for Relay<S> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    reason = "tests index and count what they built"
+)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
