@@ -16,7 +16,7 @@
 //! | 5a | `CatchPanicLayer` (inner) | a handler's panic becomes a 500 with its access-log line and request id; counted `gateway_panic` |
 //! | 6 | `shed::Shed` | past `server.max_in_flight`, 503 `server_overloaded` before any read or parse (probes excepted) |
 //! | 7 | `drain::drain_unread_body` | reads what a handler left of the body, so an early answer is not lost to a reset |
-//! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` excepted); inserts `ClientKey` |
+//! | 8 | `auth::require_key` | deny by default (`auth::PUBLIC_ROUTES` and the console's files excepted); inserts `ClientKey` |
 //! | 9 | `DefaultBodyLimit` | `server.max_body_bytes` for JSON and multipart bodies |
 //! | 10 | routes → handlers | `api::routes()` (OpenAI surface), `api::ops::routes()` (`/healthz`, `/readyz`, `/metrics`), [`mcp`](crate::mcp) (`/mcp`, which calls the routes above through this same stack) |
 //!
@@ -58,6 +58,7 @@ pub fn build_router(state: Arc<AppState>) -> Router {
         crate::api::routes()
             .merge(crate::admin::routes())
             .merge(crate::api::ops::routes())
+            .merge(crate::ui::routes())
     };
     // `/mcp` calls the routes in-process, through the whole stack, with the caller's key: they
     // are built once more without `/mcp` (no router holds itself).

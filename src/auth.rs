@@ -31,6 +31,12 @@ use crate::state::AppState;
 /// Routes that need no key: the operator's probes and metrics (`api::ops`).
 pub const PUBLIC_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/upstream/callback"];
 
+/// Whether `path` is served without a key: [`PUBLIC_ROUTES`] and the console's files (the page
+/// asks for a key itself).
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_ROUTES.contains(&path) || path == crate::ui::PREFIX || path.starts_with("/ui/")
+}
+
 /// The prefix of the operator's routes.
 pub const ADMIN_PREFIX: &str = "/admin";
 
@@ -158,7 +164,7 @@ pub async fn require_key(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC_ROUTES.contains(&req.uri().path()) {
+    if is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let peer = req

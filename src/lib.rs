@@ -10,6 +10,7 @@
 //! | an OpenAI route: parsing and the answer's shape | `api/images.rs`, `api/edits.rs` |
 //! | the text pass-through (`/v1/responses`, `/v1/chat/completions`) | `api/passthrough.rs` (admit, reserve, book), `upstream/text/` (the call and the relay) |
 //! | the MCP server (`imagegate mcp`, `/mcp`) | [`mcp`] |
+//! | the web console (`/ui/`) | [`ui`] (serving), `ui/` in the repository (the page) |
 //! | what happens to an image request, start to end | [`dispatch`] — admit, choose, plan, reserve, execute with failover, settle, results, close |
 //! | which model serves a request | [`routing`] (pure choice), [`catalog`] (what a model can do) |
 //! | a model: its id, catalog row, price rule, timings | [`model::registry`] — plus its adapter `upstream/<model>.rs` |
@@ -46,7 +47,7 @@
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`], [`mcp`] |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`], [`mcp`], [`ui`] |
 //! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
@@ -76,6 +77,7 @@ pub mod server;
 mod shed;
 pub mod state;
 pub mod store;
+pub mod ui;
 pub mod upstream;
 pub mod webhooks;
 

@@ -40,6 +40,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 7),
     ("admin", 7),
     ("mcp", 7),
+    ("ui", 7),
     ("drain", 7),
     ("shed", 7),
     ("app", 8),

@@ -15,6 +15,7 @@ mod binary;
 mod boundaries;
 mod budgets;
 mod capabilities;
+mod console;
 mod crash;
 mod edge;
 mod edits;
