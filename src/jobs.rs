@@ -468,6 +468,10 @@ pub fn job_object(job: &JobRecord, answer: Option<&Result<Value, ApiError>>) -> 
     if let Some(cost) = job.cost_micros {
         o["cost_usd"] = json!(crate::model::Usd(cost).to_string());
     }
+    // The upstream model that served it (the last one tried while it runs).
+    if let Some(served) = &job.model {
+        o["served_model"] = json!(served);
+    }
     match answer {
         Some(Ok(body)) => o["result"] = body.clone(),
         Some(Err(e)) => o["error"] = e.body()["error"].clone(),
