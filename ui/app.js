@@ -94,20 +94,28 @@ function dateTime(unixSeconds) {
   return new Date(unixSeconds * 1000).toISOString().replace('T', ' ').slice(0, 16);
 }
 
-function limitsText(o) {
+/** Short phrases as a list, one per line (table cells stay narrow). */
+function lines(parts) {
+  if (!parts.length) return 'none';
+  return h('ul', { class: 'plain lines' }, parts.map((p) => h('li', {}, p)));
+}
+
+function limitsParts(o) {
   const parts = [];
   if (o.requests_per_minute != null) parts.push(`${o.requests_per_minute} req/min`);
   if (o.images_per_minute != null) parts.push(`${o.images_per_minute} img/min`);
   if (o.max_concurrent != null) parts.push(`${o.max_concurrent} concurrent`);
-  return parts.length ? parts.join(', ') : 'none';
+  return parts;
 }
 
-function budgetText(monthly, total) {
+function budgetParts(monthly, total) {
   const parts = [];
   if (monthly != null) parts.push(`${usd(monthly)}/month`);
   if (total != null) parts.push(`${usd(total)} total`);
-  return parts.length ? parts.join(', ') : 'none';
+  return parts;
 }
+
+const limitsText = (o) => limitsParts(o).join(', ') || 'none';
 
 function spentText(spend) {
   if (!spend) return '—';
@@ -395,7 +403,7 @@ async function loadKeys() {
 function renderKeys(keys) {
   const tbody = $('#keys-table tbody');
   if (!keys.length) {
-    tbody.replaceChildren(h('tr', {}, h('td', { colspan: '11', class: 'muted' }, 'No keys yet.')));
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: '10', class: 'muted' }, 'No keys yet.')));
     return;
   }
   tbody.replaceChildren(...keys.map(keyRow));
@@ -404,15 +412,15 @@ function renderKeys(keys) {
 function keyRow(k) {
   const enabled = k.enabled !== false;
   return h('tr', { dataset: { keyId: k.id } },
-    h('th', { scope: 'row' }, h('code', {}, k.id)),
+    h('th', { scope: 'row' }, h('code', {}, k.id),
+      k.source === 'config' ? h('span', { class: 'tag', title: 'Defined in the config file: change it there' }, 'config') : null),
     h('td', {}, orDash(k.name)),
     h('td', {}, orDash(k.team)),
-    h('td', {}, k.models && k.models.length ? k.models.join(', ') : 'all'),
-    h('td', {}, limitsText(k)),
-    h('td', {}, budgetText(k.monthly_budget_usd, k.total_budget_usd)),
+    h('td', {}, k.models && k.models.length ? lines(k.models) : 'all'),
+    h('td', {}, lines(limitsParts(k))),
+    h('td', {}, lines(budgetParts(k.monthly_budget_usd, k.total_budget_usd))),
     h('td', {}, spentText(k.spend)),
-    h('td', {}, orDash(k.expires_at)),
-    h('td', {}, k.source === 'config' ? h('span', { class: 'tag', title: 'Defined in the config file: change it there' }, 'config') : orDash(k.source)),
+    h('td', { title: k.expires_at || '' }, k.expires_at ? k.expires_at.slice(0, 10) : '—'),
     h('td', { class: `key-status ${enabled ? 'is-ok' : 'is-off'}` }, enabled ? 'enabled' : 'disabled'),
     h('td', { class: 'row-actions' },
       actionButton('edit', 'Edit', k.id),
@@ -572,16 +580,16 @@ async function loadTeams() {
 function renderTeams(teams) {
   const tbody = $('#teams-table tbody');
   if (!teams.length) {
-    tbody.replaceChildren(h('tr', {}, h('td', { colspan: '7', class: 'muted' }, 'No teams yet.')));
+    tbody.replaceChildren(h('tr', {}, h('td', { colspan: '6', class: 'muted' }, 'No teams yet.')));
     return;
   }
   tbody.replaceChildren(...teams.map((t) => h('tr', { dataset: { teamId: t.id } },
-    h('th', { scope: 'row' }, h('code', {}, t.id)),
+    h('th', { scope: 'row' }, h('code', {}, t.id),
+      t.source === 'config' ? h('span', { class: 'tag', title: 'Defined in the config file: change it there' }, 'config') : null),
     h('td', {}, orDash(t.name)),
-    h('td', {}, limitsText(t)),
-    h('td', {}, budgetText(t.monthly_budget_usd, t.total_budget_usd)),
+    h('td', {}, lines(limitsParts(t))),
+    h('td', {}, lines(budgetParts(t.monthly_budget_usd, t.total_budget_usd))),
     h('td', {}, spentText(t.spend)),
-    h('td', {}, orDash(t.source)),
     h('td', { class: 'row-actions' }, actionButton('edit', 'Edit', t.id), actionButton('delete', 'Delete', t.id)))));
 }
 
@@ -969,7 +977,7 @@ function renderMe(me) {
   const blocks = [spendBlock(me.id, 'This key', me.spend, b.monthly_usd, b.total_usd)];
   if (team) {
     const tb = team.budget || {};
-    blocks.push(spendBlock(team.id, `Team ${team.name || team.id}`, team.spend, tb.monthly_usd, tb.total_usd));
+    blocks.push(spendBlock(team.id, `Team: ${team.name || team.id}`, team.spend, tb.monthly_usd, tb.total_usd));
   }
   $('#me-budget').replaceChildren(...blocks);
   renderMeUsage(me.usage || { rows: [] });
