@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests: the gateway (`imagegate demo`) driven by the official OpenAI SDKs,
-# Python (pytest) then Node (node --test), and by the Codex CLI (from the Python suite).
+# Python (pytest) then Node (node --test), by the Codex CLI, and the web console (`/ui/`) driven
+# in headless Chromium by Selenium (the last two from the Python suite).
 #
 # Usage: scripts/e2e.sh
 #   IMAGEGATE_BIN=/path/to/imagegate   test that binary instead of building target/debug/imagegate
@@ -24,6 +25,18 @@ if [[ ! -x "$IMAGEGATE_BIN" ]]; then
   exit 1
 fi
 export IMAGEGATE_BIN
+
+# The web console's browser tests: Debian's Chromium and its chromedriver (fonts-liberation, a
+# recommendation of chromium, so the screenshots show real text), installed when missing.
+echo "==> Chromium and chromedriver (web console tests)"
+if [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  echo "chromium or chromedriver not found: installing Debian's chromium and chromium-driver packages"
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver fonts-liberation >/dev/null
+fi
 
 venv="$root/target/e2e-venv"
 echo "==> Python test environment ($venv)"
