@@ -74,17 +74,7 @@ impl Row {
         latency_ms: u128,
         outcome: Finished,
     ) -> Self {
-        let now = SystemTime::now();
         Self {
-            ts_ms: now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or_default(),
-            day: utc_day(now),
-            request_id: request_id.to_owned(),
-            key_id: key_id.to_owned(),
-            team: team.map(str::to_owned),
-            model: public.to_owned(),
             served_model: outcome.served.map(|m| m.as_str().to_owned()),
             n: req.n,
             size: req.size.map(|s| s.to_string()),
@@ -92,11 +82,8 @@ impl Row {
             cost: outcome.cost,
             status: outcome.status,
             error_code: outcome.error_code.map(|c| c.as_str().to_owned()),
-            latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
             task_ids: outcome.task_ids.join(","),
-            job_id: None,
-            adjusts: None,
-            tokens: None,
+            ..Self::now(key_id, team, public, request_id, latency_ms)
         }
     }
 
@@ -117,6 +104,24 @@ impl Row {
         cost: Usd,
         tokens: Option<Tokens>,
     ) -> Self {
+        Self {
+            served_model: Some(model.to_owned()),
+            cost,
+            status,
+            error_code: error_code.map(|c| c.as_str().to_owned()),
+            tokens,
+            ..Self::now(key_id, team, model, request_id, latency_ms)
+        }
+    }
+
+    /// A row stamped now, with who asked for what; nothing served, nothing spent.
+    fn now(
+        key_id: &str,
+        team: Option<&str>,
+        model: &str,
+        request_id: &str,
+        latency_ms: u128,
+    ) -> Self {
         let now = SystemTime::now();
         Self {
             ts_ms: now
@@ -128,18 +133,18 @@ impl Row {
             key_id: key_id.to_owned(),
             team: team.map(str::to_owned),
             model: model.to_owned(),
-            served_model: Some(model.to_owned()),
+            served_model: None,
             n: 0,
             size: None,
             quality: String::new(),
-            cost,
-            status,
-            error_code: error_code.map(|c| c.as_str().to_owned()),
+            cost: Usd::ZERO,
+            status: 0,
+            error_code: None,
             latency_ms: i64::try_from(latency_ms).unwrap_or(i64::MAX),
             task_ids: String::new(),
             job_id: None,
             adjusts: None,
-            tokens,
+            tokens: None,
         }
     }
 

@@ -37,6 +37,27 @@ pub use backend::Backend;
 pub struct GenerateArgs {
     /// What to draw.
     pub prompt: String,
+    #[serde(flatten)]
+    pub options: ImageOptions,
+}
+
+/// `edit_image`'s arguments: the fields of `POST /v1/images/edits`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct EditArgs {
+    /// What to change.
+    pub prompt: String,
+    /// The images to edit or use as references: http(s) URLs or data URLs, or, with the local
+    /// `imagegate mcp`, paths of PNG, JPEG or WebP files.
+    pub images: Vec<String>,
+    /// A PNG mask (transparent where to paint), in the same forms as `images`.
+    pub mask: Option<String>,
+    #[serde(flatten)]
+    pub options: ImageOptions,
+}
+
+/// The options both image tools take.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ImageOptions {
     /// A model id, group or alias (see `list_models`); default `gpt-image-2`, the cheapest
     /// healthy model that can serve the request.
     pub model: Option<String>,
@@ -53,33 +74,6 @@ pub struct GenerateArgs {
     pub output_format: Option<String>,
     /// A directory to save the images in; their paths are returned. Only with the local
     /// `imagegate mcp` (stdio).
-    pub output_dir: Option<String>,
-}
-
-/// `edit_image`'s arguments: the fields of `POST /v1/images/edits`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct EditArgs {
-    /// What to change.
-    pub prompt: String,
-    /// The images to edit or use as references: http(s) URLs or data URLs, or, with the local
-    /// `imagegate mcp`, paths of PNG, JPEG or WebP files.
-    pub images: Vec<String>,
-    /// A PNG mask (transparent where to paint), in the same forms as `images`.
-    pub mask: Option<String>,
-    /// A model id, group or alias; default `gpt-image-2`.
-    pub model: Option<String>,
-    /// `WIDTHxHEIGHT` or `auto`.
-    pub size: Option<String>,
-    /// `low`, `medium`, `high` or `auto`.
-    pub quality: Option<String>,
-    /// How many images, 1 to 10.
-    #[schemars(range(min = 1, max = 10))]
-    pub n: Option<u8>,
-    /// `transparent`, `opaque` or `auto`.
-    pub background: Option<String>,
-    /// `png` (default), `jpeg` or `webp`.
-    pub output_format: Option<String>,
-    /// A directory to save the images in (local `imagegate mcp` only).
     pub output_dir: Option<String>,
 }
 
@@ -110,31 +104,8 @@ impl ImageTools {
     ) -> CallToolResult {
         let mut body = Map::new();
         body.insert("prompt".into(), json!(args.prompt));
-        options(
-            &mut body,
-            Options {
-                model: args.model,
-                size: args.size,
-                quality: args.quality,
-                n: args.n,
-                background: args.background,
-                output_format: args.output_format,
-            },
-        );
-        let dir = match self.output_dir(args.output_dir) {
-            Ok(d) => d,
-            Err(e) => return tool_error(e),
-        };
-        let answer = self
-            .backend
-            .call(
-                &ctx,
-                Method::POST,
-                "/v1/images/generations",
-                Some(Value::Object(body)),
-            )
-            .await;
-        images_result(answer, dir.as_deref()).await
+        self.images(&ctx, "/v1/images/generations", body, args.options)
+            .await
     }
 
     #[tool(
@@ -168,31 +139,8 @@ impl ImageTools {
                 Err(e) => return tool_error(e),
             }
         }
-        options(
-            &mut body,
-            Options {
-                model: args.model,
-                size: args.size,
-                quality: args.quality,
-                n: args.n,
-                background: args.background,
-                output_format: args.output_format,
-            },
-        );
-        let dir = match self.output_dir(args.output_dir) {
-            Ok(d) => d,
-            Err(e) => return tool_error(e),
-        };
-        let answer = self
-            .backend
-            .call(
-                &ctx,
-                Method::POST,
-                "/v1/images/edits",
-                Some(Value::Object(body)),
-            )
-            .await;
-        images_result(answer, dir.as_deref()).await
+        self.images(&ctx, "/v1/images/edits", body, args.options)
+            .await
     }
 
     #[tool(
@@ -274,6 +222,41 @@ impl ServerHandler for ImageTools {
 }
 
 impl ImageTools {
+    /// Sends an image request (`body` plus `o`; `model` defaults to [`DEFAULT_MODEL`], answers
+    /// always as base64) and renders its answer.
+    async fn images(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        path: &str,
+        mut body: Map<String, Value>,
+        o: ImageOptions,
+    ) -> CallToolResult {
+        let dir = match self.output_dir(o.output_dir) {
+            Ok(d) => d,
+            Err(e) => return tool_error(e),
+        };
+        let model = o.model.unwrap_or_else(|| DEFAULT_MODEL.into());
+        let fields = [
+            ("model", Some(Value::from(model))),
+            ("size", o.size.map(Value::from)),
+            ("quality", o.quality.map(Value::from)),
+            ("n", o.n.map(Value::from)),
+            ("background", o.background.map(Value::from)),
+            ("output_format", o.output_format.map(Value::from)),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                body.insert(k.into(), v);
+            }
+        }
+        body.insert("response_format".into(), json!("b64_json"));
+        let answer = self
+            .backend
+            .call(ctx, Method::POST, path, Some(Value::Object(body)))
+            .await;
+        images_result(answer, dir.as_deref()).await
+    }
+
     /// Where to save results: only on the user's own machine.
     fn output_dir(&self, dir: Option<String>) -> Result<Option<PathBuf>, String> {
         match (dir, &self.backend) {
@@ -293,38 +276,6 @@ fn structured(mut content: Vec<ContentBlock>, summary: Value) -> CallToolResult 
     let mut result = CallToolResult::success(content);
     result.structured_content = Some(summary);
     result
-}
-
-/// The options both image tools share, set in `body` when given (`model` defaults to
-/// [`DEFAULT_MODEL`]); answers always come as base64.
-fn options(body: &mut Map<String, Value>, o: Options) {
-    let fields = [
-        (
-            "model",
-            Some(Value::from(o.model.unwrap_or_else(|| DEFAULT_MODEL.into()))),
-        ),
-        ("size", o.size.map(Value::from)),
-        ("quality", o.quality.map(Value::from)),
-        ("n", o.n.map(Value::from)),
-        ("background", o.background.map(Value::from)),
-        ("output_format", o.output_format.map(Value::from)),
-    ];
-    for (k, v) in fields {
-        if let Some(v) = v {
-            body.insert(k.into(), v);
-        }
-    }
-    body.insert("response_format".into(), json!("b64_json"));
-}
-
-/// The options of [`options`].
-struct Options {
-    model: Option<String>,
-    size: Option<String>,
-    quality: Option<String>,
-    n: Option<u8>,
-    background: Option<String>,
-    output_format: Option<String>,
 }
 
 /// A tool result saying what went wrong (the session goes on).
