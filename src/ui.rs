@@ -1,4 +1,4 @@
-//! The web console at `/ui/`: three files embedded in the binary (`ui/` in the repository),
+//! The web console at `/ui/`: its files embedded in the binary (`ui/` in the repository),
 //! served without a key — they hold no data; the page asks for a key and sends it as a bearer
 //! token to the public APIs (`/v1/*`, `/admin/*`), which check it as for any client.
 //!
@@ -22,22 +22,17 @@ pub const PREFIX: &str = "/ui";
 
 /// The embedded files: name, content type, bytes.
 const FILES: &[(&str, &str, &[u8])] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_bytes!("../ui/index.html"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("../ui/app.js"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_bytes!("../ui/style.css"),
-    ),
+    ("index.html", HTML, include_bytes!("../ui/index.html")),
+    ("style.css", CSS, include_bytes!("../ui/style.css")),
+    ("app.js", JS, include_bytes!("../ui/app.js")),
+    ("core.js", JS, include_bytes!("../ui/core.js")),
+    ("admin.js", JS, include_bytes!("../ui/admin.js")),
+    ("member.js", JS, include_bytes!("../ui/member.js")),
 ];
+
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
 
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()

@@ -21,7 +21,13 @@ async fn the_console_is_served_without_a_key_under_a_strict_policy() {
     assert_eq!(h["referrer-policy"], "no-referrer");
     let html = page.text().await.unwrap();
     assert!(!html.contains("<script>"), "no inline script");
-    for (file, kind) in [("app.js", "text/javascript"), ("style.css", "text/css")] {
+    for (file, kind) in [
+        ("app.js", "text/javascript"),
+        ("core.js", "text/javascript"),
+        ("admin.js", "text/javascript"),
+        ("member.js", "text/javascript"),
+        ("style.css", "text/css"),
+    ] {
         let a = get(&format!("/ui/{file}")).await.unwrap();
         assert_eq!(a.status(), 200, "{file}");
         assert!(a.headers()["content-type"]
