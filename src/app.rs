@@ -184,6 +184,7 @@ impl After for Logged {
             attempts = log.map_or(0, |l| l.attempts),
             n = log.map_or(0, |l| l.n),
             cost_usd = log.and_then(|l| l.cost).map(|c| c.to_string()),
+            joined = log.is_some_and(|l| l.joined),
             task_ids = log.map_or("", |l| l.task_ids.as_str()),
             error_code = error.map_or("", |e| e.code.as_str()),
             error = error.map_or("", |e| e.message.as_str()),

@@ -155,7 +155,8 @@ impl RequestLog {
     /// Completed with what served it.
     pub fn served(mut self, by: &ServedBy) -> Self {
         self.upstream_model = by.model;
-        self.cost = Some(by.cost);
+        // A request that joined a job paid nothing itself: the job's own line holds its cost.
+        self.cost = (!self.joined).then_some(by.cost);
         self.attempts = by.attempts;
         self.task_ids = by.task_ids.join(",");
         self
@@ -177,4 +178,6 @@ pub struct RequestLog {
     pub cost: Option<Usd>,
     /// The prompt, only when `logging.log_prompts` is on.
     pub prompt: Option<String>,
+    /// The request joined an existing job (a retry, an `Idempotency-Key`, a Codex turn).
+    pub joined: bool,
 }

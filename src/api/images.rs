@@ -110,16 +110,24 @@ fn precheck(
     call: &Call,
     opts: &JobOptions,
 ) -> Result<(), ApiError> {
-    let large = request
+    if large_body(request)
+        && !opts.sdk_retry
+        && opts.idempotency_key.is_none()
+        && opts.codex_turn.is_none()
+    {
+        state.limits.precheck(&call.caller)?;
+    }
+    Ok(())
+}
+
+/// Whether the request's body is at least [`LARGE_BODY`] bytes, or of unknown size.
+pub(super) fn large_body(request: &Request) -> bool {
+    request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_none_or(|n| n >= LARGE_BODY);
-    if large && !opts.sdk_retry && opts.idempotency_key.is_none() && opts.codex_turn.is_none() {
-        state.limits.precheck(&call.caller)?;
-    }
-    Ok(())
+        .is_none_or(|n| n >= LARGE_BODY)
 }
 
 /// Who is calling and how: the authenticated key, the routing headers, the request id and the
@@ -287,6 +295,10 @@ async fn answer(
                 Err(e) => return e.into_response(),
             }
         }
+    };
+    let log = RequestLog {
+        joined: !first,
+        ..log
     };
     if opts.respond_async {
         return Box::pin(accepted(&state, &admitted)).await;

@@ -1,7 +1,8 @@
 //! `POST /v1/responses` and `POST /v1/chat/completions`: the text pass-through of
 //! `[passthrough]` (Codex's and Cursor's model turns), under the caller's key, limits and budget.
 //!
-//! 1. **admit** — a `[passthrough]` exists, the body is a JSON object naming a `model` the key
+//! 1. **admit** — a `[passthrough]` exists; a body of 1 MiB or more (or of unknown size) is
+//!    not read when the key's limits refuse anyway; the body is a JSON object naming a `model` the key
 //!    may use; a key or team with a budget may use only a priced model (403 `model_not_priced`);
 //!    the key's and team's rate and concurrency limits take the request.
 //! 2. **reserve** — with a price: the most the call may cost (its output cap, and its body's
@@ -24,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::images::{body_error, json_content_type, json_object};
+use super::images::{body_error, json_content_type, json_object, large_body};
 use crate::budget::Reservation;
 use crate::config::TextPrice;
 use crate::error::{ApiError, ErrorCode};
@@ -74,6 +75,10 @@ async fn run(
         .cloned()
         .ok_or_else(|| ApiError::unauthorized("No API key."))?;
     json_content_type(request.headers())?;
+    // A large body (a Codex turn carries its images) is not read when the limits refuse anyway.
+    if large_body(&request) {
+        state.limits.precheck(&caller)?;
+    }
     let headers = request.headers().clone();
     let limit = state.config.server.max_body_bytes;
     let body = Bytes::from_request(request, &())

@@ -393,3 +393,29 @@ async fn mcp_over_http_needs_a_key_and_serves_the_image_tools() {
     let v: Value = rpc(KEY, path).await.unwrap().json().await.unwrap();
     assert_eq!(v["result"]["isError"], true, "{v}");
 }
+
+#[tokio::test]
+async fn a_large_body_is_not_read_when_the_limits_refuse_it_anyway() {
+    let (up, url) = text_upstream().await;
+    let env = start(&url, |c| c.keys[0].requests_per_minute = Some(1)).await;
+    let a = env
+        .post("/v1/responses", json!({"model": "gpt-5.5", "input": "hi"}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = env
+        .post("/v1/responses", json!({"model": "gpt-5.5", "input": "hi"}))
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    // Known to be refused now: a body of unknown length (chunked, here empty) is answered by the
+    // limits before it is read — read, it would be a 400 for not being JSON.
+    let empty = futures_util::stream::empty::<Result<Bytes, std::io::Error>>();
+    let res = env
+        .post_raw("/v1/responses")
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(empty))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(up.calls.lock().unwrap().len(), 1);
+}
