@@ -134,7 +134,7 @@ class PeakSampler:
 class Stack:
     """Simulator, gateway and (optionally) nginx, each its own process, stopped at exit."""
 
-    def __init__(self, binary: str, tmp: str, need_nginx: bool):
+    def __init__(self, binary: str, tmp: str, need_nginx: bool, need_mem_gateway: bool = False):
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
         self.sim_port, self.gw_port = free_port(), free_port()
@@ -155,6 +155,19 @@ class Stack:
         self.gw_log = open(os.path.join(tmp, "gateway.log"), "wb")
         self.gw_proc = None
         self.restart_gateway()
+        # The same gateway with its store in memory: the store's share of a request's CPU.
+        self.gw_mem = None
+        if need_mem_gateway:
+            self.gw_mem_port = free_port()
+            mem_conf = os.path.join(tmp, "gateway-mem.toml")
+            with open(mem_conf, "w") as f:
+                f.write(gateway_config(self.gw_mem_port, self.sim_port, "").replace(
+                    'dir = ""', "in_memory = true"))
+            gw_mem = subprocess.Popen([binary, "serve", "--config", mem_conf],
+                                      stdout=self.gw_log, stderr=subprocess.STDOUT)
+            self.procs.append(gw_mem)
+            wait_port(self.gw_mem_port, gw_mem, "gateway (store in memory)")
+            self.gw_mem, self.gw_mem_pid = f"http://{HOST}:{self.gw_mem_port}", gw_mem.pid
         self.nginx = None
         if need_nginx:
             self.nginx_port = free_port()
@@ -162,6 +175,17 @@ class Stack:
             self.procs.append(nginx)
             wait_port(self.nginx_port, nginx, "nginx")
             self.nginx = f"http://{HOST}:{self.nginx_port}"
+            self.nginx_master = nginx.pid
+
+    def nginx_pids(self) -> list[int]:
+        """nginx's master and its workers: the hop's CPU is theirs."""
+        pids = [self.nginx_master]
+        try:
+            with open(f"/proc/{self.nginx_master}/task/{self.nginx_master}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
 
     def restart_gateway(self):
         """A fresh gateway process, so a memory measurement starts from a clean heap."""
@@ -304,7 +328,10 @@ def lua_str(s: str) -> str:
 
 
 def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", headers=None,
-        conns: int, threads: int, secs: float, delay_ms: int = 0, pid: int | None = None) -> dict:
+        conns: int, threads: int, secs: float, delay_ms: int = 0, pid: int | None = None,
+        cpu_pids: list[int] | None = None) -> dict:
+    """One wrk run. `pid`: the process whose RSS is sampled and whose CPU is counted;
+    `cpu_pids`: the processes whose CPU is counted instead (nginx's master and workers)."""
     script = os.path.join(tmp, f"wrk-{time.monotonic_ns()}.lua")
     hdrs = ", ".join(f"[{lua_str(k)}] = {lua_str(v)}" for k, v in (headers or {}).items())
     empty = os.path.join(tmp, "empty")
@@ -314,7 +341,8 @@ def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", header
                 f"HEADERS = {{{hdrs}}}\nDELAY_MS = {delay_ms}\n" + WRK_LUA)
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(secs))}s", "--timeout", "30s",
            "-s", script, url]
-    cpu0 = cpu_secs(pid) if pid else 0.0
+    counted = cpu_pids or ([pid] if pid else [])
+    cpu0 = sum(cpu_secs(p) for p in counted)
     with PeakSampler(pid or os.getpid()) as peak:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
@@ -329,7 +357,10 @@ def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", header
     if pid:
         r["peak_rss_kib"] = peak.peak
         r["rss_before_kib"] = peak.before
-        r["cpu_pct"] = 100 * (cpu_secs(pid) - cpu0) / secs_run
+    if counted:
+        spent = sum(cpu_secs(p) for p in counted) - cpu0
+        r["cpu_pct"] = 100 * spent / secs_run
+        r["cpu_us_per_req"] = spent * 1e6 / max(1, r["requests"])
     return r
 
 
@@ -453,74 +484,113 @@ def fmt_delta(us: float) -> str:
     return f"{us / 1000:+.2f} ms"
 
 
+def cpu_cell(r: dict) -> str:
+    return f"{r['cpu_us_per_req']:,.0f} µs" if "cpu_us_per_req" in r else "-"
+
+
 def s1_small(stack: Stack, tmp: str, a, rep: Report):
     prompt = f"bench small [sim:slow=0] [sim:filebytes={SMALL_FILE}]"
     body = write(tmp, "small.json", gen_body(prompt))
-    gw = (f"{stack.gw}/v1/images/generations", {**JSON_CT, **auth(CLIENT_KEY)})
-    direct = (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)})
-    hop = (f"{stack.nginx}/v1/images/generations", JSON_CT)
-    targets = [("direct", direct, stack.sim_pid), ("nginx", hop, None),
-               ("gateway", gw, stack.gw_pid)]
+    gw_h = {**JSON_CT, **auth(CLIENT_KEY)}
+    # name: (url, headers, pid sampled, processes whose CPU counts)
+    targets = {
+        "direct": (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)},
+                   stack.sim_pid, None),
+        "nginx": (f"{stack.nginx}/v1/images/generations", JSON_CT, None, stack.nginx_pids()),
+        "gateway": (f"{stack.gw}/v1/images/generations", gw_h, stack.gw_pid, None),
+        "gateway, store in memory": (f"{stack.gw_mem}/v1/images/generations", gw_h,
+                                     stack.gw_mem_pid, None),
+    }
     # Warm-up (connection pools, result cache).
-    for _, (url, h), _ in targets:
+    for url, h, _, _ in targets.values():
         wrk(tmp, url, body_file=body, headers=h, conns=8, threads=1, secs=1)
-    maxr, rate = {}, {}
-    for name, (url, h), pid in targets:
+    maxr, rate, one = {}, {}, {}
+    for name, (url, h, pid, cpus) in targets.items():
         maxr[name] = wrk(tmp, url, body_file=body, headers=h, conns=a.max_conns, threads=1,
-                         secs=a.secs, pid=pid)
+                         secs=a.secs, pid=pid, cpu_pids=cpus)
+    # Unloaded: one connection, one request at a time.
+    for name, (url, h, pid, cpus) in targets.items():
+        one[name] = wrk(tmp, url, body_file=body, headers=h, conns=1, threads=1,
+                        secs=a.rate_secs / 3, pid=pid, cpu_pids=cpus)
     # Fixed rate: every connection waits `delay` ms between requests.
     conns = 40
     per_conn_ms = round(conns * 1000 / a.rate)
-    for name, (url, h), pid in targets:
+    for name, (url, h, pid, cpus) in targets.items():
         rate[name] = wrk(tmp, url, body_file=body, headers=h, conns=conns, threads=2,
-                         secs=a.rate_secs, delay_ms=per_conn_ms, pid=pid)
+                         secs=a.rate_secs, delay_ms=per_conn_ms, pid=pid, cpu_pids=cpus)
     lines = [
         f"Request: `gpt-image-2-all`, size 1024x1024, `b64_json`, prompt `{prompt}` "
         f"(answer {maxr['gateway']['bytes'] / max(1, maxr['gateway']['requests']):.0f} bytes "
-        "with headers). Simulator at time scale 0.",
+        "with headers). Simulator at time scale 0. CPU per request counts the target's own "
+        "processes only: the simulator for direct, nginx's master and workers for the hop, the "
+        "gateway for the gateway (auth, limits, budgets, the job store, metrics and the access "
+        "log all on). The second gateway is the same binary with `[data] in_memory = true`: "
+        "the difference is the job store's share.",
         "",
         f"Max throughput: `wrk -t1 -c{a.max_conns} -d{round(a.secs)}s`.",
         "",
-        "| target | req/s | p50 | p99 | errors | target CPU |",
-        "|---|---|---|---|---|---|",
+        "| target | req/s | p50 | p99 | errors | CPU | CPU per request |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name in maxr:
-        r = maxr[name]
+    for name, r in maxr.items():
         cpu = f"{r['cpu_pct']:.0f}% of a core" if "cpu_pct" in r else "-"
         lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
-                     f"{fmt_us(r['p99_us'])} | {r['errors']} | {cpu} |")
+                     f"{fmt_us(r['p99_us'])} | {r['errors']} | {cpu} | {cpu_cell(r)} |")
+    lines += ["", f"Unloaded: `wrk -t1 -c1 -d{max(1, round(a.rate_secs / 3))}s`.", "",
+              "| target | req/s | p50 | p99 | added p50 | added p99 | CPU per request |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in one.items():
+        d50 = r["p50_us"] - one["direct"]["p50_us"]
+        d99 = r["p99_us"] - one["direct"]["p99_us"]
+        lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | "
+                     f"{fmt_delta(d50) if name != 'direct' else '-'} | "
+                     f"{fmt_delta(d99) if name != 'direct' else '-'} | {cpu_cell(r)} |")
     lines += [
         "",
         f"Fixed rate: `wrk -t2 -c{conns} -d{round(a.rate_secs)}s`, each connection waiting "
         f"{per_conn_ms} ms between requests (≈{a.rate} req/s).",
         "",
-        "| target | req/s | p50 | p90 | p99 | max | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| target | req/s | p50 | p90 | p99 | max | errors | CPU per request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in rate:
-        r = rate[name]
+    for name, r in rate.items():
         lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
                      f"{fmt_us(r['p90_us'])} | {fmt_us(r['p99_us'])} | {fmt_us(r['max_us'])} | "
-                     f"{r['errors']} |")
+                     f"{r['errors']} | {cpu_cell(r)} |")
     over50 = rate["gateway"]["p50_us"] - rate["direct"]["p50_us"]
     over99 = rate["gateway"]["p99_us"] - rate["direct"]["p99_us"]
     nginx99 = rate["nginx"]["p99_us"] - rate["direct"]["p99_us"]
     lines += ["", f"Gateway overhead at ≈{rate['gateway']['rps']:,.0f} req/s: p50 "
               f"{fmt_delta(over50)}, p99 {fmt_delta(over99)} (nginx hop: p99 {fmt_delta(nginx99)})."]
     ratio = maxr["gateway"]["rps"] / maxr["nginx"]["rps"]
+    cpu_gw, cpu_ng = maxr["gateway"]["cpu_us_per_req"], maxr["nginx"]["cpu_us_per_req"]
+    cpu_mem = maxr["gateway, store in memory"]["cpu_us_per_req"]
+    store = cpu_gw - cpu_mem
     lines.append(f"Max throughput: gateway {ratio:.2f}× the nginx hop, "
-                 f"{maxr['gateway']['rps'] / maxr['direct']['rps']:.2f}× direct.")
+                 f"{maxr['gateway']['rps'] / maxr['direct']['rps']:.2f}× direct. CPU per request: "
+                 f"gateway {cpu_gw:,.0f} µs = {cpu_gw / cpu_ng:.1f}× the nginx hop's {cpu_ng:,.0f} µs; "
+                 f"the job store's share ≈ {store:,.0f} µs ({100 * store / cpu_gw:.0f}%), the rest "
+                 f"{cpu_mem:,.0f} µs ({cpu_mem / cpu_ng:.1f}× nginx).")
     rep.section("1. Fast sync path, small body", lines)
+    u50 = one["gateway"]["p50_us"] - one["direct"]["p50_us"]
+    u99 = one["gateway"]["p99_us"] - one["direct"]["p99_us"]
+    rep.target("Small body: CPU per request vs the nginx hop", "≤ 2×",
+               f"{cpu_gw / cpu_ng:.1f}× ({cpu_gw:,.0f} vs {cpu_ng:,.0f} µs; store ≈ {store:,.0f} µs)",
+               cpu_gw <= 2 * cpu_ng, f"by {cpu_gw / cpu_ng - 2:.1f}×")
+    rep.target("Small body: max throughput vs nginx proxy_pass hop", "≥ 0.5×",
+               f"{ratio:.2f}× ({maxr['gateway']['rps']:,.0f} vs {maxr['nginx']['rps']:,.0f} req/s)",
+               ratio >= 0.5, f"by {0.5 - ratio:.2f}×")
+    rep.target("Small body: unloaded added latency p50 / p99", "≤ 0.1 ms / ≤ 0.5 ms",
+               f"{fmt_delta(u50)} / {fmt_delta(u99)}", u50 <= 100 and u99 <= 500,
+               f"by {fmt_us(max(0, u50 - 100))} / {fmt_us(max(0, u99 - 500))}")
     rep.target("Small body: gateway overhead p99 at 1,000 req/s", "≤ 1 ms",
                f"{fmt_delta(over99)} (p99 {fmt_us(rate['gateway']['p99_us'])} vs direct "
                f"{fmt_us(rate['direct']['p99_us'])})", over99 <= 1000,
                f"by {fmt_us(over99 - 1000)}")
-    rep.target("Small body: max throughput vs nginx proxy_pass hop", "≥ 0.5×",
-               f"{ratio:.2f}× ({maxr['gateway']['rps']:,.0f} vs {maxr['nginx']['rps']:,.0f} req/s)",
-               ratio >= 0.5, f"by {0.5 - ratio:.2f}×")
-    rep.headline.append(f"small body: overhead p50 {fmt_delta(over50)}, p99 {fmt_delta(over99)} at "
-                        f"{rate['gateway']['rps']:,.0f} req/s; max throughput {ratio:.2f}× "
-                        "an nginx proxy_pass hop")
+    rep.headline.append(f"small body: {cpu_gw:,.0f} µs CPU per request ({cpu_gw / cpu_ng:.1f}× an "
+                        f"nginx hop; store ≈ {store:,.0f} µs); overhead p50 {fmt_delta(over50)}, "
+                        f"p99 {fmt_delta(over99)} at {rate['gateway']['rps']:,.0f} req/s; max "
+                        f"throughput {ratio:.2f}× the nginx hop")
 
 
 def s2_large(stack: Stack, tmp: str, a, rep: Report):
@@ -530,8 +600,8 @@ def s2_large(stack: Stack, tmp: str, a, rep: Report):
         "",
         f"Throughput: `wrk -t1 -c{a.large_conns} -d{round(a.secs)}s`.",
         "",
-        "| answer (base64) | target | req/s | MB/s | p50 | p99 | errors | gateway peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| answer (base64) | target | req/s | MB/s | p50 | p99 | errors | gateway peak RSS | CPU per request |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     mem_lines = [
         "",
@@ -544,23 +614,30 @@ def s2_large(stack: Stack, tmp: str, a, rep: Report):
     ]
     worst = 0.0
     flat = []
+    vs_nginx = []
     for label, file_bytes in SIZES.items():
         b64_len = (file_bytes + 2) // 3 * 4
         prompt = f"bench large [sim:slow=0] [sim:filebytes={file_bytes}]"
         body = write(tmp, f"large-{file_bytes}.json", gen_body(prompt))
         runs = {
             "direct": (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)},
-                       None),
+                       None, None),
+            "nginx": (f"{stack.nginx}/v1/images/generations", JSON_CT, None, stack.nginx_pids()),
             "gateway": (f"{stack.gw}/v1/images/generations", {**JSON_CT, **auth(CLIENT_KEY)},
-                        stack.gw_pid),
+                        stack.gw_pid, None),
         }
-        for name, (url, h, pid) in runs.items():
+        got = {}
+        for name, (url, h, pid, cpus) in runs.items():
             wrk(tmp, url, body_file=body, headers=h, conns=2, threads=1, secs=1)
             r = wrk(tmp, url, body_file=body, headers=h, conns=a.large_conns, threads=1,
-                    secs=a.secs, pid=pid)
+                    secs=a.secs, pid=pid, cpu_pids=cpus)
+            got[name] = r
             peak = f"{mib(r['peak_rss_kib']):.0f} MiB" if pid else "-"
             lines.append(f"| {label} | {name} | {r['rps']:,.1f} | {r['mb_s']:,.0f} | "
-                         f"{fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {r['errors']} | {peak} |")
+                         f"{fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {r['errors']} | {peak} | "
+                         f"{cpu_cell(r)} |")
+        vs_nginx.append((label, got["gateway"]["cpu_us_per_req"] / got["nginx"]["cpu_us_per_req"],
+                         got["gateway"]["rps"] / got["nginx"]["rps"]))
         slow_body = gen_body(f"bench burst [sim:slow=1] [sim:filebytes={file_bytes}]")
         per = {}
         for n in a.bursts:
@@ -578,8 +655,15 @@ def s2_large(stack: Stack, tmp: str, a, rep: Report):
     rep.section("2. Large bodies", lines + mem_lines)
     spread = "; ".join(f"{label}: " + ", ".join(f"{x:.2f}× at {n}" for n, x in per.items())
                        for label, per in flat)
-    rep.target("Large bodies: memory per in-flight answer", "≤ 2.5× base64 size",
-               f"worst {worst:.2f}×", worst <= 2.5, f"by {worst - 2.5:.2f}×")
+    cpu_worst = max(c for _, c, _ in vs_nginx)
+    rps_worst = min(t for _, _, t in vs_nginx)
+    each = "; ".join(f"{label}: CPU {c:.2f}×, throughput {t:.2f}×" for label, c, t in vs_nginx)
+    rep.target("Large bodies: CPU per request vs the nginx hop", "≤ 1.2×", each,
+               cpu_worst <= 1.2, f"by {cpu_worst - 1.2:.2f}×")
+    rep.target("Large bodies: throughput vs the nginx hop", "≥ 0.9×", f"worst {rps_worst:.2f}×",
+               rps_worst >= 0.9, f"by {0.9 - rps_worst:.2f}×")
+    rep.target("Large bodies: memory per in-flight answer", "≤ 1.1× base64 size",
+               f"worst {worst:.2f}×", worst <= 1.1, f"by {worst - 1.1:.2f}×")
     top = max(a.bursts)
     grows = any(per[top] > 1.25 * min(per.values()) for _, per in flat)
     rep.target(f"Large bodies: flat as concurrency grows to {top}", "flat", spread, not grows)
@@ -869,7 +953,8 @@ def main() -> None:
 
     load_before = open("/proc/loadavg").read().split()[:3]
     tmp = tempfile.mkdtemp(prefix="imagegate-bench-")
-    stack = Stack(a.binary, tmp, need_nginx=1 in scenarios)
+    stack = Stack(a.binary, tmp, need_nginx=1 in scenarios or 2 in scenarios,
+                  need_mem_gateway=1 in scenarios)
     rep = Report()
     started = time.monotonic()
     try:

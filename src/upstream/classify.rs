@@ -7,6 +7,10 @@ use serde_json::Value;
 
 use super::{FailureKind, Redactor, UpstreamError};
 
+/// How much of a body that is not JSON is read for an error message (the message keeps 200
+/// characters of it).
+const MESSAGE_HEAD: usize = 4096;
+
 /// Classifies an upstream answer.
 ///
 /// NOTE(upstream): the docs list HTTP error statuses but do not show error bodies, and describe a
@@ -18,21 +22,8 @@ pub(super) fn classify(
     redactor: &Redactor,
 ) -> Result<Value, UpstreamError> {
     let json: Option<Value> = serde_json::from_slice(body).ok();
-    let message = json
-        .as_ref()
-        .and_then(|v| {
-            v.get("msg")
-                .or_else(|| v.pointer("/error/message"))
-                .or_else(|| v.get("message"))
-                .and_then(Value::as_str)
-        })
-        .map(|m| redactor.redact(m))
-        .unwrap_or_else(|| {
-            // Redacted whole, then cut: cutting first could leave a key's prefix behind.
-            let text = redactor.redact(String::from_utf8_lossy(body).trim());
-            text.chars().take(200).collect()
-        });
     if !(200..300).contains(&status) {
+        let message = message_of(json.as_ref(), body, redactor);
         // A 5xx that is not the platform's own JSON envelope (a proxy's HTML 502/504/524 page)
         // says nothing of whether the platform accepted the work.
         let kind = if status >= 500 && !json.as_ref().is_some_and(is_envelope) {
@@ -50,10 +41,30 @@ pub(super) fn classify(
     };
     match json.get("code").and_then(Value::as_i64) {
         Some(code) if code != 200 && code != 0 => {
+            let message = message_of(Some(&json), body, redactor);
             Err(UpstreamError::new(kind_for_code(code, &message), message))
         }
         _ => Ok(json),
     }
+}
+
+/// An error answer's message: the envelope's own (`msg`, `error.message`, `message`), else the
+/// head of the body. Read only for errors: a success may carry megabytes of base64.
+fn message_of(json: Option<&Value>, body: &[u8], redactor: &Redactor) -> String {
+    json.and_then(|v| {
+        v.get("msg")
+            .or_else(|| v.pointer("/error/message"))
+            .or_else(|| v.get("message"))
+            .and_then(Value::as_str)
+    })
+    .map(|m| redactor.redact(m))
+    .unwrap_or_else(|| {
+        // Redacted, then cut: cutting first could leave a key's prefix behind. Only the head is
+        // read: a key that starts past it is cut away with the rest.
+        let head = body.get(..MESSAGE_HEAD).unwrap_or(body);
+        let text = redactor.redact(String::from_utf8_lossy(head).trim());
+        text.chars().take(200).collect()
+    })
 }
 
 /// The platform's error envelope: `{"code": <number>, "msg": "…"}` (or OpenAI's
@@ -104,6 +115,22 @@ mod tests {
 
     fn redactor() -> Redactor {
         Redactor(vec!["sk-up-secret".to_owned()])
+    }
+
+    #[test]
+    fn a_long_error_page_gives_a_short_redacted_message_from_its_head() {
+        // The key at the start is redacted; one past the head is never read (and would be cut).
+        let mut page = b"<html>sk-up-secret said no ".to_vec();
+        page.extend(std::iter::repeat_n(b'x', 10_000));
+        page.extend_from_slice(b"sk-up-secret</html>");
+        let e = classify(502, &page, &redactor()).unwrap_err();
+        assert!(
+            e.message.starts_with("<html>[redacted] said no"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.message.chars().count(), 200);
+        assert!(!e.message.contains("sk-up"));
     }
 
     #[test]
