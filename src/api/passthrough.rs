@@ -30,7 +30,7 @@ use crate::budget::Reservation;
 use crate::config::TextPrice;
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::ClientKey;
-use crate::ledger::{Row, Tokens};
+use crate::ledger::Row;
 use crate::limits::Admission;
 use crate::model::{TextRoute, Usd};
 use crate::state::{AppState, RequestLog};
@@ -278,17 +278,9 @@ impl Bill {
             status,
             error,
             cost,
-            end.usage.map(|u| Tokens {
-                input: u.input,
-                output: u.output,
-            }),
+            end.usage,
         );
-        let store = self.state.store().clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { store.record(row).await });
-            }
-            Err(_) => tracing::error!("a text call's ledger row could not be queued"),
-        }
+        // Queued now, not from a task: a row closed by a shutdown's drain is ahead of its flush.
+        self.state.store().record_now(row);
     }
 }

@@ -477,6 +477,37 @@ impl Store {
             .await;
     }
 
+    /// Queues one ledger row now, from code that cannot wait (a guard's `drop`): the row is ahead
+    /// of any later [`flush`](Self::flush). Only when the queue is full does a task wait for
+    /// room.
+    pub fn record_now(&self, row: Row) {
+        let msg = writer::Msg::Write {
+            op: Box::new(move |tx| insert_row(tx, &row)),
+            done: None,
+        };
+        match self.writes.try_send(msg) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
+                let writes = self.writes.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            if writes.send(msg).await.is_err() {
+                                tracing::error!(
+                                    "the database writer has stopped; a ledger row was not queued"
+                                );
+                            }
+                        });
+                    }
+                    Err(_) => tracing::error!("a ledger row could not be queued: no runtime"),
+                }
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("the database writer has stopped; a ledger row was not queued");
+            }
+        }
+    }
+
     /// Waits until every write queued before this call is committed.
     pub async fn flush(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
