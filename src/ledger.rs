@@ -45,6 +45,9 @@ pub struct Row {
     pub adjusts: Option<String>,
     /// A text pass-through call's token usage (none on image rows).
     pub tokens: Option<Tokens>,
+    /// A text pass-through call's id: its row is written before the call (booked at the call's
+    /// reservation, outcome unknown) and completed in place when the call ends.
+    pub call_id: Option<String>,
 }
 
 /// Tokens a text call used, as its upstream reported them.
@@ -145,6 +148,7 @@ impl Row {
             job_id: None,
             adjusts: None,
             tokens: None,
+            call_id: None,
         }
     }
 

@@ -10,9 +10,12 @@
 //! 3. **relay** — the body goes upstream as it came (a streamed chat completion without
 //!    `stream_options` asks for its usage), the answer comes back as it arrives
 //!    ([`relay`](crate::upstream::text::relay)).
-//! 4. **book** — when the relay ends, a [`Bill`] books the reported usage at the model's price,
-//!    and one ledger row. An answer that ended without usage (the client left, the upstream broke
-//!    off or reported none) is booked at its reservation: the most it could have cost.
+//! 4. **record** — before anything is sent, the call's ledger row is committed, booked at its
+//!    reservation with an unknown outcome: a crash while the upstream works leaves it so.
+//! 5. **book** — when the relay ends, a [`Bill`] completes that row in place with the reported
+//!    usage at the model's price. An answer that ended without usage (the client left, the
+//!    upstream broke off or reported none) stays booked at its reservation: the most it could
+//!    have cost.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,15 +28,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::images::{body_error, json_content_type, json_object, large_body};
+use super::images::{body_error, json_content_type, json_object, large_body, request_id};
 use crate::budget::Reservation;
 use crate::config::TextPrice;
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::ClientKey;
-use crate::ledger::Row;
+use crate::ledger::{Row, Tokens};
 use crate::limits::Admission;
 use crate::model::{TextRoute, Usd};
 use crate::state::{AppState, RequestLog};
+use crate::store::{complete_text_row, insert_row};
 use crate::upstream::text::output_cap;
 use crate::upstream::text::relay::{End, Ending, Relay};
 
@@ -125,36 +129,44 @@ async fn run(
     } else {
         body
     };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
     let rate_headers = admission.headers();
     let mut bill = Bill {
         state: state.clone(),
         route,
         caller,
         model: model.clone(),
-        request_id,
+        request_id: request_id(&headers),
+        call_id: format!("txtcall_{}", uuid::Uuid::new_v4().simple()),
         started: Instant::now(),
         price,
         reservation,
         _admission: admission,
-        status: StatusCode::BAD_GATEWAY,
+        stage: Stage::Recording,
         done: false,
     };
+    // Durable before the upstream sees anything: booked at the reservation, outcome unknown.
+    let provisional = bill.row(
+        502,
+        Some(ErrorCode::UpstreamOutcomeUnknown),
+        bill.reserved(),
+        None,
+    );
+    state
+        .store()
+        .write(Box::new(move |tx| insert_row(tx, &provisional)))
+        .await?;
+    bill.stage = Stage::Sent;
     let res = match text.send(route, &headers, body).await {
         Ok(res) => res,
         Err(e) => {
-            // No answer: a timeout may have been worked on (booked at its reservation), a
-            // refused connection was not.
-            let ending = if e.code == ErrorCode::UpstreamTimeout {
-                Ending::UpstreamFailed
-            } else {
+            // No answer. A call that never connected reached nothing; any other (a timeout, a
+            // connection lost after sending) may have been worked on.
+            let ending = if e.code == ErrorCode::UpstreamUnavailable {
+                bill.stage = Stage::Answered(e.status());
                 Ending::Complete
+            } else {
+                Ending::UpstreamFailed
             };
-            bill.status = e.status();
             bill.close(End {
                 ending,
                 usage: None,
@@ -163,7 +175,7 @@ async fn run(
         }
     };
     let status = res.status();
-    bill.status = status;
+    bill.stage = Stage::Answered(status);
     let content_type = res.headers().get(CONTENT_TYPE).cloned();
     let events = content_type
         .as_ref()
@@ -201,21 +213,33 @@ async fn run(
     Ok(out)
 }
 
+/// Where a text call is: what its end owes depends on it.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Its row is being written: nothing was sent.
+    Recording,
+    /// Sent (or being sent): the upstream may be working on it.
+    Sent,
+    /// The upstream answered with this status.
+    Answered(StatusCode),
+}
+
 /// One text call's money: its reservation, its concurrency slots and its ledger row. Closed once:
-/// by the relay's end, by a call that got no answer, or — when the client left while the call
-/// was being sent — on drop, as a call the upstream may have worked on.
+/// by the relay's end, by a call that got no answer, or — when the client left before the
+/// answer — on drop.
 struct Bill {
     state: Arc<AppState>,
     route: TextRoute,
     caller: ClientKey,
     model: String,
     request_id: String,
+    /// Names the call's ledger row ([`Row::call_id`]).
+    call_id: String,
     started: Instant,
     price: Option<TextPrice>,
     reservation: Option<Reservation>,
     _admission: Admission,
-    /// The upstream's status (502 until it answers).
-    status: StatusCode,
+    stage: Stage,
     done: bool,
 }
 
@@ -229,58 +253,74 @@ impl Drop for Bill {
 }
 
 impl Bill {
-    fn close(&mut self, end: End) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let reserved = self
-            .reservation
+    fn reserved(&self) -> Usd {
+        self.reservation
             .as_ref()
-            .map_or(Usd::ZERO, Reservation::amount);
-        let answered = self.status.as_u16() < 400;
-        let cost = match (self.price, end.usage) {
-            (None, _) => Usd::ZERO,
-            (Some(p), Some(u)) => p.cost(u.input, u.output),
-            // No usage: the most it could have cost, unless the upstream refused it.
-            (Some(_), None) if answered || end.ending == Ending::UpstreamFailed => reserved,
-            (Some(_), None) => Usd::ZERO,
-        };
-        let (status, error) = match end.ending {
-            Ending::ClientGone => (499, Some(ErrorCode::ClientClosedRequest)),
-            Ending::UpstreamFailed => (502, Some(ErrorCode::UpstreamError)),
-            Ending::Complete if self.status.is_server_error() => {
-                (self.status.as_u16(), Some(ErrorCode::UpstreamError))
-            }
-            Ending::Complete if !answered => (
-                self.status.as_u16(),
-                Some(ErrorCode::UpstreamRejectedRequest),
-            ),
-            Ending::Complete => (self.status.as_u16(), None),
-        };
-        if let Some(r) = self.reservation.take() {
-            r.settle(cost);
-        }
-        let team = self.caller.team_id();
-        let tokens = end.usage.unwrap_or_default();
-        self.state.metrics.text_usage(
-            self.route,
-            team,
+            .map_or(Usd::ZERO, Reservation::amount)
+    }
+
+    /// The call's ledger row as it stands.
+    fn row(&self, status: u16, error: Option<ErrorCode>, cost: Usd, tokens: Option<Tokens>) -> Row {
+        let mut row = Row::text(
             &self.caller.id,
-            (tokens.input, tokens.output),
-            cost,
-        );
-        let row = Row::text(
-            &self.caller.id,
-            team,
+            self.caller.team_id(),
             &self.model,
             &self.request_id,
             self.started.elapsed().as_millis(),
             status,
             error,
             cost,
-            end.usage,
+            tokens,
         );
+        row.call_id = Some(self.call_id.clone());
+        row
+    }
+
+    fn close(&mut self, end: End) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        // Refused outright (an error status, or no connection): nothing was worked on.
+        let refused = match self.stage {
+            Stage::Recording => true,
+            Stage::Sent => false,
+            Stage::Answered(s) => s.as_u16() >= 400 && end.ending != Ending::UpstreamFailed,
+        };
+        let cost = match (self.price, end.usage) {
+            (None, _) => Usd::ZERO,
+            (Some(p), Some(u)) => p.cost(u.input, u.output),
+            // No usage: the most it could have cost.
+            (Some(_), None) if !refused => self.reserved(),
+            (Some(_), None) => Usd::ZERO,
+        };
+        let (status, error) = match (end.ending, self.stage) {
+            (Ending::ClientGone, _) => (499, Some(ErrorCode::ClientClosedRequest)),
+            (Ending::UpstreamFailed, _) | (_, Stage::Recording | Stage::Sent) => {
+                (502, Some(ErrorCode::UpstreamError))
+            }
+            (Ending::Complete, Stage::Answered(s)) if s.is_server_error() => {
+                (s.as_u16(), Some(ErrorCode::UpstreamError))
+            }
+            (Ending::Complete, Stage::Answered(s)) if s.as_u16() >= 400 => {
+                (s.as_u16(), Some(ErrorCode::UpstreamRejectedRequest))
+            }
+            (Ending::Complete, Stage::Answered(s)) => (s.as_u16(), None),
+        };
+        if let Some(r) = self.reservation.take() {
+            r.settle(cost);
+        }
+        let tokens = end.usage.unwrap_or_default();
+        self.state.metrics.text_usage(
+            self.route,
+            self.caller.team_id(),
+            &self.caller.id,
+            (tokens.input, tokens.output),
+            cost,
+        );
+        let row = self.row(status, error, cost, end.usage);
         // Queued now, not from a task: a row closed by a shutdown's drain is ahead of its flush.
-        self.state.store().record_now(row);
+        self.state
+            .store()
+            .write_now(Box::new(move |tx| complete_text_row(tx, &row)));
     }
 }

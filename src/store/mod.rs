@@ -133,6 +133,8 @@ CREATE TABLE idempotency (
     r"
 ALTER TABLE ledger ADD COLUMN input_tokens INTEGER;
 ALTER TABLE ledger ADD COLUMN output_tokens INTEGER;
+ALTER TABLE ledger ADD COLUMN call_id TEXT;
+CREATE UNIQUE INDEX ledger_call ON ledger (call_id) WHERE call_id IS NOT NULL;
 ",
 ];
 
@@ -189,9 +191,9 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreErr
     let mut stmt = tx.prepare_cached(
         "INSERT INTO ledger (ts_ms, month, day, request_id, key_id, team, model,
             served_model, n, size, quality, cost_micros, status, error_code, latency_ms,
-            task_ids, job_id, adjusts, input_tokens, output_tokens)
+            task_ids, job_id, adjusts, input_tokens, output_tokens, call_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20)",
+            ?19, ?20, ?21)",
     )?;
     stmt.execute(params![
         row.ts_ms,
@@ -212,6 +214,29 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreErr
         row.task_ids,
         row.job_id,
         row.adjusts,
+        row.tokens
+            .map(|t| i64::try_from(t.input).unwrap_or(i64::MAX)),
+        row.tokens
+            .map(|t| i64::try_from(t.output).unwrap_or(i64::MAX)),
+        row.call_id,
+    ])?;
+    Ok(())
+}
+
+/// Completes a text call's row (written before the call, see [`Row::call_id`]) with its end:
+/// status, error, cost, latency and tokens.
+pub(crate) fn complete_text_row(tx: &Transaction<'_>, row: &Row) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE ledger SET status = ?2, error_code = ?3, cost_micros = ?4, latency_ms = ?5,
+            input_tokens = ?6, output_tokens = ?7
+         WHERE call_id = ?1",
+    )?;
+    stmt.execute(params![
+        row.call_id,
+        row.status,
+        row.error_code,
+        row.cost_micros(),
+        row.latency_ms,
         row.tokens
             .map(|t| i64::try_from(t.input).unwrap_or(i64::MAX)),
         row.tokens
@@ -477,14 +502,10 @@ impl Store {
             .await;
     }
 
-    /// Queues one ledger row now, from code that cannot wait (a guard's `drop`): the row is ahead
-    /// of any later [`flush`](Self::flush). Only when the queue is full does a task wait for
-    /// room.
-    pub fn record_now(&self, row: Row) {
-        let msg = writer::Msg::Write {
-            op: Box::new(move |tx| insert_row(tx, &row)),
-            done: None,
-        };
+    /// Queues a write now, from code that cannot wait (a guard's `drop`): it is ahead of any
+    /// later [`flush`](Self::flush). Only when the queue is full does a task wait for room.
+    pub fn write_now(&self, op: WriteFn) {
+        let msg = writer::Msg::Write { op, done: None };
         match self.writes.try_send(msg) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(msg)) => {
@@ -494,16 +515,16 @@ impl Store {
                         rt.spawn(async move {
                             if writes.send(msg).await.is_err() {
                                 tracing::error!(
-                                    "the database writer has stopped; a ledger row was not queued"
+                                    "the database writer has stopped; a write was not queued"
                                 );
                             }
                         });
                     }
-                    Err(_) => tracing::error!("a ledger row could not be queued: no runtime"),
+                    Err(_) => tracing::error!("a write could not be queued: no runtime"),
                 }
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the database writer has stopped; a ledger row was not queued");
+                tracing::error!("the database writer has stopped; a write was not queued");
             }
         }
     }
@@ -660,6 +681,7 @@ mod tests {
             job_id: None,
             adjusts: None,
             tokens: None,
+            call_id: None,
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use imagegate::demo::DEMO_WEBHOOK_SECRET;
 
+use crate::passthrough::{text_upstream, TEXT_KEY};
 use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY, UPSTREAM_KEY};
 use crate::webhooks::{receiver, verify};
 
@@ -166,6 +167,18 @@ async fn job_until(
 
 fn terminal(v: &Value) -> bool {
     ["completed", "failed", "unknown"].contains(&v["status"].as_str().unwrap_or(""))
+}
+
+/// [`config`] with a text upstream at `text` and a price for `gpt-5.5`.
+fn config_with_text(sim: &str, data: &Path, text: &str) -> tempfile::NamedTempFile {
+    let mut f = config(sim, data);
+    write!(
+        f,
+        "[passthrough]\nbase_url = \"{text}\"\napi_key = \"{TEXT_KEY}\"\n\
+         [passthrough.prices.\"gpt-5.5\"]\ninput_usd_per_1m = 1.25\noutput_usd_per_1m = 10.0\n"
+    )
+    .unwrap();
+    f
 }
 
 /// The ledger rows of `job`: (status, cost in micro-dollars).
@@ -350,5 +363,78 @@ async fn a_crash_after_a_delivered_webhook_sends_it_again_with_the_same_id() {
     let got = hook.until(2).await;
     assert_eq!(got[0].id, got[1].id);
     again.term();
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn sigkill_during_a_text_stream_leaves_the_call_booked_at_its_reservation() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let (up, text) = text_upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config_with_text(&sim, data.path(), &text);
+    let http = reqwest::Client::new();
+
+    let first = Proc::start(cfg.path(), None);
+    let res = http
+        .post(first.url("/v1/responses"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 1000}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    // The upstream is at work (its first event arrived): the gateway dies.
+    futures_util::StreamExt::next(&mut body)
+        .await
+        .unwrap()
+        .unwrap();
+    let closed = up.closed.notified();
+    first.kill9();
+    closed.await;
+
+    // Written before the call was sent: booked at the reservation (1,000 output tokens at $10/M
+    // and the body's bytes / 4 at $1.25/M), outcome unknown.
+    let conn = rusqlite::Connection::open(data.path().join("imagegate.sqlite3")).unwrap();
+    let rows: Vec<(i64, String, i64)> = conn
+        .prepare("SELECT status, error_code, cost_micros FROM ledger WHERE model = 'gpt-5.5'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (status, code, cost) = rows[0].clone();
+    assert_eq!((status, code.as_str()), (502, "upstream_outcome_unknown"));
+    assert!((10_000..10_100).contains(&cost), "{cost}");
+    drop(conn);
+
+    // The next process counts it against the key's spend.
+    let second = Proc::start(cfg.path(), None);
+    let spend: Value = http
+        .get(second.url("/admin/spend"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = spend["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == "t")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        key["spend"]["total_spent_usd"],
+        imagegate::model::Usd(cost as u64).to_string(),
+        "{key}"
+    );
+    second.term();
     stop.cancel();
 }

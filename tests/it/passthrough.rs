@@ -19,19 +19,19 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::support::{start_with, with_admin, Env, KEY};
 
-const TEXT_KEY: &str = "sk-text-upstream-5e1d";
+pub(crate) const TEXT_KEY: &str = "sk-text-upstream-5e1d";
 const EVENT_1: &str = "event: response.created\ndata: {\"type\":\"response.created\"}\n\n";
 const EVENT_2: &str = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":1000,\"output_tokens\":200}}}\n\n";
 
 /// What the scripted upstream saw and the test's hold on it.
 #[derive(Default)]
-struct Upstream {
+pub(crate) struct Upstream {
     /// (path, headers, body) of every call.
-    calls: Mutex<Vec<(String, HeaderMap, Value)>>,
+    pub(crate) calls: Mutex<Vec<(String, HeaderMap, Value)>>,
     /// Released by the test: the stream's second event goes out.
-    release: Notify,
+    pub(crate) release: Notify,
     /// Told when the client side of a held stream went away.
-    closed: Notify,
+    pub(crate) closed: Notify,
 }
 
 async fn responses(
@@ -92,7 +92,7 @@ fn tokio_stream(
 }
 
 /// The scripted upstream on an ephemeral port, and its base URL (`…/v1`).
-async fn text_upstream() -> (Arc<Upstream>, String) {
+pub(crate) async fn text_upstream() -> (Arc<Upstream>, String) {
     let up = Arc::new(Upstream::default());
     let app = Router::new()
         .route("/v1/responses", post(responses))

@@ -139,19 +139,25 @@ impl TextUpstream {
     }
 }
 
-/// A call that got no answer: a timeout (the upstream may be working: not retried) or no
-/// connection.
+/// A call that got no answer: no connection (nothing was sent: 502, worth a retry), a timeout
+/// (504) or a connection lost after sending (502 `upstream_outcome_unknown`) — the upstream may
+/// be working on those, so they are not retried.
 fn failure(e: reqwest::Error) -> ApiError {
     let e = e.without_url();
-    if e.is_timeout() {
-        ApiError::new(
-            ErrorCode::UpstreamTimeout,
-            "The text upstream did not answer in time.",
-        )
-    } else {
+    if e.is_connect() {
         ApiError::new(
             ErrorCode::UpstreamUnavailable,
             format!("The text upstream could not be reached: {e}."),
+        )
+    } else if e.is_timeout() {
+        ApiError::new(
+            ErrorCode::UpstreamTimeout,
+            "The text upstream did not answer in time; it may have worked on the call, which is booked at its reservation.",
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::UpstreamOutcomeUnknown,
+            format!("The connection to the text upstream broke after the call was sent ({e}); it may have worked on it, which is booked at its reservation."),
         )
     }
 }
