@@ -207,7 +207,7 @@ mod tests {
     async fn a_handler_panic_is_answered_logged_and_counted() {
         let sim = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
         let config = crate::demo::demo_config(sim, "sk-up", sim).unwrap();
-        let state = Arc::new(AppState::new(config).unwrap());
+        let state = Arc::new(AppState::new(config).await.unwrap());
         let routes = Router::new().route(
             "/v1/boom",
             axum::routing::get(|| async {

@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::metrics::JobEvent;
 use crate::request::{ImageRef, Operation};
 use crate::state::AppState;
-use crate::store::jobs::{self, now_ms, IdemKey};
+use crate::store::jobs::{now_ms, IdemKey};
 use crate::store::{Created, JobRecord, JobState};
 
 /// Where a job is, as its waiters see it.
@@ -193,10 +193,9 @@ impl Jobs {
     ) -> Result<Option<Admitted>, ApiError> {
         let store = state.store();
         let found = if let Some(idem) = &opts.idempotency_key {
-            let (key, idem) = (key_id.to_owned(), idem.clone());
             let now = now_ms();
             let rec = store
-                .call(move |c| jobs::by_idempotency_key(c, &key, &idem))
+                .job_by_idempotency_key(key_id.to_owned(), idem.clone())
                 .await?;
             match rec {
                 Some((job, stored_digest, expires)) => {
@@ -214,9 +213,8 @@ impl Jobs {
             }
         } else if opts.sdk_retry {
             let since = now_ms() - ms(state.config.jobs.retry_window);
-            let (key, digest) = (key_id.to_owned(), digest.to_owned());
             let job = store
-                .call(move |c| jobs::find_retry(c, &key, &digest, since))
+                .find_retry(key_id.to_owned(), digest.to_owned(), since)
                 .await?;
             if job.is_some() {
                 state.metrics.job(JobEvent::JoinedSdkRetry);
@@ -241,8 +239,7 @@ impl Jobs {
         if let Some(rx) = self.watch(&job.id) {
             return Ok(Admitted::Job(job.id.as_str().into(), rx));
         }
-        let id = job.id.clone();
-        let again = state.store().call(move |c| jobs::load(c, &id)).await?;
+        let again = state.store().job(job.id.clone()).await?;
         Ok(Admitted::Finished(Box::new(again.unwrap_or(job))))
     }
 
@@ -275,7 +272,7 @@ impl Jobs {
         let (tx, rx) = watch::channel(Progress::Running);
         let registered = Registered::new(self, job_id.clone(), rx.clone());
         let ctx = if opts.idempotency_key.is_some() || opts.respond_async {
-            let created = state.store().call(move |c| jobs::create(c, &new)).await?;
+            let created = state.store().create_job(new).await?;
             if let Created::Existing {
                 job_id: existing,
                 digest: other,
@@ -288,13 +285,9 @@ impl Jobs {
                     return Err(reused());
                 }
                 state.metrics.job(JobEvent::JoinedIdempotencyKey);
-                let job = state
-                    .store()
-                    .call(move |c| jobs::load(c, &existing))
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::internal("The job of this Idempotency-Key is gone.")
-                    })?;
+                let job = state.store().job(existing).await?.ok_or_else(|| {
+                    ApiError::internal("The job of this Idempotency-Key is gone.")
+                })?;
                 return self.admitted(state, job).await;
             }
             JobCtx::new(&id)
@@ -333,8 +326,8 @@ impl Jobs {
 
     /// Takes back every job the last process left unfinished (see `Dispatch::resume`). Their
     /// reservations count against budgets until they are settled.
-    pub fn resume_all(&self, state: &Arc<AppState>) -> anyhow::Result<usize> {
-        let unfinished = state.store().blocking(|c| jobs::unfinished(c))?;
+    pub async fn resume_all(&self, state: &Arc<AppState>) -> anyhow::Result<usize> {
+        let unfinished = state.store().unfinished_jobs().await?;
         let n = unfinished.len();
         for job in unfinished {
             let id: Arc<str> = job.id.as_str().into();
@@ -418,8 +411,7 @@ impl Drop for Registered<'_> {
 
 /// A finished job's answer, as a waiter renders it.
 pub async fn finished_answer(state: &AppState, id: &str) -> Finished {
-    let id_owned = id.to_owned();
-    let job = state.store().call(move |c| jobs::load(c, &id_owned)).await;
+    let job = state.store().job(id.to_owned()).await;
     match job {
         Ok(Some(job)) => replay(state, &job).await,
         Ok(None) => Finished {

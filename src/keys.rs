@@ -125,7 +125,7 @@ pub struct Registry {
 
 impl Registry {
     /// Loads static keys and teams from `config` and dynamic teams from `store`.
-    pub fn new(config: &Config, store: Store) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, store: Store, stored_teams: Vec<TeamSpec>) -> Self {
         let statics = config
             .keys
             .iter()
@@ -142,7 +142,7 @@ impl Registry {
             })
             .collect();
         let mut teams: HashMap<String, Arc<TeamRecord>> = HashMap::new();
-        for t in store.teams_blocking()? {
+        for t in stored_teams {
             teams.insert(t.id.clone(), Arc::new(TeamRecord::new(t, Source::Admin)));
         }
         for t in &config.teams {
@@ -151,7 +151,7 @@ impl Registry {
                 Arc::new(TeamRecord::new(t.clone(), Source::Config)),
             );
         }
-        Ok(Self {
+        Self {
             statics,
             dynamic: Cache::builder()
                 .max_capacity(100_000)
@@ -165,7 +165,7 @@ impl Registry {
             epoch: AtomicU64::new(0),
             teams: RwLock::new(teams),
             store,
-        })
+        }
     }
 
     /// The key whose secret is `presented`, enabled or not.
@@ -300,7 +300,7 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let registry = Registry::new(&config, Store::open(None).unwrap()).unwrap();
+        let registry = Registry::new(&config, Store::open(None).unwrap(), Vec::new());
         let unknown = "sk-ig-not-a-key-anyone-made";
         for _ in 0..5 {
             assert!(registry.lookup(unknown).await.unwrap().is_none());

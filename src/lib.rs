@@ -99,9 +99,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let server_config = config.server.clone();
     let drain = server_config.drain_timeout;
-    let state = Arc::new(state::AppState::new(config)?);
+    let state = Arc::new(state::AppState::new(config).await?);
     // Jobs the last process left unfinished are followed to their end (and settled) again.
-    let resumed = state.jobs.resume_all(&state)?;
+    let resumed = state.jobs.resume_all(&state).await?;
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed unfinished jobs");
     }

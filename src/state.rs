@@ -54,16 +54,11 @@ pub struct AppState {
 
 impl AppState {
     /// Opens (creating and migrating) the database and loads keys, teams and spend.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(
-            config
-                .data
-                .dir
-                .as_deref()
-                .filter(|_| !config.data.in_memory),
-        )?;
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.data).await?;
         let month = crate::ledger::utc_month(std::time::SystemTime::now());
-        let (by_key, by_team) = store.spent_blocking(&month)?;
+        let (by_key, by_team) = store.spent(&month).await?;
+        let teams = store.teams().await?;
         let metrics = Arc::new(Metrics::new()?);
         for m in ModelId::ALL {
             if config.models.get(m).enabled {
@@ -74,7 +69,7 @@ impl AppState {
             upstream: Upstream::new(&config, metrics.clone())?,
             routing: Routing::new(config.routing.clone()),
             health: Health::new(config.routing.circuit.clone()),
-            keys: Registry::new(&config, store)?,
+            keys: Registry::new(&config, store, teams),
             admin: AdminKey::new(&config.admin),
             budgets: Budgets::load(by_key, by_team),
             limits: RateLimits::new(&config.limits),

@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::jobs::job_object;
 use crate::metrics::WebhookResult;
 use crate::state::AppState;
-use crate::store::jobs::{self as rows, now_ms, Webhook};
+use crate::store::jobs::{now_ms, Webhook};
+use crate::store::Op;
 
 /// Most deliveries attempted at once.
 const BATCH: u32 = 32;
@@ -97,7 +98,7 @@ pub async fn deliver(state: Arc<AppState>, stop: impl std::future::Future<Output
         }
         let due = state
             .store()
-            .call(|c| rows::due_webhooks(c, now_ms(), BATCH))
+            .due_webhooks(now_ms(), BATCH)
             .await
             .unwrap_or_default();
         let busy = !due.is_empty();
@@ -120,7 +121,7 @@ pub async fn deliver(state: Arc<AppState>, stop: impl std::future::Future<Output
 async fn purge(state: &AppState) {
     let ttl = i64::try_from(state.config.jobs.result_ttl.as_millis()).unwrap_or(i64::MAX);
     let before = now_ms().saturating_sub(ttl);
-    match state.store().call(move |c| rows::purge(c, before)).await {
+    match state.store().purge(before).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(jobs = n, "forgot jobs past [jobs] result_ttl"),
         Err(e) => tracing::warn!(error = %e, "could not purge old jobs"),
@@ -161,20 +162,22 @@ async fn attempt(state: &AppState, http: &reqwest::Client, w: Webhook) {
     if !delivered {
         tracing::warn!(webhook_id = %w.id, job_id = %w.job_id, attempts = w.attempts + 1, error = error.as_deref().unwrap_or(""), result = result.as_str(), "webhook delivery failed");
     }
-    let id = w.id.clone();
-    let write = state.store().write(Box::new(move |tx| {
-        rows::webhook_attempted(tx, &id, status, error.as_deref(), delivered, next)
-    }));
+    let write = state.store().write(vec![Op::WebhookAttempted {
+        id: w.id.clone(),
+        status,
+        error,
+        delivered,
+        next_ms: next,
+    }]);
     if let Err(e) = write.await {
         tracing::error!(webhook_id = %w.id, error = %e, "could not record a webhook attempt");
     }
 }
 
 async fn send(state: &AppState, http: &reqwest::Client, w: &Webhook) -> Result<u16, String> {
-    let job_id = w.job_id.clone();
     let job = state
         .store()
-        .call(move |c| rows::load(c, &job_id))
+        .job(w.job_id.clone())
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the job is gone")?;

@@ -393,12 +393,8 @@ async fn outcome(state: &AppState, admitted: Admitted, first: bool) -> (Finished
 /// Whether the job's tasks are with the platform (`in_progress`): then the next process can
 /// resume it.
 async fn job_in_progress(state: &AppState, id: &str) -> bool {
-    let id = id.to_owned();
     matches!(
-        state
-            .store()
-            .call(move |c| crate::store::jobs::load(c, &id))
-            .await,
+        state.store().job(id.to_owned()).await,
         Ok(Some(job)) if job.state == crate::store::JobState::InProgress
     )
 }
@@ -419,11 +415,7 @@ async fn accepted(state: &AppState, admitted: &Admitted) -> Response {
         Admitted::Job(id, _) => id.to_string(),
         Admitted::Finished(job) => job.id.clone(),
     };
-    let lookup = id.clone();
-    let job = state
-        .store()
-        .call(move |c| crate::store::jobs::load(c, &lookup))
-        .await;
+    let job = state.store().job(id.clone()).await;
     let job = match job {
         Ok(Some(job)) => job,
         Ok(None) => return ApiError::internal("The job is gone.").into_response(),

@@ -17,8 +17,7 @@ use crate::keys::ClientKey;
 use crate::ledger::{Finished, Row};
 use crate::model::Usd;
 use crate::state::AppState;
-use crate::store::jobs as rows;
-use crate::store::{JobRecord, JobState};
+use crate::store::{JobRecord, JobState, Op};
 
 /// `GET /v1/images/jobs/{id}`: the job object; a finished job carries its `result` (the body the
 /// synchronous call returns, its images fetched again) or its `error`.
@@ -63,10 +62,9 @@ pub async fn admin_get(State(state): State<Arc<AppState>>, PathId(id): PathId) -
     match load(&state, &id).await {
         Ok(Some(job)) => {
             let mut v = admin_view(&job);
-            let job_id = job.id.clone();
             let deliveries = state
                 .store()
-                .call(move |c| rows::webhooks_of(c, &job_id))
+                .webhooks_of(job.id.clone())
                 .await
                 .unwrap_or_default();
             v["webhooks"] = json!(deliveries);
@@ -111,12 +109,12 @@ pub async fn resolve(
     }
     let booked = Usd(job.cost_micros.unwrap_or(0));
     let compensation = (!billed).then(|| compensating_row(&job, booked));
-    let key = id.clone();
     let written = state
         .store()
-        .write(Box::new(move |tx| {
-            rows::resolve(tx, &key, compensation.as_ref())
-        }))
+        .write(vec![Op::Resolve {
+            job: id.clone(),
+            compensation: compensation.map(Box::new),
+        }])
         .await;
     if let Err(e) = written {
         return ApiError::from(e).into_response();
@@ -167,10 +165,7 @@ async fn listing(state: &AppState, key: Option<String>, q: &HashMap<String, Stri
         }
     };
     let after = q.get("after").cloned();
-    let found = state
-        .store()
-        .call(move |c| rows::list(c, key.as_deref(), limit + 1, after.as_deref()))
-        .await;
+    let found = state.store().jobs(key, limit + 1, after).await;
     match found {
         Ok(mut jobs) => {
             let has_more = jobs.len() > limit as usize;
@@ -218,8 +213,7 @@ fn admin_view(job: &JobRecord) -> Value {
 }
 
 async fn load(state: &AppState, id: &str) -> Result<Option<JobRecord>, ApiError> {
-    let id = id.to_owned();
-    Ok(state.store().call(move |c| rows::load(c, &id)).await?)
+    Ok(state.store().job(id.to_owned()).await?)
 }
 
 fn not_found(id: &str) -> ApiError {

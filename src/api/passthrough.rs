@@ -37,7 +37,7 @@ use crate::ledger::{Row, Tokens};
 use crate::limits::Admission;
 use crate::model::{TextRoute, Usd};
 use crate::state::{AppState, RequestLog};
-use crate::store::{complete_text_row, insert_row};
+use crate::store::Op;
 use crate::upstream::text::output_cap;
 use crate::upstream::text::relay::{End, Ending, Relay};
 
@@ -153,7 +153,7 @@ async fn run(
     );
     state
         .store()
-        .write(Box::new(move |tx| insert_row(tx, &provisional)))
+        .write(vec![Op::Ledger(Box::new(provisional))])
         .await?;
     bill.stage = Stage::Sent;
     let res = match text.send(route, &headers, body).await {
@@ -321,6 +321,6 @@ impl Bill {
         // Queued now, not from a task: a row closed by a shutdown's drain is ahead of its flush.
         self.state
             .store()
-            .write_now(Box::new(move |tx| complete_text_row(tx, &row)));
+            .write_now(Op::CompleteText(Box::new(row)));
     }
 }

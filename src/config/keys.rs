@@ -280,6 +280,36 @@ pub struct DataConfig {
     /// Keep everything in memory (nothing survives a restart, jobs included): only when asked.
     #[serde(default)]
     pub in_memory: bool,
+    /// A PostgreSQL database shared by replicas (`postgres://…`); SQLite in `dir` without it.
+    pub url: Option<String>,
+    /// The connection pool to `url`.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// `[data.pool]`: connections to PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Most connections this replica opens.
+    pub max_connections: u32,
+    /// Longest wait for a connection (from the pool, or a new one) before the request is refused
+    /// with 503 `database_unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Longest a statement may run.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[jobs]`: how long jobs, their results and `Idempotency-Key`s are kept.

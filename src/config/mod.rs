@@ -21,8 +21,8 @@ mod passthrough;
 mod routing;
 
 pub use keys::{
-    Budget, DataConfig, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, TeamSpec,
-    UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT, MIN_CLIENT_KEY_LEN,
+    Budget, DataConfig, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, PoolConfig,
+    TeamSpec, UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT, MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};

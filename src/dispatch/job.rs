@@ -19,8 +19,8 @@ use crate::ledger::Row;
 use crate::metrics::{JobEvent, UpstreamWait};
 use crate::model::{ImageFormat, ModelId, Quality, Size, Usd};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
-use crate::store::jobs::{self, Finish, NewJob};
-use crate::store::{CallRecord, JobRecord, JobState, Store};
+use crate::store::jobs::{Finish, NewJob};
+use crate::store::{CallRecord, Epoch, JobRecord, JobState, Op, Store};
 use crate::upstream::failure::{Billing, FailureKind, UpstreamError};
 use crate::upstream::{CallCtx, Image, Journal};
 
@@ -127,6 +127,8 @@ pub struct JobCtx {
     pub id: Arc<str>,
     calls: Arc<AtomicU32>,
     unwritten: Arc<Mutex<Option<NewJob>>>,
+    /// The claim its writes are made under (a shared store's lease), if any.
+    epoch: Epoch,
 }
 
 impl JobCtx {
@@ -136,7 +138,13 @@ impl JobCtx {
             id: id.into(),
             calls: Arc::new(AtomicU32::new(0)),
             unwritten: Arc::default(),
+            epoch: None,
         }
+    }
+
+    /// The claim this job's writes are made under.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// A job whose row goes in with its first write.
@@ -186,18 +194,30 @@ impl Journal for JobJournal {
         let (price, per_call, reserved) =
             (self.price.micros(), self.per_call, self.reserved.micros());
         let row = self.job.take_row();
+        let epoch = self.job.epoch();
         Box::pin(async move {
             let carried = row.clone();
-            let written = self
-                .store
-                .write(Box::new(move |tx| {
-                    if let Some(row) = &row {
-                        jobs::insert(tx, row)?;
-                    }
-                    jobs::attempt(tx, &job, attempt, model, price, per_call, reserved)?;
-                    jobs::submitting(tx, &job, seq, attempt, model)
-                }))
-                .await;
+            let mut ops: Vec<Op> = row
+                .map(|r| Op::InsertJob(Box::new(r)))
+                .into_iter()
+                .collect();
+            ops.push(Op::Attempt {
+                job: job.to_string(),
+                epoch,
+                attempt,
+                model: model.to_owned(),
+                price_micros: price,
+                per_call,
+                reserved_micros: reserved,
+            });
+            ops.push(Op::Submitting {
+                job: job.to_string(),
+                epoch,
+                seq,
+                attempt,
+                model: model.to_owned(),
+            });
+            let written = self.store.write(ops).await;
             if let Err(e) = written {
                 self.job.put_back(carried);
                 return Err(e.to_string());
@@ -210,9 +230,14 @@ impl Journal for JobJournal {
         let job = self.job.id.clone();
         let (task, key) = (task_id.to_owned(), key.to_owned());
         Box::pin(async move {
-            let write = self.store.write(Box::new(move |tx| {
-                jobs::call_ended(tx, &job, seq, JobState::InProgress, Some(&task), Some(&key))
-            }));
+            let write = self.store.write_durable(vec![Op::CallEnded {
+                job: job.to_string(),
+                epoch: self.job.epoch(),
+                seq,
+                state: JobState::InProgress,
+                task_id: Some(task),
+                key: Some(key),
+            }]);
             // The writer retries until the database takes it; a refusal cannot lose the task,
             // which is followed either way.
             if let Err(e) = write.await {
@@ -328,12 +353,12 @@ impl Dispatch<'_> {
             error: error.map(|e| e.body()),
             row,
         };
-        let id = job.id.clone();
-        if let Err(e) = self
-            .store
-            .write(Box::new(move |tx| jobs::finish(tx, &id, &finish)))
-            .await
-        {
+        let end = Op::Finish {
+            job: job.id.clone(),
+            epoch: job.epoch,
+            finish: Box::new(finish),
+        };
+        if let Err(e) = self.store.write_durable(vec![end]).await {
             tracing::error!(job_id = %job.id, error = %e, "could not settle a resumed job");
         }
         state

@@ -49,9 +49,7 @@ use crate::model::{ModelId, Route, Usd};
 use crate::request::{ImageRef, ImageRequest, Operation, ResponseFormat};
 use crate::routing::health::{Health, HealthView, Verdict};
 use crate::routing::{Candidate, Constraints, Routing};
-use crate::store::jobs::{self as job_rows, Finish};
-use crate::store::JobState;
-use crate::store::Store;
+use crate::store::{Finish, JobState, Op, Store};
 use crate::upstream::failure::Billing;
 use crate::upstream::failure::UpstreamError;
 use crate::upstream::urls::UrlPolicy;
@@ -232,16 +230,16 @@ impl Dispatch<'_> {
 
     /// The job a prepared request becomes: written (state `queued`) before anything is sent.
     /// With an `Idempotency-Key`, the key's record decides whether it is new (see
-    /// [`job_rows::create`]).
+    /// [`crate::store::create`]).
     pub fn new_job(
         &self,
         p: &Prepared,
         id: &str,
         digest: &str,
-        idempotency: Option<job_rows::IdemKey>,
+        idempotency: Option<crate::store::IdemKey>,
         callback_url: Option<String>,
-    ) -> job_rows::NewJob {
-        job_rows::NewJob {
+    ) -> crate::store::NewJob {
+        crate::store::NewJob {
             id: id.to_owned(),
             key_id: p.call.caller.id.to_string(),
             team: p.call.caller.team_id().map(str::to_owned),
@@ -571,18 +569,17 @@ impl Dispatch<'_> {
             error: result.as_ref().err().map(ApiError::body),
             row,
         };
-        let id = job.id.clone();
-        let row = job.take_row();
-        if let Err(e) = self
-            .store
-            .write(Box::new(move |tx| {
-                if let Some(row) = &row {
-                    job_rows::insert(tx, row)?;
-                }
-                job_rows::finish(tx, &id, &finish)
-            }))
-            .await
-        {
+        let mut ops: Vec<Op> = job
+            .take_row()
+            .map(|r| Op::InsertJob(Box::new(r)))
+            .into_iter()
+            .collect();
+        ops.push(Op::Finish {
+            job: job.id.to_string(),
+            epoch: job.epoch(),
+            finish: Box::new(finish),
+        });
+        if let Err(e) = self.store.write_durable(ops).await {
             tracing::error!(job_id = %job.id, error = %e, "could not write a job's end");
         }
         crate::failpoint::hit("after_settle");

@@ -384,10 +384,7 @@ async fn a_budget_refusal_is_closed_before_any_call() {
 async fn run_job(d: &Dispatch<'_>, p: super::Prepared) -> Finished {
     let id = format!("imgjob_{}", uuid::Uuid::new_v4().simple());
     let new = d.new_job(&p, &id, "digest", None, None);
-    d.store
-        .call(move |c| crate::store::jobs::create(c, &new))
-        .await
-        .unwrap();
+    d.store.create_job(new).await.unwrap();
     d.run(p, super::JobCtx::new(&id), None).await
 }
 
@@ -395,7 +392,7 @@ async fn run_job(d: &Dispatch<'_>, p: super::Prepared) -> Finished {
 /// have gone out without an answer recorded (submitting: unknown, its reservation booked).
 #[tokio::test]
 async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
-    use crate::store::jobs as rows;
+    use crate::store::{jobs as rows, Op};
     let h = Handles::new();
     for (id, sent) in [("imgjob_q", false), ("imgjob_s", true)] {
         let new = rows::NewJob {
@@ -419,19 +416,28 @@ async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
             idempotency: None,
             callback_url: None,
         };
-        h.store
-            .write(Box::new(move |tx| {
-                rows::insert(tx, &new)?;
-                if sent {
-                    rows::attempt(tx, &new.id, 1, "gpt-image-2-beta", 30_000, true, 30_000)?;
-                    rows::submitting(tx, &new.id, 0, 1, "gpt-image-2-beta")?;
-                }
-                Ok(())
-            }))
-            .await
-            .unwrap();
+        let mut ops = vec![Op::InsertJob(Box::new(new))];
+        if sent {
+            ops.push(Op::Attempt {
+                job: id.to_owned(),
+                epoch: None,
+                attempt: 1,
+                model: "gpt-image-2-beta".to_owned(),
+                price_micros: 30_000,
+                per_call: true,
+                reserved_micros: 30_000,
+            });
+            ops.push(Op::Submitting {
+                job: id.to_owned(),
+                epoch: None,
+                seq: 0,
+                attempt: 1,
+                model: "gpt-image-2-beta".to_owned(),
+            });
+        }
+        h.store.write(ops).await.unwrap();
     }
-    let unfinished = h.store.call(|c| rows::unfinished(c)).await.unwrap();
+    let unfinished = h.store.unfinished_jobs().await.unwrap();
     assert_eq!(unfinished.len(), 2);
     for job in unfinished {
         let id = job.id.clone();
@@ -442,8 +448,10 @@ async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
             (JobState::Unknown, 30_000)
         };
         assert_eq!(state, want, "{id}");
-        let cost: i64 = h
-            .store
+        let crate::store::Store::Sqlite(lite) = &h.store else {
+            unreachable!("the tests' store is SQLite")
+        };
+        let cost: i64 = lite
             .call(move |c| {
                 Ok(c.query_row(
                     "SELECT SUM(cost_micros) FROM ledger WHERE job_id = ?1",

@@ -60,6 +60,9 @@ pub enum ErrorCode {
     ServerOverloaded,
     /// The gateway is stopping; the job named in the answer goes on in the next process.
     ShuttingDown,
+    /// The shared database (PostgreSQL) cannot be reached: refused before anything is sent
+    /// upstream (503).
+    DatabaseUnavailable,
     /// Ledger only: the client hung up while the upstream worked (status 499).
     ClientClosedRequest,
     /// `/v1/responses` or `/v1/chat/completions` without a `[passthrough]` section (404).
@@ -70,7 +73,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 40] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -107,6 +110,7 @@ impl ErrorCode {
         Self::Panicked,
         Self::ServerOverloaded,
         Self::ShuttingDown,
+        Self::DatabaseUnavailable,
         Self::ClientClosedRequest,
         Self::PassthroughNotConfigured,
         Self::ModelNotPriced,
@@ -151,6 +155,7 @@ impl ErrorCode {
             Self::InternalError | Self::Panicked => "internal_error",
             Self::ServerOverloaded => "server_overloaded",
             Self::ShuttingDown => "shutting_down",
+            Self::DatabaseUnavailable => "database_unavailable",
             Self::ClientClosedRequest => "client_closed_request",
             Self::PassthroughNotConfigured => "passthrough_not_configured",
             Self::ModelNotPriced => "model_not_priced",
@@ -191,7 +196,8 @@ impl ErrorCode {
             Self::UpstreamRateLimited
             | Self::NoHealthyUpstream
             | Self::ServerOverloaded
-            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ShuttingDown
+            | Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -230,9 +236,11 @@ impl ErrorCode {
             | Self::ResultDownloadFailed
             | Self::UpstreamTimeout
             | Self::UpstreamOutcomeUnknown => "upstream_error",
-            Self::InternalError | Self::Panicked | Self::ServerOverloaded | Self::ShuttingDown => {
-                "server_error"
-            }
+            Self::InternalError
+            | Self::Panicked
+            | Self::ServerOverloaded
+            | Self::ShuttingDown
+            | Self::DatabaseUnavailable => "server_error",
         }
     }
 
@@ -273,6 +281,7 @@ impl ErrorCode {
             | Self::Panicked
             | Self::ServerOverloaded
             | Self::ShuttingDown
+            | Self::DatabaseUnavailable
             | Self::ClientClosedRequest
             | Self::PassthroughNotConfigured
             | Self::ModelNotPriced => true,
@@ -313,6 +322,7 @@ impl ErrorCode {
             Self::InternalError => Fault::GatewayInternal,
             Self::Panicked => Fault::GatewayPanic,
             Self::ServerOverloaded | Self::ShuttingDown => Fault::GatewayOverloaded,
+            Self::DatabaseUnavailable => Fault::GatewayDatabase,
         }
     }
 }
@@ -353,6 +363,8 @@ pub enum Fault {
     /// Shed at the in-flight limit.
     GatewayOverloaded,
     GatewayPanic,
+    /// The shared database could not be reached.
+    GatewayDatabase,
 }
 
 impl Fault {
@@ -381,6 +393,7 @@ impl Fault {
             Self::GatewayInternal => "gateway_internal",
             Self::GatewayOverloaded => "gateway_overloaded",
             Self::GatewayPanic => "gateway_panic",
+            Self::GatewayDatabase => "gateway_database",
         }
     }
 }

@@ -234,7 +234,7 @@ fn is_refusal(e: &StoreError) -> bool {
         StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
             f.code == rusqlite::ErrorCode::ConstraintViolation
         }
-        StoreError::Sqlite(_) => false,
+        StoreError::Sqlite(_) | StoreError::Postgres(_) => false,
         StoreError::Json(_) | StoreError::Refused(_) => true,
         StoreError::Join(_) | StoreError::Poisoned => false,
     }
