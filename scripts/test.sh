@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: the alert rules (promtool, installed from Debian's prometheus
-# package when missing), every Rust test, then the end-to-end tests with the OpenAI SDKs.
+# package when missing), every Rust test (with a real PostgreSQL and Redis), then the end-to-end
+# tests with the OpenAI SDKs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,7 +19,15 @@ promtool test rules deploy/prometheus/alerts_test.yml
 promtool check config deploy/prometheus/prometheus.yml
 
 # `failpoints` compiles in the crash points of the crash tests (never in a release build).
-echo "==> cargo test --workspace --locked --features imagegate/failpoints"
-cargo test --workspace --locked --features imagegate/failpoints
+# The replica tests (tests/it/cluster.rs) need a real PostgreSQL and Redis: scripts/services.sh
+# installs Debian's packages when missing, starts both on loopback ports for this run, and stops
+# them after.
+echo "==> cargo test --workspace --locked --features imagegate/failpoints (with PostgreSQL and Redis)"
+scripts/services.sh run -- cargo test --workspace --locked --features imagegate/failpoints
+
+# The Dockerfile, deploy/ (compose, nginx, Kubernetes) and the binary the tests built, run as the
+# container runs it (unprivileged, read-only root filesystem).
+echo "==> deploy check"
+IMAGEGATE_BIN=target/debug/imagegate scripts/deploy-check.sh
 
 scripts/e2e.sh

@@ -162,6 +162,9 @@ pub fn new_id() -> String {
     format!("imgjob_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// How often a job another replica runs is read again by a waiter here.
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What a request became.
 pub enum Admitted {
     /// A job waiters can watch.
@@ -186,7 +189,7 @@ impl Jobs {
     /// the same key with the same request.
     pub async fn existing(
         &self,
-        state: &AppState,
+        state: &Arc<AppState>,
         key_id: &str,
         digest: &str,
         opts: &JobOptions,
@@ -232,7 +235,8 @@ impl Jobs {
     /// A stored job as a waiter joins it: its owner's progress while it runs, else its record.
     /// A job's owner registers it before its first write and unregisters it only after its end
     /// is committed, so an unfinished record with no owner here has just ended: it is read again.
-    async fn admitted(&self, state: &AppState, job: JobRecord) -> Result<Admitted, ApiError> {
+    /// On a shared store the owner may be another replica: the job is watched in the store.
+    async fn admitted(&self, state: &Arc<AppState>, job: JobRecord) -> Result<Admitted, ApiError> {
         if job.state.is_terminal() {
             return Ok(Admitted::Finished(Box::new(job)));
         }
@@ -240,7 +244,32 @@ impl Jobs {
             return Ok(Admitted::Job(job.id.as_str().into(), rx));
         }
         let again = state.store().job(job.id.clone()).await?;
-        Ok(Admitted::Finished(Box::new(again.unwrap_or(job))))
+        match again {
+            Some(job) if state.store().is_shared() && !job.state.is_terminal() => {
+                Ok(self.watch_elsewhere(state, &job.id))
+            }
+            again => Ok(Admitted::Finished(Box::new(again.unwrap_or(job)))),
+        }
+    }
+
+    /// A job another replica runs, waited for by reading it in the store until it ends.
+    fn watch_elsewhere(&self, state: &Arc<AppState>, id: &str) -> Admitted {
+        let id: Arc<str> = id.into();
+        let (tx, rx) = watch::channel(Progress::Running);
+        let (state, job_id) = (state.clone(), id.clone());
+        self.spawn(async move {
+            loop {
+                tokio::time::sleep(REMOTE_POLL).await;
+                match state.store().job(job_id.to_string()).await {
+                    Ok(Some(job)) if !job.state.is_terminal() => continue,
+                    Ok(_) => break,
+                    Err(e) => tracing::warn!(job_id = %job_id, error = %e, "could not read a job another replica runs; trying again"),
+                }
+            }
+            let answer = finished_answer(&state, &job_id).await;
+            tx.send_replace(Progress::Done(Arc::new(answer)));
+        });
+        Admitted::Job(id, rx)
     }
 
     /// Writes the job of a prepared request and starts it, or joins the job its
@@ -290,9 +319,9 @@ impl Jobs {
                 })?;
                 return self.admitted(state, job).await;
             }
-            JobCtx::new(&id)
+            JobCtx::new(&id).claimed(state.store().first_epoch())
         } else {
-            JobCtx::unwritten(new)
+            JobCtx::unwritten(new).claimed(state.store().first_epoch())
         };
         state.metrics.job(JobEvent::Created);
         registered.keep();
@@ -327,23 +356,32 @@ impl Jobs {
     /// Takes back every job the last process left unfinished (see `Dispatch::resume`). Their
     /// reservations count against budgets until they are settled.
     pub async fn resume_all(&self, state: &Arc<AppState>) -> anyhow::Result<usize> {
+        // Replicas sharing a store take over each other's jobs when a claim lapses (`claims`).
+        if state.store().is_shared() {
+            return Ok(0);
+        }
         let unfinished = state.store().unfinished_jobs().await?;
         let n = unfinished.len();
         for job in unfinished {
-            let id: Arc<str> = job.id.as_str().into();
-            tracing::info!(job_id = %id, state = job.state.as_str(), "resuming a job left unfinished by the last process");
-            let (tx, rx) = watch::channel(Progress::Running);
-            self.running().insert(id.clone(), rx);
-            let state = state.clone();
-            self.spawn(async move {
-                let _running = state.metrics.job_running();
-                state.dispatch().resume(job).await;
-                let answer = finished_answer(&state, &id).await;
-                tx.send_replace(Progress::Done(Arc::new(answer)));
-                state.jobs.running().remove(&id);
-            });
+            tracing::info!(job_id = %job.id, state = job.state.as_str(), "resuming a job left unfinished by the last process");
+            self.resume(state, job);
         }
         Ok(n)
+    }
+
+    /// Settles (or follows to its end) one job an earlier process left unfinished.
+    pub fn resume(&self, state: &Arc<AppState>, job: JobRecord) {
+        let id: Arc<str> = job.id.as_str().into();
+        let (tx, rx) = watch::channel(Progress::Running);
+        self.running().insert(id.clone(), rx);
+        let state = state.clone();
+        self.spawn(async move {
+            let _running = state.metrics.job_running();
+            state.dispatch().resume(job).await;
+            let answer = finished_answer(&state, &id).await;
+            tx.send_replace(Progress::Done(Arc::new(answer)));
+            state.jobs.running().remove(&id);
+        });
     }
 
     /// Runs a job's work until it ends or the process stops.

@@ -47,7 +47,7 @@
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`webhooks`], [`mcp`], [`ui`] |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`claims`], [`webhooks`], [`mcp`], [`ui`] |
 //! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
@@ -56,6 +56,7 @@ pub mod app;
 pub mod auth;
 pub mod budget;
 pub mod catalog;
+pub mod claims;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -124,12 +125,14 @@ pub async fn serve(
     // Webhooks from the store's outbox, until the server has stopped.
     let delivering = CancellationToken::new();
     let webhooks = webhooks::deliver(state.clone(), delivering.clone().cancelled_owned());
+    // Replicas sharing a store: renew this one's job claims, take over lapsed ones.
+    let claims = claims::run(state.clone(), delivering.clone().cancelled_owned());
     // `run` returns once `stopping` is cancelled and the drain is over.
     let serving = async {
         server::run(&server_config, listener, router, stopping).await;
         delivering.cancel();
     };
-    tokio::join!(signal, serving, webhooks);
+    tokio::join!(signal, serving, webhooks, claims);
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;

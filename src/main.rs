@@ -73,6 +73,12 @@ enum Command {
     },
     /// Print the SHA-256 of a client key, for `key_sha256` in the config.
     HashKey { key: String },
+    /// Exit 0 when the gateway answers `url` with 200 within 3 s, else 1 (a container's
+    /// HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Manage client keys through the running gateway's admin API.
     Keys {
         #[command(subcommand)]
@@ -119,6 +125,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Usage { args } => admin(cli::usage(args)),
         Command::Spend => admin(cli::get("/admin/spend")),
         Command::UpstreamKeys => admin(cli::get("/admin/upstream-keys")),
+        Command::Healthcheck { url } => runtime()?.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?;
+            let status = client.get(&url).send().await?.status();
+            anyhow::ensure!(status.is_success(), "{url} answered {status}");
+            Ok(())
+        }),
         Command::Mcp { url, api_key_env } => {
             // stdout carries the protocol: logs go to stderr, warnings only by default.
             let _logs = init_tracing(LogFormat::Human, "warn");

@@ -55,7 +55,7 @@ pub struct AppState {
 impl AppState {
     /// Opens (creating and migrating) the database and loads keys, teams and spend.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.data).await?;
+        let store = Store::connect(&config.data, config.cluster.lease).await?;
         let month = crate::ledger::utc_month(std::time::SystemTime::now());
         let (by_key, by_team) = store.spent(&month).await?;
         let teams = store.teams().await?;

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("dispatch", 6),
     ("state", 7),
     ("jobs", 7),
+    ("claims", 7),
     ("webhooks", 7),
     ("auth", 7),
     ("api", 7),

@@ -61,22 +61,38 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .into_iter()
         .map(ModelId::as_str)
         .collect();
-    let status = if models.is_empty() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    // A replica whose shared database is away cannot take a request (nothing could be
+    // recorded before the upstream call): the load balancer sends traffic elsewhere.
+    let database = database_up(&state).await;
+    let ready = !models.is_empty() && database;
+    let status = if ready {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     let upstream = state.upstream.reach.check().await;
     state.metrics.upstream_reachable(upstream.reachable);
     let body = json!({
-        "status": if models.is_empty() { "unavailable" } else { "ready" },
+        "status": if ready { "ready" } else { "unavailable" },
         "models": models,
+        "database": { "up": database },
         "upstream": upstream,
     });
     (status, Json(body)).into_response()
 }
 
+async fn database_up(state: &AppState) -> bool {
+    let up = state
+        .store()
+        .ping(std::time::Duration::from_secs(1))
+        .await
+        .is_ok();
+    state.metrics.database_up(up);
+    up
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    database_up(&state).await;
     let upstream = state.upstream.reach.check().await;
     state.metrics.upstream_reachable(upstream.reachable);
     // Circuits move from open to half-open with time, not only with traffic.

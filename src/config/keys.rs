@@ -287,6 +287,40 @@ pub struct DataConfig {
     pub pool: PoolConfig,
 }
 
+/// `[cluster]`: replicas sharing `[data] url` (PostgreSQL) and, for their hot state, Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis for what replicas share between requests: rate limits, concurrency slots, circuit
+    /// openings, key changes. Without it each replica keeps its own.
+    pub redis_url: Option<String>,
+    /// How long a replica's claim on a job lasts without being renewed (it renews every third
+    /// of it). A replica that dies (or stalls) loses its jobs to another after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// When Redis cannot be reached: `open` admits requests on this replica's own limits,
+    /// `closed` refuses them (503). Money never depends on Redis.
+    pub rate_limits_when_redis_down: FailMode,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            lease: Duration::from_secs(30),
+            rate_limits_when_redis_down: FailMode::Open,
+        }
+    }
+}
+
+/// What a shared limit does when its store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
 /// `[data.pool]`: connections to PostgreSQL.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -21,7 +21,7 @@ mod passthrough;
 mod routing;
 
 pub use keys::{
-    Budget, DataConfig, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, PoolConfig,
+    Budget, ClusterConfig, DataConfig, FailMode, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, PoolConfig,
     TeamSpec, UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT, MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
@@ -48,6 +48,7 @@ pub struct Config {
     /// The operator's key for `/admin/*`; without one the admin API refuses every call.
     pub admin: AdminConfig,
     pub data: DataConfig,
+    pub cluster: ClusterConfig,
     pub jobs: JobsConfig,
     pub limits: LimitsConfig,
     pub models: ModelsConfig,
@@ -375,6 +376,8 @@ struct RawConfig {
     #[serde(default)]
     data: DataConfig,
     #[serde(default)]
+    cluster: ClusterConfig,
+    #[serde(default)]
     jobs: JobsConfig,
     #[serde(default)]
     limits: LimitsConfig,
@@ -423,6 +426,7 @@ impl Config {
             admin: raw.admin,
             routing: raw.routing.merged(),
             data: raw.data,
+            cluster: raw.cluster,
             jobs: raw.jobs,
             limits: raw.limits,
             models: models::merged(raw.models),
@@ -477,7 +481,23 @@ impl Config {
             problems.push("upstream.max_polls_in_flight: must be at least 1".to_owned());
         }
         self.server.check(&mut problems);
-        if self.keys.is_empty() && self.data.dir.is_none() {
+        if let Some(url) = &self.data.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                problems.push("data.url: must be a postgres:// (or postgresql://) URL".to_owned());
+            }
+        }
+        if self.cluster.lease < Duration::from_secs(1) {
+            problems.push("cluster.lease: must be at least 1s".to_owned());
+        }
+        if let Some(url) = &self.cluster.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                problems.push("cluster.redis_url: must be a redis:// (or rediss://) URL".to_owned());
+            }
+            if self.data.url.is_none() {
+                problems.push("cluster.redis_url: replicas share Redis only with a shared database: set data.url too".to_owned());
+            }
+        }
+        if self.keys.is_empty() && self.data.dir.is_none() && self.data.url.is_none() {
             problems.push(
                 "keys: at least one client key is required (or set data.dir and create keys through the admin API)"
                     .to_owned(),

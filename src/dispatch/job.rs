@@ -142,6 +142,12 @@ impl JobCtx {
         }
     }
 
+    /// The job's writes are made under this claim (see [`Epoch`]).
+    pub fn claimed(mut self, epoch: Epoch) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     /// The claim this job's writes are made under.
     pub fn epoch(&self) -> Epoch {
         self.epoch

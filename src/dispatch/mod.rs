@@ -579,7 +579,12 @@ impl Dispatch<'_> {
             epoch: job.epoch(),
             finish: Box::new(finish),
         });
-        if let Err(e) = self.store.write_durable(ops).await {
+        // A job whose row was never written sent nothing upstream: with a shared database that
+        // may be away, its end is queued rather than waited for, so the caller is answered.
+        let unwritten = matches!(ops.first(), Some(Op::InsertJob(_)));
+        if unwritten && self.store.is_shared() {
+            self.store.write_later(ops);
+        } else if let Err(e) = self.store.write_durable(ops).await {
             tracing::error!(job_id = %job.id, error = %e, "could not write a job's end");
         }
         crate::failpoint::hit("after_settle");

@@ -224,6 +224,10 @@ impl ApiError {
                 ErrorCode::UpstreamRateLimited,
                 format!("The upstream is rate limiting the gateway{detail}{task}"),
             ),
+            FailureKind::Unrecorded => (
+                ErrorCode::DatabaseUnavailable,
+                "The gateway could not record the request in its database, so nothing was sent upstream; try again shortly.".to_owned(),
+            ),
             FailureKind::Connect => (
                 ErrorCode::UpstreamUnavailable,
                 format!("The upstream could not be reached{detail}{task}"),

@@ -115,6 +115,8 @@ pub enum JobEvent {
     JoinedSdkRetry,
     /// A finished job's answer sent again.
     Replayed,
+    /// Claimed from a replica whose claim lapsed (shared store).
+    TakenOver,
 }
 
 impl JobEvent {
@@ -128,6 +130,7 @@ impl JobEvent {
             Self::JoinedIdempotencyKey => "joined_idempotency_key",
             Self::JoinedSdkRetry => "joined_sdk_retry",
             Self::Replayed => "replayed",
+            Self::TakenOver => "taken_over",
         }
     }
 }

@@ -84,6 +84,7 @@ pub struct Metrics {
     failovers: IntCounterVec,
     circuit_state: IntGaugeVec,
     upstream_reachable: IntGauge,
+    database_up: IntGauge,
     // Keys and budgets
     refusals: IntCounterVec,
     budget_used: GaugeVec,
@@ -156,6 +157,13 @@ impl Metrics {
                 let g = IntGauge::new("imagegate_upstream_reachable",
                     "1 when the last TCP connect to the upstream's host succeeded, 0 when it failed (probed at most every 10 s, on /readyz and /metrics).")?;
                 r.register(Box::new(g.clone()))?;
+                g
+            },
+            database_up: {
+                let g = IntGauge::new("imagegate_database_up",
+                    "1 when the database answered the last check (on /readyz and /metrics), 0 when it did not; always 1 on the embedded SQLite.")?;
+                r.register(Box::new(g.clone()))?;
+                g.set(1);
                 g
             },
             refusals: int_counter(r, "imagegate_refusals_total",
@@ -327,6 +335,10 @@ impl Metrics {
     /// The last upstream reachability probe's answer.
     pub fn upstream_reachable(&self, reachable: bool) {
         self.upstream_reachable.set(i64::from(reachable));
+    }
+
+    pub fn database_up(&self, up: bool) {
+        self.database_up.set(i64::from(up));
     }
 
     // === Keys and budgets ===

@@ -82,7 +82,9 @@ impl Verdict {
             | K::Unknown => Self::Failure(kind),
             K::TaskFailed => Self::Failure(kind),
             K::OutOfCredits => Self::OutOfCredits,
-            K::PolicyRejected | K::Rejected | K::Unauthorized | K::Download => Self::Neutral(kind),
+            K::PolicyRejected | K::Rejected | K::Unauthorized | K::Download | K::Unrecorded => {
+                Self::Neutral(kind)
+            }
         }
     }
 }

@@ -104,9 +104,11 @@ impl Store {
 
     /// The store `[data]` names: PostgreSQL when it has a `url`, else SQLite in `dir` (in memory
     /// with `in_memory`). Migrations are applied before it returns.
-    pub async fn connect(data: &DataConfig) -> anyhow::Result<Self> {
+    pub async fn connect(data: &DataConfig, lease: Duration) -> anyhow::Result<Self> {
         match &data.url {
-            Some(url) => Ok(Store::Postgres(pg::Pg::connect(url, &data.pool).await?)),
+            Some(url) => Ok(Store::Postgres(
+                pg::Pg::connect(url, &data.pool, lease).await?,
+            )),
             None => Self::open(data.dir.as_deref().filter(|_| !data.in_memory)),
         }
     }
@@ -114,6 +116,15 @@ impl Store {
     /// Whether several processes share this store (replicas on PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self, Store::Postgres(_))
+    }
+
+    /// The claim a job this process creates is written under: replicas sharing a store fence
+    /// every job write on it (see [`Epoch`]); one process alone needs none.
+    pub fn first_epoch(&self) -> Epoch {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(_) => Some(pg::jobs::FIRST_EPOCH),
+        }
     }
 
     /// Whether the database answers now (for `/readyz`): a round trip on PostgreSQL.
@@ -141,6 +152,16 @@ impl Store {
     /// `drop`): it is ahead of any later [`flush`](Self::flush), and never dropped.
     pub fn write_now(&self, op: Op) {
         each!(self, b => b.write_op_now(op))
+    }
+
+    /// Queues `ops` (one transaction) without waiting for their commit; never dropped.
+    pub fn write_later(&self, ops: Vec<Op>) {
+        match self {
+            Store::Sqlite(b) => b.write_now(Box::new(move |tx| {
+                ops.iter().try_for_each(|op| sqlite::apply(tx, op))
+            })),
+            Store::Postgres(b) => b.write_later(ops),
+        }
     }
 
     /// Queues one ledger row without waiting for it (waits only for room in the queue).

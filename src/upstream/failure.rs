@@ -32,6 +32,9 @@ pub enum FailureKind {
     /// Nothing proves the upstream did not accept the work: the connection broke after the
     /// request was sent, or the answer is not the platform's (a proxy's HTML 502/504 page).
     Unknown,
+    /// The gateway could not record the job before the call (its database is away), so the
+    /// call was not sent: nothing about the upstream.
+    Unrecorded,
 }
 
 /// What a failure means for the money: whether the upstream may have billed the work.
@@ -60,6 +63,7 @@ impl FailureKind {
             Self::TaskFailed => "task_failed",
             Self::Download => "download",
             Self::Unknown => "unknown",
+            Self::Unrecorded => "unrecorded",
         }
     }
 
@@ -73,7 +77,8 @@ impl FailureKind {
             | Self::RateLimited
             | Self::Rejected
             | Self::PolicyRejected
-            | Self::TaskFailed => Billing::NotBilled,
+            | Self::TaskFailed
+            | Self::Unrecorded => Billing::NotBilled,
             Self::Download => Billing::Billed,
             Self::Timeout | Self::Malformed | Self::Unknown => Billing::Unknown,
         }

@@ -237,7 +237,7 @@ impl Upstream {
         let seq = match &ctx.journal {
             Some(journal) => Some(journal.submitting().await.map_err(|e| {
                 UpstreamError::new(
-                    FailureKind::Connect,
+                    FailureKind::Unrecorded,
                     format!("the gateway could not record the job, so nothing was sent: {e}"),
                 )
             })?),

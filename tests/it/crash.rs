@@ -22,14 +22,14 @@ use crate::webhooks::{receiver, verify};
 const BIN: &str = env!("CARGO_BIN_EXE_imagegate");
 
 /// `imagegate serve` on a data directory, its stderr kept.
-struct Proc {
-    child: Child,
-    logs: Arc<Mutex<String>>,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) logs: Arc<Mutex<String>>,
     addr: String,
 }
 
 impl Proc {
-    fn start(config: &Path, failpoint: Option<&str>) -> Self {
+    pub(crate) fn start(config: &Path, failpoint: Option<&str>) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"])
             .arg(config)
@@ -70,12 +70,12 @@ impl Proc {
         Self { child, logs, addr }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// A real SIGKILL.
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-KILL", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
@@ -89,7 +89,7 @@ impl Proc {
         assert!(!status.success(), "{}", self.logs.lock().unwrap());
     }
 
-    fn term(mut self) -> String {
+    pub(crate) fn term(mut self) -> String {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -102,7 +102,7 @@ impl Proc {
 }
 
 /// A simulator in this process (time scale 0.002; `[sim:slow=N]` is unscaled).
-async fn sim(stop: &CancellationToken) -> String {
+pub(crate) async fn sim(stop: &CancellationToken) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(imagegate_sim::serve(
@@ -132,7 +132,7 @@ fn config(sim: &str, data: &Path) -> tempfile::NamedTempFile {
     f
 }
 
-async fn stats(http: &reqwest::Client, sim: &str) -> Value {
+pub(crate) async fn stats(http: &reqwest::Client, sim: &str) -> Value {
     http.get(format!("http://{sim}/_sim/stats"))
         .send()
         .await
@@ -143,7 +143,7 @@ async fn stats(http: &reqwest::Client, sim: &str) -> Value {
 }
 
 /// The job's object, waiting (on its state) until `done` says it is where the test wants it.
-async fn job_until(
+pub(crate) async fn job_until(
     http: &reqwest::Client,
     p: &Proc,
     id: &str,
@@ -165,7 +165,7 @@ async fn job_until(
     panic!("job {id} never got there");
 }
 
-fn terminal(v: &Value) -> bool {
+pub(crate) fn terminal(v: &Value) -> bool {
     ["completed", "failed", "unknown"].contains(&v["status"].as_str().unwrap_or(""))
 }
 

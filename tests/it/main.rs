@@ -15,6 +15,7 @@ mod binary;
 mod boundaries;
 mod budgets;
 mod capabilities;
+mod cluster;
 mod console;
 mod crash;
 mod edge;

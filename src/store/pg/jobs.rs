@@ -8,16 +8,19 @@ use sqlx_core::query::query;
 use sqlx_core::row::Row as _;
 use sqlx_postgres::{PgConnection, PgPool, PgRow};
 
-use super::{complete_text_row, i, insert_row, u};
+use super::{complete_text_row, i, insert_row, u, Claimant};
 use crate::store::jobs::{
     now_ms, CallRecord, Created, Finish, IdemKey, JobRecord, JobState, NewJob, Webhook,
 };
 use crate::store::{Epoch, Op, StoreError};
 
+/// The epoch of a job's first claim, by the replica that created it.
+pub const FIRST_EPOCH: i64 = 1;
+
 /// Applies one write on `c` (inside the caller's transaction).
-pub(crate) async fn apply(c: &mut PgConnection, op: &Op) -> Result<(), StoreError> {
+pub(crate) async fn apply(c: &mut PgConnection, op: &Op, me: &Claimant) -> Result<(), StoreError> {
     match op {
-        Op::InsertJob(job) => insert(c, job).await,
+        Op::InsertJob(job) => insert(c, job, me).await,
         Op::Attempt {
             job,
             epoch,
@@ -176,12 +179,14 @@ fn fenced(job: &str, epoch: Epoch, changed: u64) -> Result<(), StoreError> {
     }
 }
 
-async fn insert(c: &mut PgConnection, job: &NewJob) -> Result<(), StoreError> {
+/// A new job, claimed by this replica at epoch [`FIRST_EPOCH`].
+async fn insert(c: &mut PgConnection, job: &NewJob, me: &Claimant) -> Result<(), StoreError> {
     let now = now_ms();
     query(
         "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
-            created_ms, updated_ms, callback_url)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $8, $9)",
+            created_ms, updated_ms, callback_url, owner, lease_epoch, lease_until)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $8, $9, $10, $11,
+            now() + $12 * interval '1 millisecond')",
     )
     .bind(&job.id)
     .bind(&job.key_id)
@@ -192,6 +197,9 @@ async fn insert(c: &mut PgConnection, job: &NewJob) -> Result<(), StoreError> {
     .bind(&job.request_id)
     .bind(now)
     .bind(&job.callback_url)
+    .bind(&me.owner)
+    .bind(FIRST_EPOCH)
+    .bind(me.lease_ms)
     .execute(c)
     .await?;
     Ok(())
@@ -240,7 +248,7 @@ async fn finish_job(
 
 /// Creates `job`, deciding by the `Idempotency-Key` record's primary key (see SQLite's
 /// `create`): of two replicas inserting the same key at once, one wins and the other joins.
-pub async fn create(pool: &PgPool, job: &NewJob) -> Result<Created, StoreError> {
+pub async fn create(pool: &PgPool, job: &NewJob, me: &Claimant) -> Result<Created, StoreError> {
     let mut tx = pool.begin().await?;
     let now = now_ms();
     if let Some(IdemKey {
@@ -295,7 +303,7 @@ pub async fn create(pool: &PgPool, job: &NewJob) -> Result<Created, StoreError> 
             .await?;
         }
     }
-    insert(&mut tx, job).await?;
+    insert(&mut tx, job, me).await?;
     tx.commit().await?;
     Ok(Created::New)
 }
@@ -508,4 +516,58 @@ pub async fn purge(pool: &PgPool, before_ms: i64) -> Result<usize, StoreError> {
         .await?;
     tx.commit().await?;
     Ok(usize::try_from(n.rows_affected()).unwrap_or(usize::MAX))
+}
+
+/// Moves this replica's claims on the jobs it works on forward by a lease (from the database's
+/// clock). A claim another replica took (after it lapsed) is not this replica's any more and is
+/// left alone.
+pub async fn renew(pool: &PgPool, me: &Claimant) -> Result<u64, StoreError> {
+    let done = query(
+        "UPDATE jobs SET lease_until = now() + $2 * interval '1 millisecond'
+         WHERE owner = $1 AND state IN ('queued', 'submitting', 'in_progress')",
+    )
+    .bind(&me.owner)
+    .bind(me.lease_ms)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Claims up to `limit` unfinished jobs whose claim lapsed (their replica died or stalled): in
+/// one short transaction, each gets this replica as its owner and its epoch moves on, so the old
+/// owner's later writes are refused. No row lock is held after it returns.
+pub async fn claim_lapsed(
+    pool: &PgPool,
+    me: &Claimant,
+    limit: u32,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let claimed = query(
+        "UPDATE jobs SET owner = $1, lease_epoch = lease_epoch + 1,
+            lease_until = now() + $2 * interval '1 millisecond'
+         WHERE id IN (
+            SELECT id FROM jobs
+            WHERE state IN ('queued', 'submitting', 'in_progress')
+              AND (lease_until IS NULL OR lease_until < now())
+            ORDER BY created_ms
+            FOR UPDATE SKIP LOCKED
+            LIMIT $3)
+         RETURNING id, lease_epoch",
+    )
+    .bind(&me.owner)
+    .bind(me.lease_ms)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut c = pool.acquire().await?;
+    let mut jobs = Vec::with_capacity(claimed.len());
+    for r in &claimed {
+        let (id, epoch): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        if let Some(mut job) = load(&mut c, &id).await? {
+            job.epoch = Some(epoch);
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
 }

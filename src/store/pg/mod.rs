@@ -168,6 +168,15 @@ impl MigrationSource<'static> for Embedded {
 pub struct Pg {
     pool: PgPool,
     writes: tokio::sync::mpsc::Sender<writer::Msg>,
+    me: Claimant,
+}
+
+/// This replica, as the owner of the jobs it claims.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// Unique per process: host name, pid and a random part.
+    pub owner: String,
+    pub lease_ms: i64,
 }
 
 /// Whether `e` means the database could not be reached or did not answer in time.
@@ -206,7 +215,7 @@ fn i(v: u64) -> i64 {
 impl Pg {
     /// Connects (lazily: a database that is not up yet is waited for, up to a minute, while the
     /// migrations are applied) and migrates.
-    pub async fn connect(url: &str, pool: &PoolConfig) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, pool: &PoolConfig, lease: Duration) -> anyhow::Result<Self> {
         let statement_ms = pool.statement_timeout.as_millis().to_string();
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| anyhow::anyhow!("data.url: {e}"))?
@@ -233,16 +242,42 @@ impl Pg {
             }
         }
         let (writes, rx) = tokio::sync::mpsc::channel(writer::QUEUE);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        let me = Claimant {
+            owner: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+        };
         #[allow(
             clippy::disallowed_methods,
             reason = "the writer lives as long as the store: it ends when every sender is gone"
         )]
-        tokio::spawn(writer::run(pool.clone(), rx));
-        Ok(Self { pool, writes })
+        tokio::spawn(writer::run(pool.clone(), me.clone(), rx));
+        Ok(Self { pool, writes, me })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// This replica's name as the owner of jobs.
+    pub fn owner(&self) -> &str {
+        &self.me.owner
+    }
+
+    /// Renews this replica's claims (see [`jobs::renew`]).
+    pub async fn renew(&self) -> Result<u64, StoreError> {
+        jobs::renew(&self.pool, &self.me).await
+    }
+
+    /// Claims jobs whose claim lapsed (see [`jobs::claim_lapsed`]).
+    pub async fn claim_lapsed(&self, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        jobs::claim_lapsed(&self.pool, &self.me, limit).await
     }
 
     pub async fn ping(&self, within: Duration) -> Result<(), StoreError> {
@@ -259,7 +294,7 @@ impl Pg {
     pub async fn write_ops(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for op in &ops {
-            jobs::apply(&mut tx, op).await?;
+            jobs::apply(&mut tx, op, &self.me).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -282,10 +317,11 @@ impl Pg {
     }
 
     pub fn write_op_now(&self, op: Op) {
-        let msg = writer::Msg::Write {
-            ops: vec![op],
-            done: None,
-        };
+        self.write_later(vec![op]);
+    }
+
+    pub fn write_later(&self, ops: Vec<Op>) {
+        let msg = writer::Msg::Write { ops, done: None };
         if let Err(e) = self.writes.try_send(msg) {
             let msg = match e {
                 tokio::sync::mpsc::error::TrySendError::Full(m) => m,
@@ -525,7 +561,7 @@ impl Pg {
     // === jobs ===
 
     pub async fn create_job(&self, job: NewJob) -> Result<Created, StoreError> {
-        jobs::create(&self.pool, &job).await
+        jobs::create(&self.pool, &job, &self.me).await
     }
 
     pub async fn job(&self, id: String) -> Result<Option<JobRecord>, StoreError> {

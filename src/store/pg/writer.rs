@@ -9,6 +9,7 @@ use sqlx_postgres::PgPool;
 use tokio::sync::mpsc::Receiver;
 
 use super::jobs::apply;
+use super::Claimant;
 use crate::store::{Op, StoreError};
 
 pub(super) enum Msg {
@@ -28,7 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 type Done = Option<tokio::sync::oneshot::Sender<Result<(), String>>>;
 
-pub(super) async fn run(pool: PgPool, mut rx: Receiver<Msg>) {
+pub(super) async fn run(pool: PgPool, me: Claimant, mut rx: Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut writes: Vec<(Vec<Op>, Done)> = Vec::new();
         let mut flushes = Vec::new();
@@ -43,7 +44,7 @@ pub(super) async fn run(pool: PgPool, mut rx: Receiver<Msg>) {
             }
         }
         if !writes.is_empty() {
-            write_group(&pool, writes).await;
+            write_group(&pool, &me, writes).await;
         }
         for done in flushes {
             let _ = done.send(());
@@ -51,20 +52,20 @@ pub(super) async fn run(pool: PgPool, mut rx: Receiver<Msg>) {
     }
 }
 
-async fn commit(pool: &PgPool, groups: &[&[Op]]) -> Result<(), StoreError> {
+async fn commit(pool: &PgPool, me: &Claimant, groups: &[&[Op]]) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     for ops in groups {
         for op in *ops {
-            apply(&mut tx, op).await?;
+            apply(&mut tx, op, me).await?;
         }
     }
     tx.commit().await?;
     Ok(())
 }
 
-async fn write_group(pool: &PgPool, writes: Vec<(Vec<Op>, Done)>) {
+async fn write_group(pool: &PgPool, me: &Claimant, writes: Vec<(Vec<Op>, Done)>) {
     let all: Vec<&[Op]> = writes.iter().map(|(ops, _)| ops.as_slice()).collect();
-    if writes.len() > 1 && commit(pool, &all).await.is_ok() {
+    if writes.len() > 1 && commit(pool, me, &all).await.is_ok() {
         for (_, done) in writes {
             if let Some(done) = done {
                 let _ = done.send(Ok(()));
@@ -73,7 +74,7 @@ async fn write_group(pool: &PgPool, writes: Vec<(Vec<Op>, Done)>) {
         return;
     }
     for (ops, done) in writes {
-        let result = write_one(pool, &ops).await;
+        let result = write_one(pool, me, &ops).await;
         match done {
             Some(done) => {
                 let _ = done.send(result);
@@ -88,10 +89,10 @@ async fn write_group(pool: &PgPool, writes: Vec<(Vec<Op>, Done)>) {
 }
 
 /// One write in its own transaction: refused on a constraint, retried on anything else.
-async fn write_one(pool: &PgPool, ops: &[Op]) -> Result<(), String> {
+async fn write_one(pool: &PgPool, me: &Claimant, ops: &[Op]) -> Result<(), String> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match commit(pool, &[ops]).await {
+        match commit(pool, me, &[ops]).await {
             Ok(()) => return Ok(()),
             Err(e) if super::is_refusal(&e) => return Err(e.to_string()),
             Err(e) => {

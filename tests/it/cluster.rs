@@ -1,0 +1,330 @@
+//! Replicas of the real binary sharing one real PostgreSQL (`[data] url`): keys, jobs,
+//! `Idempotency-Key`s and the ledger are shared; a replica killed (SIGKILL) or stalled
+//! (SIGSTOP) while it follows a paid task loses the job to another after its lease, which
+//! finishes it once — one upstream create, one ledger row — and the stalled one, woken up,
+//! writes nothing more; a database that cannot be reached gives clean 503s.
+//!
+//! The server comes from `scripts/services.sh run -- …` (the test command runs the suite under
+//! it): `IMAGEGATE_TEST_DATABASE_URL` names it, and each test creates a database of its own.
+//! Tests that stop the server take an exclusive lock that the others share.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx_core::query::query;
+use sqlx_core::row::Row as _;
+use sqlx_postgres::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::crash::{job_until, sim, stats, terminal, Proc};
+use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY};
+
+fn server_url() -> String {
+    std::env::var("IMAGEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("IMAGEGATE_TEST_DATABASE_URL is not set: run the tests under `scripts/services.sh run -- cargo test`")
+    })
+}
+
+/// The server held for this test: shared by tests that keep it up, exclusive for one that
+/// stops it.
+fn hold_server(exclusive: bool) -> File {
+    let dir = std::env::var("IMAGEGATE_TEST_SERVICES_DIR").unwrap_or_else(|_| "/tmp".to_owned());
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{dir}/imagegate-pg.lock"))
+        .unwrap();
+    if exclusive {
+        f.lock().unwrap();
+    } else {
+        f.lock_shared().unwrap();
+    }
+    f
+}
+
+/// A new, empty database on the test server; its URL.
+async fn fresh_db() -> String {
+    let url = server_url();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPool::connect(&url).await.unwrap();
+    query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// A replica's config: the simulator upstream, the shared database, a short lease.
+fn config(sim: &str, db: &str, lease: &str) -> tempfile::NamedTempFile {
+    let data = tempfile::tempdir().unwrap().keep();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
+         [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n\
+         [data]\ndir = \"{}\"\nurl = \"{db}\"\n[data.pool]\nacquire_timeout = \"1s\"\n[cluster]\nlease = \"{lease}\"\n\
+         [admin]\nkey = \"{ADMIN_KEY}\"\n\
+         [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
+        data.display()
+    )
+    .unwrap();
+    f
+}
+
+/// The ledger rows of `job` in the shared database: (status, cost in micro-dollars).
+async fn ledger_rows(db: &str, job: &str) -> Vec<(i32, i64)> {
+    let pool = PgPool::connect(db).await.unwrap();
+    let rows = query("SELECT status, cost_micros FROM ledger WHERE job_id = $1")
+        .bind(job)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| (r.try_get(0).unwrap(), r.try_get(1).unwrap()))
+        .collect()
+}
+
+async fn post(
+    http: &reqwest::Client,
+    p: &Proc,
+    key: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> crate::support::Answer {
+    let mut rb = http
+        .post(p.url("/v1/images/generations"))
+        .bearer_auth(key)
+        .json(&body);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    Env::read(rb.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn replicas_share_keys_jobs_idempotency_keys_and_the_ledger() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "30s");
+    let (a, b) = (
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    );
+    let http = reqwest::Client::new();
+
+    // A key made through replica A works on replica B.
+    let created = http
+        .post(a.url("/admin/keys"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    let created = Env::read(created).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let on_b = post(&http, &b, &secret, json!({"model": "sparkpix", "prompt": "a fox"}), &[]).await;
+    assert_eq!(on_b.status, 200, "{}", on_b.body);
+
+    // The same Idempotency-Key sent to both replicas at once: one upstream create, one image.
+    let before = stats(&http, &sim).await["creates"].as_u64().unwrap();
+    let body = json!({"model": "gpt-image-2-beta", "prompt": "a lighthouse [sim:slow=1]"});
+    let headers = [("idempotency-key", "same-click")];
+    let (x, y) = tokio::join!(
+        post(&http, &a, KEY, body.clone(), &headers),
+        post(&http, &b, KEY, body.clone(), &headers)
+    );
+    assert_eq!((x.status, y.status), (200, 200), "{} / {}", x.body, y.body);
+    assert_eq!(b64_image(&x.body, 0), b64_image(&y.body, 0));
+    assert_eq!(stats(&http, &sim).await["creates"].as_u64().unwrap(), before + 1);
+
+    // A job made on A is read on B.
+    let res = http
+        .post(a.url("/v1/images/generations"))
+        .bearer_auth(KEY)
+        .header("prefer", "respond-async")
+        .json(&json!({"model": "sparkpix", "prompt": "a kite"}))
+        .send()
+        .await
+        .unwrap();
+    let accepted = Env::read(res).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let id = accepted.body["id"].as_str().unwrap().to_owned();
+    let done = job_until(&http, &b, &id, terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // Both replicas' rows are in one ledger: 1 (bob) + 1 (the shared key) + 1 (the async job).
+    let usage = http
+        .get(b.url("/admin/usage"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let usage = Env::read(usage).await;
+    let requests: u64 = usage.body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 3, "{}", usage.body);
+    a.term();
+    b.term();
+    stop.cancel();
+}
+
+/// Starts an async `gpt-image-2-beta` job (3 s of upstream work) on `p`; returns its id once its
+/// task id is committed (the platform has the paid work).
+async fn slow_job_in_progress(http: &reqwest::Client, p: &Proc) -> String {
+    let res = http
+        .post(p.url("/v1/images/generations"))
+        .bearer_auth(KEY)
+        .header("prefer", "respond-async")
+        .json(&json!({"model": "gpt-image-2-beta", "prompt": "a lighthouse [sim:slow=3]"}))
+        .send()
+        .await
+        .unwrap();
+    let a = Env::read(res).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    job_until(http, p, &id, |v| v["status"] == "in_progress").await;
+    id
+}
+
+#[tokio::test]
+async fn a_killed_replicas_job_is_taken_over_after_its_lease_and_finished_once() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "2s");
+    let (a, b, c) = (
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    );
+    let http = reqwest::Client::new();
+    let id = slow_job_in_progress(&http, &a).await;
+    a.kill9();
+
+    // Another replica claims the job once A's lease lapses and follows the same task.
+    let done = job_until(&http, &c, &id, terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let res = http
+        .get(c.url(&format!("/v1/images/jobs/{id}")))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let job = Env::read(res).await;
+    assert!(is_png(&b64_image(&job.body["result"], 0)), "{}", job.body);
+    let logs = format!("{}{}", b.term(), c.term());
+    assert!(logs.contains("taking over a job"), "{logs}");
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    assert_eq!(ledger_rows(&db, &id).await, [(200, 30_000)]);
+    stop.cancel();
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test]
+async fn a_stalled_replica_that_wakes_up_after_losing_its_lease_writes_no_second_result() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "2s");
+    let (a, b) = (
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    );
+    let http = reqwest::Client::new();
+    let id = slow_job_in_progress(&http, &a).await;
+    signal(&a, "-STOP");
+    let done = job_until(&http, &b, &id, terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    signal(&a, "-CONT");
+    // A follows its task to the end too, and its write is refused: the claim moved on.
+    for _ in 0..1000 {
+        if a.logs.lock().unwrap().contains("already finished") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = a.term();
+    assert!(logs.contains("already finished"), "{logs}");
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    assert_eq!(ledger_rows(&db, &id).await, [(200, 30_000)]);
+    b.term();
+    stop.cancel();
+}
+
+fn services(action: &str) {
+    let script = std::env::var("IMAGEGATE_TEST_SERVICES").unwrap();
+    let status = Command::new(script).arg(action).status().unwrap();
+    assert!(status.success(), "services.sh {action}");
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
+    let _held = hold_server(true);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "30s");
+    let a = Proc::start(cfg.path(), None);
+    let http = reqwest::Client::new();
+    let body = json!({"model": "sparkpix", "prompt": "a fox"});
+    assert_eq!(post(&http, &a, KEY, body.clone(), &[]).await.status, 200);
+
+    services("pg-stop");
+    let creates = stats(&http, &sim).await["creates"].as_u64().unwrap();
+    for _ in 0..3 {
+        let down = post(&http, &a, KEY, body.clone(), &[]).await;
+        assert_eq!(down.status, 503, "{}", down.body);
+        assert_eq!(down.code(), "database_unavailable", "{}", down.body);
+    }
+    // Refused before anything was sent upstream.
+    assert_eq!(stats(&http, &sim).await["creates"].as_u64().unwrap(), creates);
+    let ready = http.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    services("pg-start");
+
+    let mut up = post(&http, &a, KEY, body.clone(), &[]).await;
+    for _ in 0..50 {
+        if up.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        up = post(&http, &a, KEY, body.clone(), &[]).await;
+    }
+    assert_eq!(up.status, 200, "{}", up.body);
+    let logs = a.term();
+    assert!(!logs.contains("panicked"), "{logs}");
+    let pool = PgPool::connect(&db).await.unwrap();
+    let n: i64 = query("SELECT COUNT(*) FROM ledger WHERE status = 200")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(n, 2);
+    stop.cancel();
+}
