@@ -8,10 +8,16 @@
 //! drop(r);                                          // failure (or no settle): released
 //! ```
 //!
-//! Spend and reservations of every key and team live in memory under one mutex, so the check
-//! and the reservation are one atomic step: fifty concurrent requests against a budget that fits
-//! ten get exactly ten reservations. The spend is loaded from the ledger at startup (the ledger
-//! is the durable truth); monthly budgets follow the calendar month in UTC.
+//! One process alone (SQLite): spend and reservations of every key and team live in memory under
+//! one mutex, so the check and the reservation are one atomic step: fifty concurrent requests
+//! against a budget that fits ten get exactly ten reservations. The spend is loaded from the
+//! ledger at startup (the ledger is the durable truth); monthly budgets follow the calendar month
+//! in UTC.
+//!
+//! Replicas sharing PostgreSQL: the database holds the money ([`crate::store::pg::money`]). A
+//! reservation is a hold inserted in the transaction that checks it, with the payers' spend rows
+//! locked; the ledger row that books the request ends its holds in its own transaction. The
+//! in-memory accounts then only cache what the admin API shows ([`Budgets::refresh`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,13 +30,24 @@ use crate::error::ApiError;
 use crate::keys::ClientKey;
 use crate::ledger::utc_month;
 use crate::model::Usd;
-use crate::store::Spent;
+use crate::store::pg::{money, Pg};
+use crate::store::{Op, Spent};
 
 /// Whose money: a key or a team.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Payer {
     Key(String),
     Team(String),
+}
+
+impl Payer {
+    /// Its row in the shared database's `spend` table.
+    fn row(&self) -> String {
+        match self {
+            Payer::Key(id) => format!("key:{id}"),
+            Payer::Team(id) => format!("team:{id}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -66,6 +83,8 @@ type Accounts = Arc<Mutex<HashMap<Payer, Account>>>;
 #[derive(Default)]
 pub struct Budgets {
     accounts: Accounts,
+    /// The shared database holding the money, for replicas.
+    shared: Option<Pg>,
 }
 
 /// Money set aside for one request. [`settle`](Self::settle) books the actual cost; dropping
@@ -77,6 +96,8 @@ pub struct Reservation {
     payers: Vec<Payer>,
     amount: Usd,
     done: bool,
+    /// The hold in the shared database, when there is one.
+    hold: Option<(Pg, String)>,
 }
 
 fn lock(a: &Accounts) -> MutexGuard<'_, HashMap<Payer, Account>> {
@@ -102,21 +123,173 @@ impl Budgets {
         }
         Self {
             accounts: Arc::new(Mutex::new(map)),
+            shared: None,
         }
     }
 
-    /// Reserves `cost` against the caller's key and team budgets, or refuses with 429
-    /// `insufficient_quota` naming the budget that would be exceeded.
-    pub fn reserve(&self, caller: &ClientKey, cost: Usd) -> Result<Reservation, ApiError> {
+    /// Budgets kept in the shared database `pg`.
+    pub fn shared(pg: Pg) -> Self {
+        Self {
+            accounts: Accounts::default(),
+            shared: Some(pg),
+        }
+    }
+
+    /// Reserves `cost` for what `reference` names (a job id, a text call id) against the
+    /// caller's key and team budgets, or refuses with 429 `insufficient_quota` naming the
+    /// budget that would be exceeded.
+    pub async fn reserve(
+        &self,
+        caller: &ClientKey,
+        cost: Usd,
+        reference: &str,
+    ) -> Result<Reservation, ApiError> {
+        if self.shared.is_none() {
+            return self.reserve_for(&Self::payers_of(caller), cost);
+        }
+        self.hold(
+            &Self::payers_of(caller),
+            &caller.id,
+            caller.team_id(),
+            cost,
+            reference,
+        )
+        .await
+    }
+
+    fn payers_of(caller: &ClientKey) -> Vec<(Payer, Budget)> {
         let mut payers = vec![(Payer::Key(caller.id.to_string()), caller.record.budget)];
         if let Some(team) = caller.team_id() {
             let budget = caller.team.as_ref().map(|t| t.budget).unwrap_or_default();
             payers.push((Payer::Team(team.to_owned()), budget));
         }
-        self.reserve_for(&payers, cost)
+        payers
     }
 
-    /// [`reserve`](Self::reserve) for explicit payers.
+    /// [`reserve`](Self::reserve) for explicit payers (a job taken back after a restart or
+    /// from another replica).
+    pub async fn reserve_job(
+        &self,
+        payers: &[(Payer, Budget)],
+        key_id: &str,
+        team: Option<&str>,
+        cost: Usd,
+        reference: &str,
+    ) -> Result<Reservation, ApiError> {
+        if self.shared.is_none() {
+            return self.reserve_for(payers, cost);
+        }
+        self.hold(payers, key_id, team, cost, reference).await
+    }
+
+    /// A hold in the shared database (see the module docs).
+    async fn hold(
+        &self,
+        payers: &[(Payer, Budget)],
+        key_id: &str,
+        team: Option<&str>,
+        cost: Usd,
+        reference: &str,
+    ) -> Result<Reservation, ApiError> {
+        let Some(pg) = &self.shared else {
+            return self.reserve_for(payers, cost);
+        };
+        let month = utc_month(SystemTime::now());
+        let limits: Vec<money::Limit> = payers
+            .iter()
+            .map(|(p, b)| money::Limit {
+                payer: p.row(),
+                monthly: b.monthly.map(Usd::micros),
+                total: b.total.map(Usd::micros),
+            })
+            .collect();
+        let decided = money::reserve(
+            pg.pool(),
+            pg.claimant(),
+            &month,
+            key_id,
+            team,
+            &limits,
+            cost.micros(),
+            reference,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        match decided {
+            Ok(hold) => Ok(Reservation {
+                accounts: self.accounts.clone(),
+                payers: Vec::new(),
+                amount: cost,
+                done: false,
+                hold: Some((pg.clone(), hold)),
+            }),
+            Err(r) => {
+                let (kind, id) = r.payer.split_once(':').unwrap_or(("key", &r.payer));
+                Err(ApiError::insufficient_quota(format!(
+                    "You exceeded the {} budget of {kind} `{id}` (${}): ${} spent, ${} in flight, this request costs ${cost}.",
+                    r.which,
+                    Usd(r.limit),
+                    Usd(r.spent),
+                    Usd(r.held)
+                )))
+            }
+        }
+    }
+
+    /// [`refresh`](Self::refresh) for every payer the shared database knows (the admin API).
+    pub async fn refresh_all(&self) {
+        let Some(pg) = &self.shared else { return };
+        let month = utc_month(SystemTime::now());
+        match money::all_balances(pg.pool(), &month).await {
+            Ok(balances) => {
+                let mut accounts = lock(&self.accounts);
+                for (row, b) in balances {
+                    let payer = match row.split_once(':') {
+                        Some(("team", id)) => Payer::Team(id.to_owned()),
+                        Some((_, id)) => Payer::Key(id.to_owned()),
+                        None => continue,
+                    };
+                    accounts.insert(
+                        payer,
+                        Account {
+                            month: b.month,
+                            month_spent: Usd(b.month_spent),
+                            total_spent: Usd(b.total_spent),
+                            reserved: Usd(b.held),
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read spend from the database"),
+        }
+    }
+
+    /// Reads `payers`' spend and holds from the shared database into the accounts that
+    /// [`view`](Self::view) and [`used_ratio`](Self::used_ratio) show; nothing for one process.
+    pub async fn refresh(&self, payers: &[Payer]) {
+        let Some(pg) = &self.shared else { return };
+        let month = utc_month(SystemTime::now());
+        let rows: Vec<String> = payers.iter().map(Payer::row).collect();
+        match money::balances(pg.pool(), &month, &rows).await {
+            Ok(balances) => {
+                let mut accounts = lock(&self.accounts);
+                for (payer, (_, b)) in payers.iter().zip(balances) {
+                    accounts.insert(
+                        payer.clone(),
+                        Account {
+                            month: b.month,
+                            month_spent: Usd(b.month_spent),
+                            total_spent: Usd(b.total_spent),
+                            reserved: Usd(b.held),
+                        },
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read spend from the database"),
+        }
+    }
+
+    /// An in-memory reservation for explicit payers (one process).
     pub fn reserve_for(
         &self,
         payers: &[(Payer, Budget)],
@@ -155,6 +328,7 @@ impl Budgets {
             payers: payers.iter().map(|(p, _)| p.clone()).collect(),
             amount: cost,
             done: false,
+            hold: None,
         })
     }
 
@@ -224,6 +398,14 @@ impl Reservation {
             return;
         }
         self.done = true;
+        if let Some((pg, hold)) = self.hold.take() {
+            // Booked: the ledger row that books it ends the hold in its own transaction.
+            // Released: the hold ends now.
+            if spent.is_none() {
+                pg.write_later(vec![Op::ReleaseHold(hold)]);
+            }
+            return;
+        }
         let month = utc_month(SystemTime::now());
         let mut accounts = lock(&self.accounts);
         for payer in &self.payers {

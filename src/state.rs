@@ -56,8 +56,16 @@ impl AppState {
     /// Opens (creating and migrating) the database and loads keys, teams and spend.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         let store = Store::connect(&config.data, config.cluster.lease).await?;
-        let month = crate::ledger::utc_month(std::time::SystemTime::now());
-        let (by_key, by_team) = store.spent(&month).await?;
+        // One process keeps the money in memory (loaded from the ledger); replicas keep it in
+        // the shared database.
+        let budgets = match &store {
+            Store::Postgres(pg) => Budgets::shared(pg.clone()),
+            Store::Sqlite(_) => {
+                let month = crate::ledger::utc_month(std::time::SystemTime::now());
+                let (by_key, by_team) = store.spent(&month).await?;
+                Budgets::load(by_key, by_team)
+            }
+        };
         let teams = store.teams().await?;
         let metrics = Arc::new(Metrics::new()?);
         for m in ModelId::ALL {
@@ -71,7 +79,7 @@ impl AppState {
             health: Health::new(config.routing.circuit.clone()),
             keys: Registry::new(&config, store, teams),
             admin: AdminKey::new(&config.admin),
-            budgets: Budgets::load(by_key, by_team),
+            budgets,
             limits: RateLimits::new(&config.limits),
             auth_failures: AuthFailures::new(config.server.auth_failures_per_minute),
             proxies: config.server.proxies(),

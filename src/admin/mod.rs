@@ -173,6 +173,7 @@ fn check_key(state: &AppState, spec: &KeySpec) -> Result<(), ApiError> {
 }
 
 async fn list_keys(State(state): State<Arc<AppState>>) -> AdminResult {
+    state.budgets.refresh_all().await;
     let mut out: Vec<Value> = state
         .keys
         .static_keys()
@@ -187,6 +188,7 @@ async fn list_keys(State(state): State<Arc<AppState>>) -> AdminResult {
 }
 
 async fn get_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
+    state.budgets.refresh_all().await;
     let k = find_key(&state, &id).await?;
     Ok(Json(key_view(&state, &k)).into_response())
 }
@@ -280,6 +282,7 @@ fn check_team(spec: &TeamSpec) -> Result<(), ApiError> {
 }
 
 async fn list_teams(State(state): State<Arc<AppState>>) -> AdminResult {
+    state.budgets.refresh_all().await;
     let teams: Vec<Value> = state
         .keys
         .teams()
@@ -290,6 +293,7 @@ async fn list_teams(State(state): State<Arc<AppState>>) -> AdminResult {
 }
 
 async fn get_team(State(state): State<Arc<AppState>>, PathId(id): PathId) -> AdminResult {
+    state.budgets.refresh_all().await;
     let t = find_team(&state, &id)?;
     Ok(Json(team_view(&state, &t)).into_response())
 }
@@ -410,6 +414,7 @@ async fn usage(
 }
 
 async fn spend(State(state): State<Arc<AppState>>) -> AdminResult {
+    state.budgets.refresh_all().await;
     let budget = |monthly: Option<f64>, total: Option<f64>| json!({ "monthly_budget_usd": monthly, "total_budget_usd": total });
     let mut specs: Vec<KeySpec> = state
         .keys

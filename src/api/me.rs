@@ -24,6 +24,11 @@ pub async fn me(State(state): State<Arc<AppState>>, request: Request) -> Respons
         return ApiError::unauthorized("No API key.").into_response();
     };
     let spec = &caller.record.spec;
+    let mut payers = vec![Payer::Key(spec.id.clone())];
+    if let Some(team) = caller.team_id() {
+        payers.push(Payer::Team(team.to_owned()));
+    }
+    state.budgets.refresh(&payers).await;
     let mut me = json!({
         "object": "key",
         "id": spec.id,

@@ -111,11 +111,13 @@ async fn run(
         .with_param("model"));
     }
     let admission = state.limits.admit(&caller, 0)?;
+    let call_id = format!("txtcall_{}", uuid::Uuid::new_v4().simple());
     let reservation = match price {
         Some(p) => {
             let input = (body.len() as u64 / 4).min(MAX_INPUT_ESTIMATE);
             let output = output_cap(route, &fields, config.max_output_tokens);
-            Some(state.budgets.reserve(&caller, p.cost(input, output))?)
+            let cost = p.cost(input, output);
+            Some(state.budgets.reserve(&caller, cost, &call_id).await?)
         }
         None => None,
     };
@@ -136,7 +138,7 @@ async fn run(
         caller,
         model: model.clone(),
         request_id: request_id(&headers),
-        call_id: format!("txtcall_{}", uuid::Uuid::new_v4().simple()),
+        call_id,
         started: Instant::now(),
         price,
         reservation,

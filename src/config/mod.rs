@@ -21,8 +21,9 @@ mod passthrough;
 mod routing;
 
 pub use keys::{
-    Budget, ClusterConfig, DataConfig, FailMode, JobsConfig, KeySpec, Limits, LimitsConfig, ModelLimits, PoolConfig,
-    TeamSpec, UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT, MIN_CLIENT_KEY_LEN,
+    Budget, ClusterConfig, DataConfig, FailMode, JobsConfig, KeySpec, Limits, LimitsConfig,
+    ModelLimits, PoolConfig, TeamSpec, UpstreamKeyConfig, DEFAULT_QUEUE_TIMEOUT,
+    MIN_CLIENT_KEY_LEN,
 };
 use models::RawModels;
 pub use models::{ModelConfig, ModelsConfig, QualityPrices, TIERS};
@@ -491,7 +492,8 @@ impl Config {
         }
         if let Some(url) = &self.cluster.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                problems.push("cluster.redis_url: must be a redis:// (or rediss://) URL".to_owned());
+                problems
+                    .push("cluster.redis_url: must be a redis:// (or rediss://) URL".to_owned());
             }
             if self.data.url.is_none() {
                 problems.push("cluster.redis_url: replicas share Redis only with a shared database: set data.url too".to_owned());

@@ -306,7 +306,11 @@ impl Dispatch<'_> {
         let spec = JobSpec::read(&job.spec);
         let req = spec.request();
         let started = Instant::now();
-        let reservation = self.budgets.reserve_for(&payers, reserved).ok();
+        let reservation = self
+            .budgets
+            .reserve_job(&payers, &job.key_id, job.team.as_deref(), reserved, &job.id)
+            .await
+            .ok();
         let (state, cost, images, error) = if job.state == JobState::Queued || calls.is_empty() {
             let e = ApiError::new(
                 ErrorCode::UpstreamUnavailable,

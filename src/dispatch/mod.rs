@@ -383,7 +383,7 @@ impl Dispatch<'_> {
             };
             // Budget (429 insufficient_quota) or the model's upstream cap: a later candidate may
             // still fit under its own cap; none fits a budget a cheaper one did not.
-            let attempt = match self.reserve(call, route, req, candidate).await {
+            let attempt = match self.reserve(call, &job.id, candidate).await {
                 Ok(a) => a,
                 Err(e) => {
                     refused.get_or_insert(e);
@@ -434,7 +434,7 @@ impl Dispatch<'_> {
                     self.publish_circuit(model);
                     let cost = billed(candidate, &output);
                     attempt.settle(cost);
-                    self.publish_budget_use(&call.caller);
+                    self.publish_budget_use(&call.caller).await;
                     let m = self.metrics;
                     m.task_done(model, req.quality, CallOutcome::Ok, took);
                     m.images_produced(model, output.images.len());
@@ -501,17 +501,16 @@ impl Dispatch<'_> {
     async fn reserve(
         &self,
         call: &Call,
-        route: &Route,
-        req: &ImageRequest,
+        job_id: &str,
         candidate: &Candidate,
     ) -> Result<Attempt, ApiError> {
         let caller = &call.caller;
         let reservation = self
             .budgets
-            .reserve(caller, candidate.cost())
+            .reserve(caller, candidate.cost(), job_id)
+            .await
             .inspect_err(|e| self.count_refusal(caller, e))?;
         let permit = self.limits.upstream_permit(candidate.model).await?;
-        let _ = (route, req);
         Ok(Attempt::new(reservation, permit))
     }
 
@@ -634,11 +633,12 @@ impl Dispatch<'_> {
     }
 
     /// How much of the caller's team budget is spent (`imagegate_budget_used_ratio`).
-    fn publish_budget_use(&self, caller: &ClientKey) {
+    async fn publish_budget_use(&self, caller: &ClientKey) {
         let (Some(team_id), Some(team)) = (caller.team_id(), caller.team.as_ref()) else {
             return;
         };
         let payer = Payer::Team(team_id.to_owned());
+        self.budgets.refresh(std::slice::from_ref(&payer)).await;
         if let Some(ratio) = self.budgets.used_ratio(&payer, team.budget) {
             self.metrics.budget_used(team_id, ratio);
         }

@@ -51,6 +51,8 @@ pub enum Op {
     },
     /// A ledger row of a request that is no job.
     Ledger(Box<Row>),
+    /// A budget hold (shared store) ends unbooked: the upstream provably did not bill it.
+    ReleaseHold(String),
     /// A text call's row, written before the call, completed with its end (see `Row::call_id`).
     CompleteText(Box<Row>),
     /// One webhook delivery attempt: delivered, or tried again at `next_ms` (`None`: given up).
@@ -79,7 +81,10 @@ impl Op {
             | Op::CallEnded { job, .. }
             | Op::Finish { job, .. }
             | Op::Resolve { job, .. } => Some(job),
-            Op::Ledger(_) | Op::CompleteText(_) | Op::WebhookAttempted { .. } => None,
+            Op::Ledger(_)
+            | Op::ReleaseHold(_)
+            | Op::CompleteText(_)
+            | Op::WebhookAttempted { .. } => None,
         }
     }
 }

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::crash::{job_until, sim, stats, terminal, Proc};
 use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY};
 
+/// A key whose monthly budget fits exactly 10 SparkPix images ($0.01 each).
+const TEN: &str = "sk-test-budget-of-ten";
+
 fn server_url() -> String {
     std::env::var("IMAGEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!("IMAGEGATE_TEST_DATABASE_URL is not set: run the tests under `scripts/services.sh run -- cargo test`")
@@ -71,6 +74,7 @@ fn config(sim: &str, db: &str, lease: &str) -> tempfile::NamedTempFile {
          [data]\ndir = \"{}\"\nurl = \"{db}\"\n[data.pool]\nacquire_timeout = \"1s\"\n[cluster]\nlease = \"{lease}\"\n\
          [admin]\nkey = \"{ADMIN_KEY}\"\n\
          [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [[keys]]\nid = \"ten\"\nkey = \"{TEN}\"\nmonthly_budget_usd = 0.1\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
         data.display()
     )
@@ -116,10 +120,7 @@ async fn replicas_share_keys_jobs_idempotency_keys_and_the_ledger() {
     let sim = sim(&stop).await;
     let db = fresh_db().await;
     let cfg = config(&sim, &db, "30s");
-    let (a, b) = (
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    );
+    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
     let http = reqwest::Client::new();
 
     // A key made through replica A works on replica B.
@@ -133,7 +134,14 @@ async fn replicas_share_keys_jobs_idempotency_keys_and_the_ledger() {
     let created = Env::read(created).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let secret = created.body["secret"].as_str().unwrap().to_owned();
-    let on_b = post(&http, &b, &secret, json!({"model": "sparkpix", "prompt": "a fox"}), &[]).await;
+    let on_b = post(
+        &http,
+        &b,
+        &secret,
+        json!({"model": "sparkpix", "prompt": "a fox"}),
+        &[],
+    )
+    .await;
     assert_eq!(on_b.status, 200, "{}", on_b.body);
 
     // The same Idempotency-Key sent to both replicas at once: one upstream create, one image.
@@ -146,7 +154,10 @@ async fn replicas_share_keys_jobs_idempotency_keys_and_the_ledger() {
     );
     assert_eq!((x.status, y.status), (200, 200), "{} / {}", x.body, y.body);
     assert_eq!(b64_image(&x.body, 0), b64_image(&y.body, 0));
-    assert_eq!(stats(&http, &sim).await["creates"].as_u64().unwrap(), before + 1);
+    assert_eq!(
+        stats(&http, &sim).await["creates"].as_u64().unwrap(),
+        before + 1
+    );
 
     // A job made on A is read on B.
     let res = http
@@ -251,10 +262,7 @@ async fn a_stalled_replica_that_wakes_up_after_losing_its_lease_writes_no_second
     let sim = sim(&stop).await;
     let db = fresh_db().await;
     let cfg = config(&sim, &db, "2s");
-    let (a, b) = (
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    );
+    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
     let http = reqwest::Client::new();
     let id = slow_job_in_progress(&http, &a).await;
     signal(&a, "-STOP");
@@ -302,7 +310,10 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
         assert_eq!(down.code(), "database_unavailable", "{}", down.body);
     }
     // Refused before anything was sent upstream.
-    assert_eq!(stats(&http, &sim).await["creates"].as_u64().unwrap(), creates);
+    assert_eq!(
+        stats(&http, &sim).await["creates"].as_u64().unwrap(),
+        creates
+    );
     let ready = http.get(a.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     services("pg-start");
@@ -326,5 +337,62 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
         .try_get(0)
         .unwrap();
     assert_eq!(n, 2);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_budget_is_exact_across_three_replicas() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "30s");
+    let replicas = [
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    ];
+    let http = reqwest::Client::new();
+    let body = json!({"model": "sparkpix", "prompt": "a fox"});
+    let answers = futures_util::future::join_all(
+        (0..60).map(|i| post(&http, &replicas[i % 3], TEN, body.clone(), &[])),
+    )
+    .await;
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(served, 10);
+    assert_eq!(refused.len(), 50);
+    assert!(refused.iter().all(|a| a.code() == "insufficient_quota"));
+    let pool = PgPool::connect(&db).await.unwrap();
+    let spent: i64 =
+        query("SELECT COALESCE(SUM(cost_micros), 0)::BIGINT FROM ledger WHERE key_id = 'ten'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+    assert_eq!(spent, 100_000);
+    let (month_spent, holds): (i64, i64) = {
+        let r = query(
+            "SELECT month_spent, (SELECT COUNT(*) FROM holds) FROM spend WHERE payer = 'key:ten'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (r.try_get(0).unwrap(), r.try_get(1).unwrap())
+    };
+    assert_eq!((month_spent, holds), (100_000, 0));
+    // Every replica shows the same spend.
+    let me = http
+        .get(replicas[2].url("/v1/me"))
+        .bearer_auth(TEN)
+        .send()
+        .await
+        .unwrap();
+    let me = Env::read(me).await;
+    assert_eq!(me.body["spend"]["month_spent_usd"], "0.1", "{}", me.body);
+    for r in replicas {
+        r.term();
+    }
     stop.cancel();
 }

@@ -115,6 +115,7 @@ pub(crate) async fn apply(c: &mut PgConnection, op: &Op, me: &Claimant) -> Resul
         }
         Op::Finish { job, epoch, finish } => finish_job(c, job, *epoch, finish).await,
         Op::Ledger(row) => insert_row(c, row).await,
+        Op::ReleaseHold(hold) => super::money::release(c, hold).await,
         Op::CompleteText(row) => complete_text_row(c, row).await,
         Op::WebhookAttempted {
             id,

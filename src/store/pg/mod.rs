@@ -27,12 +27,14 @@ use crate::config::{KeySpec, PoolConfig, TeamSpec};
 use crate::ledger::{Row, UsageQuery, UsageRow};
 
 pub mod jobs;
+pub mod money;
 mod writer;
 
 /// Migrations, applied in order (version = index + 1).
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "keys, teams, ledger, jobs, idempotency, webhooks",
-    r"
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "keys, teams, ledger, jobs, idempotency, webhooks",
+        r"
 CREATE TABLE keys (
     id TEXT PRIMARY KEY,
     digest TEXT NOT NULL UNIQUE,
@@ -137,7 +139,12 @@ CREATE TABLE idempotency (
     PRIMARY KEY (key_id, idem_key)
 );
 ",
-)];
+    ),
+    (
+        "spend and holds: budgets shared by replicas",
+        money::MIGRATION,
+    ),
+];
 
 /// [`MIGRATIONS`] as `sqlx`'s migrator reads them.
 #[derive(Debug)]
@@ -169,6 +176,12 @@ pub struct Pg {
     pool: PgPool,
     writes: tokio::sync::mpsc::Sender<writer::Msg>,
     me: Claimant,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg").field("owner", &self.me.owner).finish()
+    }
 }
 
 /// This replica, as the owner of the jobs it claims.
@@ -270,9 +283,16 @@ impl Pg {
         &self.me.owner
     }
 
-    /// Renews this replica's claims (see [`jobs::renew`]).
+    /// Renews this replica's claims on jobs and its budget holds (see [`jobs::renew`],
+    /// [`money::renew`]).
     pub async fn renew(&self) -> Result<u64, StoreError> {
-        jobs::renew(&self.pool, &self.me).await
+        let holds = money::renew(&self.pool, &self.me).await?;
+        Ok(jobs::renew(&self.pool, &self.me).await? + holds)
+    }
+
+    /// This replica as the owner of jobs and holds.
+    pub fn claimant(&self) -> &Claimant {
+        &self.me
     }
 
     /// Claims jobs whose claim lapsed (see [`jobs::claim_lapsed`]).
@@ -652,13 +672,19 @@ pub(crate) async fn insert_row(c: &mut PgConnection, row: &Row) -> Result<(), St
     .bind(row.tokens.map(|t| i(t.input)))
     .bind(row.tokens.map(|t| i(t.output)))
     .bind(&row.call_id)
-    .execute(c)
+    .execute(&mut *c)
     .await?;
-    Ok(())
+    money::book(c, row).await
 }
 
 /// Completes a text call's row (written before the call) with its end.
 pub(crate) async fn complete_text_row(c: &mut PgConnection, row: &Row) -> Result<(), StoreError> {
+    let booked: Option<i64> = query("SELECT cost_micros FROM ledger WHERE call_id = $1 FOR UPDATE")
+        .bind(&row.call_id)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
     query(
         "UPDATE ledger SET status = $2, error_code = $3, cost_micros = $4, latency_ms = $5,
             input_tokens = $6, output_tokens = $7
@@ -671,7 +697,11 @@ pub(crate) async fn complete_text_row(c: &mut PgConnection, row: &Row) -> Result
     .bind(row.latency_ms)
     .bind(row.tokens.map(|t| i(t.input)))
     .bind(row.tokens.map(|t| i(t.output)))
-    .execute(c)
+    .execute(&mut *c)
     .await?;
+    // The row was booked at its reservation when it was written: the spend moves by the change.
+    if let Some(booked) = booked {
+        money::add_spend(c, row, row.cost_micros() - booked).await?;
+    }
     Ok(())
 }

@@ -249,6 +249,8 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
         } => jobs::call_ended(tx, job, *seq, *state, task_id.as_deref(), key.as_deref()),
         Op::Finish { job, finish, .. } => jobs::finish(tx, job, finish),
         Op::Ledger(row) => insert_row(tx, row),
+        // Budgets of one process are in memory: no hold is stored.
+        Op::ReleaseHold(_) => Ok(()),
         Op::CompleteText(row) => complete_text_row(tx, row),
         Op::WebhookAttempted {
             id,
