@@ -356,7 +356,7 @@ impl Jobs {
     /// Takes back every job the last process left unfinished (see `Dispatch::resume`). Their
     /// reservations count against budgets until they are settled.
     pub async fn resume_all(&self, state: &Arc<AppState>) -> anyhow::Result<usize> {
-        // Replicas sharing a store take over each other's jobs when a claim lapses (`claims`).
+        // Replicas sharing a store take over each other's jobs when a claim lapses (`replicas`).
         if state.store().is_shared() {
             return Ok(0);
         }

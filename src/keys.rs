@@ -228,6 +228,26 @@ impl Registry {
         self.unknown.invalidate(digest);
     }
 
+    /// Forgets every cached dynamic key (another replica changed one): each is read again.
+    pub fn forget_dynamic(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.dynamic.invalidate_all();
+        self.unknown.invalidate_all();
+    }
+
+    /// Replaces the teams read from the database (another replica changed one); the config
+    /// file's teams stay as they are.
+    pub fn replace_stored_teams(&self, stored: Vec<TeamSpec>) {
+        if let Ok(mut teams) = self.teams.write() {
+            teams.retain(|_, t| t.source != Source::Admin);
+            for t in stored {
+                if !teams.contains_key(&t.id) {
+                    teams.insert(t.id.clone(), Arc::new(TeamRecord::new(t, Source::Admin)));
+                }
+            }
+        }
+    }
+
     /// Lookups that reached the database so far.
     pub fn store_lookups(&self) -> u64 {
         self.store_lookups.load(Ordering::Relaxed)

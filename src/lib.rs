@@ -43,11 +43,11 @@
 //! | L0 domain | [`model`] (ids, sizes, formats, money, routes, the model registry), [`upstream::failure`], [`failpoint`] |
 //! | L1 | [`config`], [`error`], [`hook`] (middleware without a boxed future) |
 //! | L2 | [`request`] (parsing), [`metrics`] |
-//! | L3 | [`pricing`], [`catalog`], [`upstream`] (adapters), [`store`], [`ledger`] |
+//! | L3 | [`pricing`], [`catalog`], [`upstream`] (adapters), [`store`], [`ledger`], [`cluster`] (Redis) |
 //! | L4 | [`keys`], [`limits`], [`budget`] |
 //! | L5 | [`routing`] (a pure choice) |
 //! | L6 | [`dispatch`] |
-//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`claims`], [`webhooks`], [`mcp`], [`ui`] |
+//! | L7 | [`state`], [`auth`], `api`, [`admin`], `drain`, `shed`, [`jobs`], [`replicas`], [`webhooks`], [`mcp`], [`ui`] |
 //! | L8 | [`app`] (router and middleware), [`serve`] and [`server`] (connections), [`demo`], `main` |
 
 pub mod admin;
@@ -56,7 +56,8 @@ pub mod app;
 pub mod auth;
 pub mod budget;
 pub mod catalog;
-pub mod claims;
+pub mod replicas;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -126,13 +127,14 @@ pub async fn serve(
     let delivering = CancellationToken::new();
     let webhooks = webhooks::deliver(state.clone(), delivering.clone().cancelled_owned());
     // Replicas sharing a store: renew this one's job claims, take over lapsed ones.
-    let claims = claims::run(state.clone(), delivering.clone().cancelled_owned());
+    let claims = replicas::claims(state.clone(), delivering.clone().cancelled_owned());
+    let keys = replicas::follow_key_changes(state.clone(), delivering.clone().cancelled_owned());
     // `run` returns once `stopping` is cancelled and the drain is over.
     let serving = async {
         server::run(&server_config, listener, router, stopping).await;
         delivering.cancel();
     };
-    tokio::join!(signal, serving, webhooks, claims);
+    tokio::join!(signal, serving, webhooks, claims, keys);
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;

@@ -24,8 +24,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Limits, LimitsConfig, DEFAULT_QUEUE_TIMEOUT};
-use crate::error::{ApiError, RateLimit};
+use crate::cluster::{Cluster, Take};
+use crate::config::{FailMode, Limits, LimitsConfig, DEFAULT_QUEUE_TIMEOUT};
+use crate::error::{ApiError, ErrorCode, RateLimit};
 use crate::keys::ClientKey;
 use crate::model::ModelId;
 
@@ -171,10 +172,12 @@ struct ModelCap {
 pub struct RateLimits {
     scopes: Mutex<HashMap<String, Arc<ScopeState>>>,
     models: HashMap<ModelId, ModelCap>,
+    /// Replicas: the key and team rate windows live in Redis (see [`crate::cluster`]).
+    shared: Option<Arc<Cluster>>,
 }
 
 impl RateLimits {
-    pub fn new(config: &LimitsConfig) -> Self {
+    pub fn new(config: &LimitsConfig, shared: Option<Arc<Cluster>>) -> Self {
         // Every model has a concurrency cap: the configured one, else the registry's default.
         let models = ModelId::ALL
             .into_iter()
@@ -197,6 +200,7 @@ impl RateLimits {
         Self {
             scopes: Mutex::new(HashMap::new()),
             models,
+            shared,
         }
     }
 
@@ -214,8 +218,8 @@ impl RateLimits {
         }
     }
 
-    /// The caller's limited scopes: its key, then its team.
-    fn scopes(&self, caller: &ClientKey) -> Vec<(String, Arc<ScopeState>)> {
+    /// The caller's limited scopes: its key, then its team — (name, who, limiters).
+    fn scopes(&self, caller: &ClientKey) -> Vec<(String, String, Arc<ScopeState>)> {
         let mut scopes = vec![("key", caller.id.to_string(), caller.record.limits)];
         if let Some(team) = &caller.team {
             scopes.push(("team", team.spec.id.clone(), team.limits));
@@ -224,8 +228,9 @@ impl RateLimits {
             .into_iter()
             .filter(|(_, _, limits)| *limits != Limits::default())
             .map(|(kind, id, limits)| {
-                let state = self.scope(format!("{kind}:{id}"), limits);
-                (format!("{kind} `{id}`"), state)
+                let name = format!("{kind}:{id}");
+                let state = self.scope(name.clone(), limits);
+                (name, format!("{kind} `{id}`"), state)
             })
             .collect()
     }
@@ -234,7 +239,7 @@ impl RateLimits {
     /// limits would refuse now for sure — every concurrency slot taken, or the request window
     /// seen empty — so its upload is not read for nothing.
     pub fn precheck(&self, caller: &ClientKey) -> Result<(), ApiError> {
-        for (who, state) in self.scopes(caller) {
+        for (_, who, state) in self.scopes(caller) {
             if let (Some(w), Some(wait)) = (&state.requests, state.requests_empty_for()) {
                 return Err(refuse(&who, RateLimit::Requests, w.limit, wait));
             }
@@ -248,11 +253,15 @@ impl RateLimits {
     }
 
     /// Checks the caller's key and team limits for a request of `n` images.
-    pub fn admit(&self, caller: &ClientKey, n: u8) -> Result<Admission, ApiError> {
+    pub async fn admit(&self, caller: &ClientKey, n: u8) -> Result<Admission, ApiError> {
         let mut admission = Admission::default();
-        for (who, state) in self.scopes(caller) {
+        for (name, who, state) in self.scopes(caller) {
             if let Some(w) = &state.requests {
-                let left = match w.take(1) {
+                let taken = match self.take_shared(&name, "requests", w.limit, 1).await? {
+                    Some(taken) => taken,
+                    None => w.take(1),
+                };
+                let left = match taken {
                     Ok(left) => left,
                     Err(wait) => {
                         *state.empty_until() = Some(std::time::Instant::now() + wait);
@@ -271,9 +280,14 @@ impl RateLimits {
                         ),
                     ));
                 }
-                let left = w
-                    .take(u32::from(n))
-                    .map_err(|wait| refuse(&who, RateLimit::Images, w.limit, wait))?;
+                let taken = match self
+                    .take_shared(&name, "images", w.limit, u32::from(n))
+                    .await?
+                {
+                    Some(taken) => taken,
+                    None => w.take(u32::from(n)),
+                };
+                let left = taken.map_err(|wait| refuse(&who, RateLimit::Images, w.limit, wait))?;
                 tighter(&mut admission.images, left);
             }
             if let Some(sem) = &state.concurrent {
@@ -285,6 +299,33 @@ impl RateLimits {
             }
         }
         Ok(admission)
+    }
+
+    /// The window `name:what` in Redis, for replicas: `None` without Redis, or with Redis away
+    /// and `rate_limits_when_redis_down = "open"` (the local window decides); 503 when closed.
+    async fn take_shared(
+        &self,
+        name: &str,
+        what: &str,
+        limit: u32,
+        n: u32,
+    ) -> Result<Option<Result<Left, Duration>>, ApiError> {
+        let Some(cluster) = &self.shared else {
+            return Ok(None);
+        };
+        match cluster.take(&format!("{name}:{what}"), limit, n).await {
+            Ok(Take::Taken { remaining, reset }) => Ok(Some(Ok(Left {
+                limit,
+                remaining,
+                reset,
+            }))),
+            Ok(Take::Wait(wait)) => Ok(Some(Err(wait))),
+            Err(_) if cluster.fail == FailMode::Open => Ok(None),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::SharedStateUnavailable,
+                "The gateway cannot check its shared rate limits (Redis is away); nothing was sent upstream. Try again shortly.",
+            )),
+        }
     }
 
     /// Waits (up to the model's `queue_timeout`) for room under the upstream model's caps.
@@ -394,7 +435,7 @@ mod tests {
                 queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             },
         );
-        let limits = RateLimits::new(&config);
+        let limits = RateLimits::new(&config, None);
         for m in ModelId::ALL {
             let cap = limits.models[&m]
                 .concurrent

@@ -16,6 +16,7 @@ use crate::model::{ModelId, Route, Usd};
 use crate::request::ImageRequest;
 use crate::routing::health::{CircuitState, Health};
 use crate::routing::Routing;
+use crate::cluster::Cluster;
 use crate::store::Store;
 use crate::upstream::text::TextUpstream;
 use crate::upstream::Upstream;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub budgets: Budgets,
     /// Rate and concurrency limiters.
     pub limits: RateLimits,
+    /// Redis, the hot state replicas share (`[cluster] redis_url`).
+    pub cluster: Option<Arc<Cluster>>,
     /// Failed authentications per client address.
     pub auth_failures: AuthFailures,
     /// `server.trusted_proxies`, parsed.
@@ -73,6 +76,15 @@ impl AppState {
                 metrics.circuit_state(m, CircuitGauge::Closed);
             }
         }
+        let cluster = config
+            .cluster
+            .redis_url
+            .as_deref()
+            .map(|url| {
+                let c = &config.cluster;
+                Cluster::new(url, c.rate_limits_when_redis_down, &c.namespace).map(Arc::new)
+            })
+            .transpose()?;
         Ok(Self {
             upstream: Upstream::new(&config, metrics.clone())?,
             routing: Routing::new(config.routing.clone()),
@@ -80,7 +92,8 @@ impl AppState {
             keys: Registry::new(&config, store, teams),
             admin: AdminKey::new(&config.admin),
             budgets,
-            limits: RateLimits::new(&config.limits),
+            limits: RateLimits::new(&config.limits, cluster.clone()),
+            cluster,
             auth_failures: AuthFailures::new(config.server.auth_failures_per_minute),
             proxies: config.server.proxies(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),

@@ -127,6 +127,7 @@ async fn create_key(State(state): State<Arc<AppState>>, body: Bytes) -> AdminRes
         .await?;
     // A digest tried before the key existed must not stay known as unknown.
     state.keys.invalidate(&digest);
+    announce(&state).await;
     let record = KeyRecord::from_store(spec, digest, crate::store::now_secs());
     let mut view = key_view(&state, &record);
     view["secret"] = json!(secret);
@@ -227,6 +228,7 @@ async fn change_key(state: &AppState, id: &str, patch: Map<String, Value>) -> Ad
     check_key(state, &spec)?;
     state.store().update_key(spec.clone()).await?;
     state.keys.invalidate(&current.digest);
+    announce(state).await;
     let record = KeyRecord::from_store(spec, current.digest, current.created_at.unwrap_or(0));
     Ok(Json(key_view(state, &record)).into_response())
 }
@@ -236,7 +238,19 @@ async fn delete_key(State(state): State<Arc<AppState>>, PathId(id): PathId) -> A
     refuse_static(current.source, "key", &id)?;
     state.store().delete_key(id.clone()).await?;
     state.keys.invalidate(&current.digest);
+    announce(&state).await;
     Ok(Json(json!({ "id": id, "deleted": true })).into_response())
+}
+
+/// Tells the other replicas that a key or team changed (they forget their cached keys and read
+/// the teams again, see `replicas::follow_key_changes`). Redis away: they see it when it is back
+/// (the version moves then), and a changed key is read again when its cache entry expires.
+async fn announce(state: &AppState) {
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = cluster.announce_key_change().await {
+            tracing::warn!(error = %e, "could not tell the other replicas about a key or team change");
+        }
+    }
 }
 
 // === teams ===
@@ -268,6 +282,7 @@ async fn create_team(State(state): State<Arc<AppState>>, body: Bytes) -> AdminRe
     let record = TeamRecord::new(spec, Source::Admin);
     let view = team_view(&state, &record);
     state.keys.set_team(record);
+    announce(&state).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -315,6 +330,7 @@ async fn update_team(
     let record = TeamRecord::new(spec, Source::Admin);
     let view = team_view(&state, &record);
     state.keys.set_team(record);
+    announce(&state).await;
     Ok(Json(view).into_response())
 }
 
@@ -366,6 +382,7 @@ async fn delete_team(
     }
     state.store().delete_team(id.clone()).await?;
     state.keys.remove_team(&id);
+    announce(&state).await;
     Ok(Json(json!({ "id": id, "deleted": true })).into_response())
 }
 

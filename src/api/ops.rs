@@ -64,7 +64,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     // A replica whose shared database is away cannot take a request (nothing could be
     // recorded before the upstream call): the load balancer sends traffic elsewhere.
     let database = database_up(&state).await;
-    let ready = !models.is_empty() && database;
+    let redis = redis_up(&state).await;
+    // Redis away only stops traffic when the shared rate limits fail closed.
+    let redis_blocks = redis == Some(false)
+        && state
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.fail == crate::config::FailMode::Closed);
+    let ready = !models.is_empty() && database && !redis_blocks;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -76,6 +83,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "status": if ready { "ready" } else { "unavailable" },
         "models": models,
         "database": { "up": database },
+        "redis": redis.map(|up| json!({ "up": up })),
         "upstream": upstream,
     });
     (status, Json(body)).into_response()
@@ -91,8 +99,17 @@ async fn database_up(state: &AppState) -> bool {
     up
 }
 
+/// Whether Redis answers (`None` without one).
+async fn redis_up(state: &AppState) -> Option<bool> {
+    let cluster = state.cluster.as_ref()?;
+    let up = cluster.ping().await;
+    state.metrics.redis_up(up);
+    Some(up)
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     database_up(&state).await;
+    redis_up(&state).await;
     let upstream = state.upstream.reach.check().await;
     state.metrics.upstream_reachable(upstream.reachable);
     // Circuits move from open to half-open with time, not only with traffic.

@@ -110,7 +110,7 @@ async fn run(
         )
         .with_param("model"));
     }
-    let admission = state.limits.admit(&caller, 0)?;
+    let admission = state.limits.admit(&caller, 0).await?;
     let call_id = format!("txtcall_{}", uuid::Uuid::new_v4().simple());
     let reservation = match price {
         Some(p) => {

@@ -301,6 +301,9 @@ pub struct ClusterConfig {
     /// When Redis cannot be reached: `open` admits requests on this replica's own limits,
     /// `closed` refuses them (503). Money never depends on Redis.
     pub rate_limits_when_redis_down: FailMode,
+    /// The prefix of every Redis key and channel: gateways that are not one deployment may
+    /// share a Redis under different names.
+    pub namespace: String,
 }
 
 impl Default for ClusterConfig {
@@ -309,6 +312,7 @@ impl Default for ClusterConfig {
             redis_url: None,
             lease: Duration::from_secs(30),
             rate_limits_when_redis_down: FailMode::Open,
+            namespace: "imagegate".to_owned(),
         }
     }
 }

@@ -158,7 +158,7 @@ impl Dispatch<'_> {
         req: ImageRequest,
     ) -> Result<Prepared, Box<Finished>> {
         let started = Instant::now();
-        match self.check(&call, &route, &req) {
+        match self.check(&call, &route, &req).await {
             Ok((candidates, first, admission)) => Ok(Prepared {
                 call,
                 route,
@@ -183,14 +183,14 @@ impl Dispatch<'_> {
         }
     }
 
-    fn check(
+    async fn check(
         &self,
         call: &Call,
         route: &Route,
         req: &ImageRequest,
     ) -> Result<(Vec<Candidate>, Plan, Admission), ApiError> {
         let (first, candidates) = self.choose(call, route, req)?;
-        let admission = self.admit(&call.caller, req)?;
+        let admission = self.admit(&call.caller, req).await?;
         Ok((candidates, first, admission))
     }
 
@@ -222,9 +222,10 @@ impl Dispatch<'_> {
 
     /// Step 1: the key's and its team's rate and concurrency limits (that the key may use the
     /// name at all is checked first of everything, in `check`).
-    fn admit(&self, caller: &ClientKey, req: &ImageRequest) -> Result<Admission, ApiError> {
+    async fn admit(&self, caller: &ClientKey, req: &ImageRequest) -> Result<Admission, ApiError> {
         self.limits
             .admit(caller, req.n)
+            .await
             .inspect_err(|e| self.count_refusal(caller, e))
     }
 

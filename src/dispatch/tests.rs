@@ -119,7 +119,7 @@ impl Handles {
                 ..RoutingConfig::default()
             }),
             health: Health::new(circuit),
-            limits: RateLimits::new(&LimitsConfig::default()),
+            limits: RateLimits::new(&LimitsConfig::default(), None),
             budgets: Budgets::default(),
             upstream: Fake::default(),
             store: Store::open(None).unwrap(),

@@ -63,6 +63,9 @@ pub enum ErrorCode {
     /// The shared database (PostgreSQL) cannot be reached: refused before anything is sent
     /// upstream (503).
     DatabaseUnavailable,
+    /// Redis (the replicas' shared rate limits) cannot be reached and
+    /// `rate_limits_when_redis_down = "closed"` (503).
+    SharedStateUnavailable,
     /// Ledger only: the client hung up while the upstream worked (status 499).
     ClientClosedRequest,
     /// `/v1/responses` or `/v1/chat/completions` without a `[passthrough]` section (404).
@@ -73,7 +76,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests that check each mapping.
-    pub const ALL: [ErrorCode; 40] = [
+    pub const ALL: [ErrorCode; 41] = [
         Self::InvalidValue,
         Self::MissingRequiredParameter,
         Self::InvalidBody,
@@ -111,6 +114,7 @@ impl ErrorCode {
         Self::ServerOverloaded,
         Self::ShuttingDown,
         Self::DatabaseUnavailable,
+        Self::SharedStateUnavailable,
         Self::ClientClosedRequest,
         Self::PassthroughNotConfigured,
         Self::ModelNotPriced,
@@ -156,6 +160,7 @@ impl ErrorCode {
             Self::ServerOverloaded => "server_overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::DatabaseUnavailable => "database_unavailable",
+            Self::SharedStateUnavailable => "shared_state_unavailable",
             Self::ClientClosedRequest => "client_closed_request",
             Self::PassthroughNotConfigured => "passthrough_not_configured",
             Self::ModelNotPriced => "model_not_priced",
@@ -197,7 +202,8 @@ impl ErrorCode {
             | Self::NoHealthyUpstream
             | Self::ServerOverloaded
             | Self::ShuttingDown
-            | Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::DatabaseUnavailable
+            | Self::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -240,7 +246,8 @@ impl ErrorCode {
             | Self::Panicked
             | Self::ServerOverloaded
             | Self::ShuttingDown
-            | Self::DatabaseUnavailable => "server_error",
+            | Self::DatabaseUnavailable
+            | Self::SharedStateUnavailable => "server_error",
         }
     }
 
@@ -282,6 +289,7 @@ impl ErrorCode {
             | Self::ServerOverloaded
             | Self::ShuttingDown
             | Self::DatabaseUnavailable
+            | Self::SharedStateUnavailable
             | Self::ClientClosedRequest
             | Self::PassthroughNotConfigured
             | Self::ModelNotPriced => true,
@@ -322,7 +330,7 @@ impl ErrorCode {
             Self::InternalError => Fault::GatewayInternal,
             Self::Panicked => Fault::GatewayPanic,
             Self::ServerOverloaded | Self::ShuttingDown => Fault::GatewayOverloaded,
-            Self::DatabaseUnavailable => Fault::GatewayDatabase,
+            Self::DatabaseUnavailable | Self::SharedStateUnavailable => Fault::GatewayDatabase,
         }
     }
 }

@@ -85,6 +85,7 @@ pub struct Metrics {
     circuit_state: IntGaugeVec,
     upstream_reachable: IntGauge,
     database_up: IntGauge,
+    redis_up: IntGauge,
     // Keys and budgets
     refusals: IntCounterVec,
     budget_used: GaugeVec,
@@ -162,6 +163,13 @@ impl Metrics {
             database_up: {
                 let g = IntGauge::new("imagegate_database_up",
                     "1 when the database answered the last check (on /readyz and /metrics), 0 when it did not; always 1 on the embedded SQLite.")?;
+                r.register(Box::new(g.clone()))?;
+                g.set(1);
+                g
+            },
+            redis_up: {
+                let g = IntGauge::new("imagegate_redis_up",
+                    "1 when Redis ([cluster] redis_url) answered the last check (on /readyz and /metrics), 0 when it did not; 1 without Redis.")?;
                 r.register(Box::new(g.clone()))?;
                 g.set(1);
                 g
@@ -335,6 +343,10 @@ impl Metrics {
     /// The last upstream reachability probe's answer.
     pub fn upstream_reachable(&self, reachable: bool) {
         self.upstream_reachable.set(i64::from(reachable));
+    }
+
+    pub fn redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
     }
 
     pub fn database_up(&self, up: bool) {
