@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks of the deployment files (Dockerfile, deploy/), offline, and of the gateway binary run the
-# way the container runs it. CI runs it after the tests (.ci/run).
+# way the container runs it. The test command (scripts/test.sh) runs it after the Rust tests.
 #
 #   scripts/deploy-check.sh                                   # the binary: target/debug/imagegate
 #   IMAGEGATE_BIN=target/release/imagegate scripts/deploy-check.sh
@@ -15,7 +15,8 @@
 #   nginx       `nginx -t` on deploy/nginx/nginx.conf (gateway names resolved in a private mount
 #               namespace)
 #   prometheus  `promtool check config` on deploy/prometheus/prometheus.yml
-#   configs     `imagegate check-config` on deploy/compose/imagegate.toml and the ConfigMap's
+#   configs     `imagegate check-config` on deploy/compose/imagegate.toml and the ConfigMap's,
+#               whole ([data] url and [cluster] included), with the variables the deployments set
 #   sandbox     the binary as the container runs it: uid/gid 10001, no capabilities,
 #               no_new_privs, every mount read-only but the data dir; `serve` against a
 #               simulator, /healthz, /readyz, /metrics and one image request; every file write it
@@ -261,38 +262,18 @@ check_prometheus() {
   promtool check config deploy/prometheus/prometheus.yml
 }
 
-# `imagegate check-config` with the environment the deployments give it. A binary from before
-# `[cluster]` and `[data] url` rejects them as unknown: then the rest of the file is checked
-# without them, and the output says so.
+# `imagegate check-config` on a whole file, with the environment the deployments give it
+# (the Secret's and the compose file's variables): fails unless it validates.
 check_config_file() {
   local file=$1 label=$2 out
   local env=(DATABASE_URL=postgres://imagegate:secret@postgres:5432/imagegate
     REDIS_URL=redis://redis:6379/0 IMAGEGATE_UPSTREAM_KEY=sk-deploy-check-upstream
     IMAGEGATE_ADMIN_KEY=sk-deploy-check-admin-key IMAGEGATE_LISTEN=0.0.0.0:8080)
-  if out=$(env "${env[@]}" "$bin" check-config "$file" 2>&1); then
-    echo "$label: ok"
-    return 0
+  if ! out=$(env "${env[@]}" "$bin" check-config "$file" 2>&1); then
+    echo "$out"
+    return 1
   fi
-  # shellcheck disable=SC2016 # backquotes of the message, not a command
-  if grep -qE '(cluster|data): unknown field `(cluster|url)`' <<<"$out"; then
-    # shellcheck disable=SC2016
-    echo "NOTE: $label: this binary does not know [cluster] / [data] url yet" \
-      "($(grep -o 'unknown field `[a-z_]*`' <<<"$out" | head -1)): checking the rest without them"
-    awk '
-      /^\[/ { section = $0 }
-      section == "[cluster]" { next }
-      section == "[data]" && /^[[:space:]]*url[[:space:]]*=/ { next }
-      { print }
-    ' "$file" >"$work/stripped.toml"
-    out=$(env "${env[@]}" "$bin" check-config "$work/stripped.toml" 2>&1) || {
-      echo "$out"
-      return 1
-    }
-    echo "$label: ok, but for [cluster] and [data] url"
-    return 0
-  fi
-  echo "$out"
-  return 1
+  echo "$label: ok"
 }
 
 check_configs() {
