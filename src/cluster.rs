@@ -69,8 +69,8 @@ pub struct Cluster {
 impl Cluster {
     /// A client for `url`; connects on first use (a replica starts while Redis is away).
     pub fn new(url: &str, fail: FailMode, namespace: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
         Ok(Self {
             client,
             conn: Mutex::new(None),

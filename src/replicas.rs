@@ -83,7 +83,10 @@ pub async fn follow_key_changes(state: Arc<AppState>, stop: impl Future<Output =
             Ok(teams) => state.keys.replace_stored_teams(teams),
             Err(e) => tracing::warn!(error = %e, "could not read the teams again after a change"),
         }
-        tracing::debug!(version, "keys and teams changed on another replica: cache cleared");
+        tracing::debug!(
+            version,
+            "keys and teams changed on another replica: cache cleared"
+        );
     }
 }
 

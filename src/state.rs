@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::{AdminKey, AuthFailures};
 use crate::budget::Budgets;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dispatch::{Dispatch, ServedBy};
 use crate::error::ApiError;
@@ -16,7 +17,6 @@ use crate::model::{ModelId, Route, Usd};
 use crate::request::ImageRequest;
 use crate::routing::health::{CircuitState, Health};
 use crate::routing::Routing;
-use crate::cluster::Cluster;
 use crate::store::Store;
 use crate::upstream::text::TextUpstream;
 use crate::upstream::Upstream;

@@ -24,6 +24,8 @@ use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY};
 
 /// A key whose monthly budget fits exactly 10 SparkPix images ($0.01 each).
 const TEN: &str = "sk-test-budget-of-ten";
+/// A key allowed 12 requests a minute.
+const TWELVE: &str = "sk-test-twelve-a-minute";
 
 fn server_url() -> String {
     std::env::var("IMAGEGATE_TEST_DATABASE_URL").unwrap_or_else(|_| {
@@ -65,16 +67,35 @@ async fn fresh_db() -> String {
 
 /// A replica's config: the simulator upstream, the shared database, a short lease.
 fn config(sim: &str, db: &str, lease: &str) -> tempfile::NamedTempFile {
+    config_with(sim, db, lease, "")
+}
+
+/// [`config`] plus the test server's Redis (a namespace per test), failing `redis_down`.
+fn config_redis(sim: &str, db: &str, redis_down: &str) -> tempfile::NamedTempFile {
+    let redis = std::env::var("IMAGEGATE_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!("IMAGEGATE_TEST_REDIS_URL is not set: run the tests under `scripts/services.sh run -- cargo test`")
+    });
+    let namespace = uuid::Uuid::new_v4().simple().to_string();
+    config_with(
+        sim,
+        db,
+        "30s",
+        &format!("redis_url = \"{redis}\"\nnamespace = \"{namespace}\"\nrate_limits_when_redis_down = \"{redis_down}\"\n"),
+    )
+}
+
+fn config_with(sim: &str, db: &str, lease: &str, cluster: &str) -> tempfile::NamedTempFile {
     let data = tempfile::tempdir().unwrap().keep();
     let mut f = tempfile::NamedTempFile::new().unwrap();
     write!(
         f,
         "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{sim}\"\napi_key = \"${{TEST_UPSTREAM_KEY}}\"\n\
          [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n\
-         [data]\ndir = \"{}\"\nurl = \"{db}\"\n[data.pool]\nacquire_timeout = \"1s\"\n[cluster]\nlease = \"{lease}\"\n\
+         [data]\ndir = \"{}\"\nurl = \"{db}\"\n[data.pool]\nacquire_timeout = \"1s\"\n[cluster]\nlease = \"{lease}\"\n{cluster}\
          [admin]\nkey = \"{ADMIN_KEY}\"\n\
          [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
          [[keys]]\nid = \"ten\"\nkey = \"{TEN}\"\nmonthly_budget_usd = 0.1\n\
+         [[keys]]\nid = \"twelve\"\nkey = \"{TWELVE}\"\nrequests_per_minute = 12\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
         data.display()
     )
@@ -393,6 +414,156 @@ async fn a_budget_is_exact_across_three_replicas() {
     assert_eq!(me.body["spend"]["month_spent_usd"], "0.1", "{}", me.body);
     for r in replicas {
         r.term();
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_shared_by_three_replicas() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config_redis(&sim, &db, "open");
+    let replicas = [
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    ];
+    let http = reqwest::Client::new();
+    let body = json!({"model": "sparkpix", "prompt": "a fox"});
+    let answers = futures_util::future::join_all(
+        (0..36).map(|i| post(&http, &replicas[i % 3], TWELVE, body.clone(), &[])),
+    )
+    .await;
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.code() == "rate_limit_exceeded")
+        .count();
+    // GCRA refills one request every 5 s: a burst of 36 gets the minute's 12, not 36 (12 each).
+    assert_eq!((served, limited), (12, 24));
+    for r in replicas {
+        r.term();
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_key_disabled_on_one_replica_is_refused_by_the_others_within_a_second() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config_redis(&sim, &db, "open");
+    let (a, b, c) = (
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    );
+    let http = reqwest::Client::new();
+    let created = http
+        .post(a.url("/admin/keys"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"id": "eve"}))
+        .send()
+        .await
+        .unwrap();
+    let created = Env::read(created).await;
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let body = json!({"model": "sparkpix", "prompt": "a fox"});
+    // B and C know (and cache) the key.
+    for p in [&b, &c] {
+        assert_eq!(post(&http, p, &secret, body.clone(), &[]).await.status, 200);
+    }
+    let disabled = http
+        .patch(a.url("/admin/keys/eve"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), 200);
+    let since = std::time::Instant::now();
+    let mut refused = [false, false];
+    while refused.contains(&false) {
+        assert!(
+            since.elapsed() < Duration::from_secs(1),
+            "still accepted after 1 s: {refused:?}"
+        );
+        for (i, p) in [&b, &c].into_iter().enumerate() {
+            if !refused[i] {
+                let me = http
+                    .get(p.url("/v1/me"))
+                    .bearer_auth(&secret)
+                    .send()
+                    .await
+                    .unwrap();
+                refused[i] = me.status() == 401;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in [a, b, c] {
+        p.term();
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn redis_away_falls_back_to_each_replicas_limits_or_refuses_as_configured() {
+    let _held = hold_server(true);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let open = Proc::start(config_redis(&sim, &db, "open").path(), None);
+    let closed = Proc::start(config_redis(&sim, &db, "closed").path(), None);
+    let http = reqwest::Client::new();
+    let body = json!({"model": "sparkpix", "prompt": "a fox"});
+    for p in [&open, &closed] {
+        assert_eq!(post(&http, p, TWELVE, body.clone(), &[]).await.status, 200);
+    }
+    services("redis-stop");
+    let served = post(&http, &open, TWELVE, body.clone(), &[]).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+    let refused = post(&http, &closed, TWELVE, body.clone(), &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.code(), "shared_state_unavailable");
+    // Keys without a rate limit need no Redis: served either way.
+    assert_eq!(
+        post(&http, &closed, KEY, body.clone(), &[]).await.status,
+        200
+    );
+    let ready = |p: &Proc| http.get(p.url("/readyz")).send();
+    let (r_open, r_closed) = (ready(&open).await.unwrap(), ready(&closed).await.unwrap());
+    assert_eq!(
+        (r_open.status().as_u16(), r_closed.status().as_u16()),
+        (200, 503)
+    );
+    let v: Value = r_open.json().await.unwrap();
+    assert_eq!(v["redis"]["up"], false, "{v}");
+    let metrics = http
+        .get(open.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("imagegate_redis_up 0"), "{metrics}");
+    services("redis-start");
+    let mut back = post(&http, &closed, TWELVE, body.clone(), &[]).await;
+    for _ in 0..50 {
+        if back.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        back = post(&http, &closed, TWELVE, body.clone(), &[]).await;
+    }
+    assert_eq!(back.status, 200, "{}", back.body);
+    for p in [open, closed] {
+        let logs = p.term();
+        assert!(!logs.contains("panicked"), "{logs}");
     }
     stop.cancel();
 }
