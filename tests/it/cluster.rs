@@ -19,8 +19,11 @@ use sqlx_core::row::Row as _;
 use sqlx_postgres::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use imagegate::demo::DEMO_WEBHOOK_SECRET;
+
 use crate::crash::{job_until, sim, stats, terminal, Proc};
 use crate::support::{b64_image, is_png, Env, ADMIN_KEY, KEY};
+use crate::webhooks::{receiver_slow, verify};
 
 /// A key whose monthly budget fits exactly 10 SparkPix images ($0.01 each).
 const TEN: &str = "sk-test-budget-of-ten";
@@ -93,7 +96,7 @@ fn config_with(sim: &str, db: &str, lease: &str, cluster: &str) -> tempfile::Nam
          [results]\nallowed_hosts = [\"{sim}\"]\n[urls]\nallow_http = true\nallow_loopback = true\n\
          [data]\ndir = \"{}\"\nurl = \"{db}\"\n[data.pool]\nacquire_timeout = \"1s\"\n[cluster]\nlease = \"{lease}\"\n{cluster}\
          [admin]\nkey = \"{ADMIN_KEY}\"\n\
-         [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\n\
+         [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\nwebhook_secret = \"{DEMO_WEBHOOK_SECRET}\"\n\
          [[keys]]\nid = \"ten\"\nkey = \"{TEN}\"\nmonthly_budget_usd = 0.1\n\
          [[keys]]\nid = \"twelve\"\nkey = \"{TWELVE}\"\nrequests_per_minute = 12\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
@@ -564,6 +567,58 @@ async fn redis_away_falls_back_to_each_replicas_limits_or_refuses_as_configured(
     for p in [open, closed] {
         let logs = p.term();
         assert!(!logs.contains("panicked"), "{logs}");
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn each_webhook_is_sent_by_one_replica() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    // A slow endpoint: every replica polls the outbox while each delivery is on its way.
+    let hook = receiver_slow(0, Duration::from_millis(800)).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "30s");
+    let replicas = [
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    ];
+    let http = reqwest::Client::new();
+    let body = json!({"model": "sparkpix", "prompt": "a wren", "callback_url": hook.url});
+    let answers = futures_util::future::join_all(
+        (0..12).map(|i| post(&http, &replicas[i % 3], KEY, body.clone(), &[])),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let ids: Vec<String> = answers
+        .iter()
+        .map(|a| a.headers["x-imagegate-job-id"].to_str().unwrap().to_owned())
+        .collect();
+    hook.until(12).await;
+    // Every delivery recorded: no replica holds one it is still sending.
+    for id in &ids {
+        let delivered = |v: &Value| {
+            v["webhooks"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty() && w.iter().all(|d| d["state"] == "delivered"))
+        };
+        job_until(&http, &replicas[0], id, delivered).await;
+    }
+    let got = hook.got.lock().unwrap().clone();
+    let mut unique: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        (got.len(), unique.len()),
+        (12, 12),
+        "deliveries: {:?}",
+        got.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|r| verify(DEMO_WEBHOOK_SECRET, r)));
+    for r in replicas {
+        r.term();
     }
     stop.cancel();
 }

@@ -32,6 +32,11 @@ pub struct Receiver {
 }
 
 pub async fn receiver(fail: usize) -> Receiver {
+    receiver_slow(fail, Duration::ZERO).await
+}
+
+/// [`receiver`] answering each delivery only after `pause` (a slow endpoint).
+pub async fn receiver_slow(fail: usize, pause: Duration) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let sink = got.clone();
     let app = axum::Router::new().route(
@@ -46,14 +51,18 @@ pub async fn receiver(fail: usize) -> Receiver {
                         .unwrap_or_default()
                         .to_owned()
                 };
-                let mut got = sink.lock().unwrap();
-                got.push(Received {
-                    id: h("webhook-id"),
-                    timestamp: h("webhook-timestamp"),
-                    signature: h("webhook-signature"),
-                    body,
-                });
-                if got.len() <= fail {
+                let n = {
+                    let mut got = sink.lock().unwrap();
+                    got.push(Received {
+                        id: h("webhook-id"),
+                        timestamp: h("webhook-timestamp"),
+                        signature: h("webhook-signature"),
+                        body,
+                    });
+                    got.len()
+                };
+                tokio::time::sleep(pause).await;
+                if n <= fail {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::OK

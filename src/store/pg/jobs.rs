@@ -473,18 +473,27 @@ fn webhook(r: &PgRow) -> Result<Webhook, StoreError> {
     })
 }
 
+/// Deliveries due now, claimed for this replica: their next attempt moves [`DELIVERY_CLAIM_MS`]
+/// ahead in the same statement (`FOR UPDATE SKIP LOCKED`), so two replicas polling the outbox
+/// never send the same delivery at once; one that dies mid-delivery leaves it due again then.
 pub async fn due_webhooks(pool: &PgPool, now: i64, limit: u32) -> Result<Vec<Webhook>, StoreError> {
     let sql = format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE state = 'pending' AND next_ms <= $1
-         ORDER BY next_ms LIMIT $2"
+        "UPDATE webhooks SET next_ms = $1 + $3 WHERE id IN (
+            SELECT id FROM webhooks WHERE state = 'pending' AND next_ms <= $1
+            ORDER BY next_ms FOR UPDATE SKIP LOCKED LIMIT $2)
+         RETURNING {WEBHOOK_COLUMNS}"
     );
     let rows = query(&sql)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(DELIVERY_CLAIM_MS)
         .fetch_all(pool)
         .await?;
     rows.iter().map(webhook).collect()
 }
+
+/// How long a replica holds a delivery it is sending (longer than a delivery's timeout).
+pub const DELIVERY_CLAIM_MS: i64 = 120_000;
 
 pub async fn webhooks_of(pool: &PgPool, job_id: &str) -> Result<Vec<Webhook>, StoreError> {
     let sql =
