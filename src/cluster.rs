@@ -46,6 +46,54 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_
 return {1, math.floor((window - (new_tat - now)) / interval), math.ceil(new_tat - now)}
 ";
 
+/// Takes a slot of `KEYS[1]` (a sorted set of slot ids scored by when their lease ends, ms of
+/// the server's clock) if fewer than `ARGV[1]` are held: `ARGV[2]` the lease (ms), `ARGV[3]`
+/// the slot's id. Slots of a replica that died expire with their lease.
+const SLOT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+";
+
+/// Moves the lease of the slots `ARGV[2..]` of `KEYS[1]` (still held) forward by `ARGV[1]` ms.
+const RENEW_SLOTS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 1
+";
+
+/// A concurrency slot held in Redis: given back when dropped (by the releaser task), renewed
+/// while held.
+pub struct Slot {
+    key: String,
+    id: String,
+    tx: tokio::sync::mpsc::UnboundedSender<SlotEvent>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.tx.send(SlotEvent::Release(
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.id),
+        ));
+    }
+}
+
+enum SlotEvent {
+    Hold(String, String),
+    Release(String, String),
+}
+
 /// A window taken in Redis: what is left, or how long until the cells are there.
 pub enum Take {
     Taken { remaining: u32, reset: Duration },
@@ -61,6 +109,11 @@ pub struct Cluster {
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     gcra: redis::Script,
+    slot: redis::Script,
+    renew_slots: redis::Script,
+    slots: tokio::sync::mpsc::UnboundedSender<SlotEvent>,
+    slot_events: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<SlotEvent>>>,
+    lease: Duration,
     pub fail: FailMode,
     up: AtomicBool,
     namespace: String,
@@ -68,13 +121,24 @@ pub struct Cluster {
 
 impl Cluster {
     /// A client for `url`; connects on first use (a replica starts while Redis is away).
-    pub fn new(url: &str, fail: FailMode, namespace: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        fail: FailMode,
+        namespace: &str,
+        lease: Duration,
+    ) -> anyhow::Result<Self> {
         let client =
             redis::Client::open(url).map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
+        let (slots, slot_events) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             client,
             conn: Mutex::new(None),
             gcra: redis::Script::new(GCRA),
+            slot: redis::Script::new(SLOT),
+            renew_slots: redis::Script::new(RENEW_SLOTS),
+            slots,
+            slot_events: Mutex::new(Some(slot_events)),
+            lease,
             fail,
             up: AtomicBool::new(true),
             namespace: namespace.to_owned(),
@@ -175,6 +239,83 @@ impl Cluster {
         } else {
             Take::Wait(us(a))
         })
+    }
+
+    /// Takes one of `limit` concurrency slots of scope `name`, or `None` when all are held.
+    pub async fn take_slot(&self, name: &str, limit: u32) -> Result<Option<Slot>, Down> {
+        let key = format!("{}:slots:{name}", self.namespace);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let taken: i64 = self
+            .call(async |c| {
+                self.slot
+                    .key(&key)
+                    .arg(limit)
+                    .arg(lease_ms)
+                    .arg(&id)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        if taken != 1 {
+            return Ok(None);
+        }
+        let _ = self.slots.send(SlotEvent::Hold(key.clone(), id.clone()));
+        Ok(Some(Slot {
+            key,
+            id,
+            tx: self.slots.clone(),
+        }))
+    }
+
+    /// Gives back dropped slots at once and renews held ones every third of the lease, until
+    /// the process ends (run once, by `serve`).
+    pub async fn keep_slots(&self) {
+        let Some(mut events) = self.slot_events.lock().ok().and_then(|mut e| e.take()) else {
+            return;
+        };
+        let mut held: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            std::collections::HashMap::new();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let mut renew = tokio::time::interval(self.lease / 3);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(SlotEvent::Hold(key, id)) => {
+                        held.entry(key).or_default().insert(id);
+                    }
+                    Some(SlotEvent::Release(key, id)) => {
+                        if let Some(ids) = held.get_mut(&key) {
+                            ids.remove(&id);
+                            if ids.is_empty() {
+                                held.remove(&key);
+                            }
+                        }
+                        // Not given back (Redis away): the slot ends with its lease.
+                        let _ = self
+                            .call(async |c| {
+                                redis::cmd("ZREM").arg(&key).arg(&id).query_async::<i64>(c).await
+                            })
+                            .await;
+                    }
+                    None => return,
+                },
+                _ = renew.tick() => {
+                    for (key, ids) in &held {
+                        let _ = self
+                            .call(async |c| {
+                                let mut call = self.renew_slots.key(key);
+                                call.arg(lease_ms);
+                                for id in ids {
+                                    call.arg(id);
+                                }
+                                call.invoke_async::<i64>(c).await
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
     }
 
     /// Announces a change of keys or teams to every replica.

@@ -129,12 +129,25 @@ pub async fn serve(
     // Replicas sharing a store: renew this one's job claims, take over lapsed ones.
     let claims = replicas::claims(state.clone(), delivering.clone().cancelled_owned());
     let keys = replicas::follow_key_changes(state.clone(), delivering.clone().cancelled_owned());
+    // Redis: concurrency slots given back and renewed.
+    let slots = {
+        let cluster = state.cluster.clone();
+        let stop = delivering.clone();
+        async move {
+            if let Some(cluster) = cluster {
+                tokio::select! {
+                    () = cluster.keep_slots() => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+        }
+    };
     // `run` returns once `stopping` is cancelled and the drain is over.
     let serving = async {
         server::run(&server_config, listener, router, stopping).await;
         delivering.cancel();
     };
-    tokio::join!(signal, serving, webhooks, claims, keys);
+    tokio::join!(signal, serving, webhooks, claims, keys, slots);
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;

@@ -24,7 +24,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cluster::{Cluster, Take};
+use crate::cluster::{Cluster, Slot, Take};
 use crate::config::{FailMode, Limits, LimitsConfig, DEFAULT_QUEUE_TIMEOUT};
 use crate::error::{ApiError, ErrorCode, RateLimit};
 use crate::keys::ClientKey;
@@ -135,6 +135,8 @@ impl ScopeState {
 #[derive(Default)]
 pub struct Admission {
     _permits: Vec<OwnedSemaphorePermit>,
+    /// Concurrency slots held in Redis (replicas).
+    _slots: Vec<Slot>,
     requests: Option<Left>,
     images: Option<Left>,
 }
@@ -291,14 +293,38 @@ impl RateLimits {
                 tighter(&mut admission.images, left);
             }
             if let Some(sem) = &state.concurrent {
-                let permit = sem
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| state.concurrency_refusal(&who))?;
-                admission._permits.push(permit);
+                match self.take_shared_slot(&name, &state).await? {
+                    Some(Some(slot)) => admission._slots.push(slot),
+                    Some(None) => return Err(state.concurrency_refusal(&who)),
+                    None => {
+                        let permit = sem
+                            .clone()
+                            .try_acquire_owned()
+                            .map_err(|_| state.concurrency_refusal(&who))?;
+                        admission._permits.push(permit);
+                    }
+                }
             }
         }
         Ok(admission)
+    }
+
+    /// A concurrency slot of scope `name` in Redis, for replicas: `None` without Redis (or with
+    /// it away and failing open: the replica's own semaphore decides), `Some(None)` when every
+    /// slot is held.
+    async fn take_shared_slot(
+        &self,
+        name: &str,
+        state: &ScopeState,
+    ) -> Result<Option<Option<Slot>>, ApiError> {
+        let (Some(cluster), Some(limit)) = (&self.shared, state.limits.max_concurrent) else {
+            return Ok(None);
+        };
+        match cluster.take_slot(name, limit).await {
+            Ok(slot) => Ok(Some(slot)),
+            Err(_) if cluster.fail == FailMode::Open => Ok(None),
+            Err(_) => Err(shared_down()),
+        }
     }
 
     /// The window `name:what` in Redis, for replicas: `None` without Redis, or with Redis away
@@ -321,10 +347,7 @@ impl RateLimits {
             }))),
             Ok(Take::Wait(wait)) => Ok(Some(Err(wait))),
             Err(_) if cluster.fail == FailMode::Open => Ok(None),
-            Err(_) => Err(ApiError::new(
-                ErrorCode::SharedStateUnavailable,
-                "The gateway cannot check its shared rate limits (Redis is away); nothing was sent upstream. Try again shortly.",
-            )),
+            Err(_) => Err(shared_down()),
         }
     }
 
@@ -359,6 +382,13 @@ impl RateLimits {
             _ => Err(busy(Duration::from_secs(1))),
         }
     }
+}
+
+fn shared_down() -> ApiError {
+    ApiError::new(
+        ErrorCode::SharedStateUnavailable,
+        "The gateway cannot check its shared rate limits (Redis is away); nothing was sent upstream. Try again shortly.",
+    )
 }
 
 fn tighter(slot: &mut Option<Left>, left: Left) {

@@ -82,7 +82,8 @@ impl AppState {
             .as_deref()
             .map(|url| {
                 let c = &config.cluster;
-                Cluster::new(url, c.rate_limits_when_redis_down, &c.namespace).map(Arc::new)
+                Cluster::new(url, c.rate_limits_when_redis_down, &c.namespace, c.lease)
+                    .map(Arc::new)
             })
             .transpose()?;
         Ok(Self {

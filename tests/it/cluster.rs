@@ -27,6 +27,8 @@ use crate::webhooks::{receiver_slow, verify};
 
 /// A key whose monthly budget fits exactly 10 SparkPix images ($0.01 each).
 const TEN: &str = "sk-test-budget-of-ten";
+/// A key allowed 2 requests in flight.
+const TWO: &str = "sk-test-two-at-a-time";
 /// A key allowed 12 requests a minute.
 const TWELVE: &str = "sk-test-twelve-a-minute";
 
@@ -99,6 +101,7 @@ fn config_with(sim: &str, db: &str, lease: &str, cluster: &str) -> tempfile::Nam
          [[keys]]\nid = \"t\"\nkey = \"{KEY}\"\nwebhook_secret = \"{DEMO_WEBHOOK_SECRET}\"\n\
          [[keys]]\nid = \"ten\"\nkey = \"{TEN}\"\nmonthly_budget_usd = 0.1\n\
          [[keys]]\nid = \"twelve\"\nkey = \"{TWELVE}\"\nrequests_per_minute = 12\n\
+         [[keys]]\nid = \"two\"\nkey = \"{TWO}\"\nmax_concurrent = 2\n\
          [models.gpt-image-2-beta]\nfirst_poll_delay = \"10ms\"\npoll_interval = \"1s\"\n",
         data.display()
     )
@@ -617,6 +620,52 @@ async fn each_webhook_is_sent_by_one_replica() {
         got.iter().map(|r| &r.id).collect::<Vec<_>>()
     );
     assert!(got.iter().all(|r| verify(DEMO_WEBHOOK_SECRET, r)));
+    for r in replicas {
+        r.term();
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn concurrency_slots_are_shared_by_three_replicas() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config_redis(&sim, &db, "open");
+    let replicas = [
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+        Proc::start(cfg.path(), None),
+    ];
+    let http = reqwest::Client::new();
+    // Each request holds its slot for a second of upstream work.
+    let body = json!({"model": "gpt-image-2-beta", "prompt": "a heron [sim:slow=1]"});
+    let answers = futures_util::future::join_all(
+        (0..6).map(|i| post(&http, &replicas[i % 3], TWO, body.clone(), &[])),
+    )
+    .await;
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.code() == "rate_limit_exceeded")
+        .count();
+    assert_eq!(
+        (served, refused),
+        (2, 4),
+        "{:?}",
+        answers.iter().map(|a| &a.body).collect::<Vec<_>>()
+    );
+    // The slots are given back: the next request is served.
+    let mut again = post(&http, &replicas[0], TWO, body.clone(), &[]).await;
+    for _ in 0..50 {
+        if again.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        again = post(&http, &replicas[0], TWO, body.clone(), &[]).await;
+    }
+    assert_eq!(again.status, 200, "{}", again.body);
     for r in replicas {
         r.term();
     }
