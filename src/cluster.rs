@@ -145,6 +145,27 @@ impl Cluster {
         })
     }
 
+    /// The channel circuit openings are told on.
+    pub fn circuits_channel(&self) -> String {
+        format!("{}:circuits", self.namespace)
+    }
+
+    /// Tells the other replicas that this one opened `model`'s circuit for `cooldown`
+    /// (`<replica>|<model>|<ms>`; a replica skips its own).
+    pub async fn publish_opening(&self, replica: &str, model: &str, cooldown: Duration) {
+        let channel = self.circuits_channel();
+        let msg = format!("{replica}|{model}|{}", cooldown.as_millis());
+        let _ = self
+            .call(async |c| {
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&msg)
+                    .query_async::<i64>(c)
+                    .await
+            })
+            .await;
+    }
+
     /// The channel key and team changes are announced on.
     pub fn keys_channel(&self) -> String {
         format!("{}:keys", self.namespace)

@@ -129,6 +129,7 @@ pub async fn serve(
     // Replicas sharing a store: renew this one's job claims, take over lapsed ones.
     let claims = replicas::claims(state.clone(), delivering.clone().cancelled_owned());
     let keys = replicas::follow_key_changes(state.clone(), delivering.clone().cancelled_owned());
+    let circuits = replicas::share_circuits(state.clone(), delivering.clone().cancelled_owned());
     // Redis: concurrency slots given back and renewed.
     let slots = {
         let cluster = state.cluster.clone();
@@ -147,7 +148,7 @@ pub async fn serve(
         server::run(&server_config, listener, router, stopping).await;
         delivering.cancel();
     };
-    tokio::join!(signal, serving, webhooks, claims, keys, slots);
+    tokio::join!(signal, serving, webhooks, claims, keys, slots, circuits);
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;

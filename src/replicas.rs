@@ -20,6 +20,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 
 use crate::cluster::{Cluster, VERSION_EVERY};
+use crate::model::ModelId;
 use crate::state::AppState;
 use crate::store::Store;
 
@@ -87,6 +88,56 @@ pub async fn follow_key_changes(state: Arc<AppState>, stop: impl Future<Output =
             version,
             "keys and teams changed on another replica: cache cleared"
         );
+    }
+}
+
+/// Shares circuit openings through Redis until `stop` resolves: this replica's are published,
+/// the others' open the same circuit here for the same cooldown. Returns at once without Redis.
+pub async fn share_circuits(state: Arc<AppState>, stop: impl Future<Output = ()>) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let me = uuid::Uuid::new_v4().simple().to_string();
+    let mut openings = state.health.tell_openings();
+    let publish = async {
+        while let Some(o) = openings.recv().await {
+            cluster
+                .publish_opening(&me, o.model.as_str(), o.cooldown)
+                .await;
+        }
+    };
+    let follow = async {
+        loop {
+            if let Ok(mut pubsub) = cluster.client().get_async_pubsub().await {
+                if pubsub.subscribe(cluster.circuits_channel()).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let text: String = msg.get_payload().unwrap_or_default();
+                        let mut parts = text.split('|');
+                        let (Some(from), Some(model), Some(ms)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            continue;
+                        };
+                        let (Ok(model), Ok(ms)) = (model.parse::<ModelId>(), ms.parse::<u64>())
+                        else {
+                            continue;
+                        };
+                        if from != me {
+                            state
+                                .health
+                                .open_elsewhere(model, std::time::Duration::from_millis(ms));
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    };
+    tokio::select! {
+        () = publish => {}
+        () = follow => {}
+        () = stop => {}
     }
 }
 

@@ -250,6 +250,15 @@ impl HealthView {
 pub struct Health {
     config: CircuitConfig,
     models: [Mutex<ModelHealth>; ModelId::COUNT],
+    /// Where this process's circuit openings are told (replicas share them), if anywhere.
+    openings: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Opening>>>,
+}
+
+/// A circuit this process opened: the model and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opening {
+    pub model: ModelId,
+    pub cooldown: Duration,
 }
 
 fn index(m: ModelId) -> usize {
@@ -261,6 +270,43 @@ impl Health {
         Self {
             config,
             models: std::array::from_fn(|_| Mutex::new(ModelHealth::new())),
+            openings: Mutex::new(None),
+        }
+    }
+
+    /// From now on, each circuit this process opens is also sent here.
+    pub fn tell_openings(&self) -> tokio::sync::mpsc::UnboundedReceiver<Opening> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut slot) = self.openings.lock() {
+            *slot = Some(tx);
+        }
+        rx
+    }
+
+    fn opened(&self, model: ModelId, cooldown: Duration) {
+        if let Ok(slot) = self.openings.lock() {
+            if let Some(tx) = slot.as_ref() {
+                let _ = tx.send(Opening { model, cooldown });
+            }
+        }
+    }
+
+    /// Opens `m`'s circuit for `cooldown` because another replica opened it (the platform
+    /// failed it there): no request here pays to find out again. A circuit already open stays
+    /// as it is.
+    pub fn open_elsewhere(&self, m: ModelId, cooldown: Duration) {
+        if !self.config.enabled {
+            return;
+        }
+        let mut h = self.lock(m);
+        if matches!(
+            h.circuit,
+            Circuit::Closed | Circuit::HalfOpen { probing: false }
+        ) {
+            h.circuit = Circuit::Open {
+                until: Instant::now() + cooldown,
+            };
+            tracing::warn!(model = %m, cooldown_s = cooldown.as_secs(), "circuit open: opened by another replica");
         }
     }
 
@@ -334,6 +380,8 @@ impl Health {
                     until: now + c.out_of_credits_cooldown,
                 };
                 tracing::warn!(model = %m, cooldown_s = c.out_of_credits_cooldown.as_secs(), "circuit open: upstream out of credits");
+                drop(h);
+                self.opened(m, c.out_of_credits_cooldown);
             }
             Verdict::Failure(kind) => {
                 h.consecutive_failures += 1;
@@ -355,6 +403,8 @@ impl Health {
                         until: now + c.cooldown,
                     };
                     tracing::warn!(model = %m, consecutive = h.consecutive_failures, error_ratio = ratio, kind = ?kind, "circuit open");
+                    drop(h);
+                    self.opened(m, c.cooldown);
                 }
             }
         }

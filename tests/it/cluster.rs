@@ -671,3 +671,61 @@ async fn concurrency_slots_are_shared_by_three_replicas() {
     }
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config_redis(&sim, &db, "open");
+    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let http = reqwest::Client::new();
+    let ready_models = async |p: &Proc| -> Vec<String> {
+        let v: Value = http
+            .get(p.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ready_models(&b).await.contains(&"sparkpix".to_owned()));
+    // The platform fails SparkPix on replica A until its circuit opens (5 in a row).
+    let failing = json!({"model": "sparkpix", "prompt": "a fox [sim:500]"});
+    for _ in 0..5 {
+        let e = post(&http, &a, KEY, failing.clone(), &[]).await;
+        assert_eq!(e.status, 502, "{}", e.body);
+    }
+    assert!(!ready_models(&a).await.contains(&"sparkpix".to_owned()));
+    // B never called it, and stops sending it requests too.
+    let mut open_on_b = false;
+    for _ in 0..100 {
+        if !ready_models(&b).await.contains(&"sparkpix".to_owned()) {
+            open_on_b = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(open_on_b);
+    let refused = post(
+        &http,
+        &b,
+        KEY,
+        json!({"model": "sparkpix", "prompt": "a fox"}),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let logs = b.term();
+    assert!(logs.contains("opened by another replica"), "{logs}");
+    a.term();
+    stop.cancel();
+}
