@@ -328,13 +328,23 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
     let http = reqwest::Client::new();
     let body = json!({"model": "sparkpix", "prompt": "a fox"});
     assert_eq!(post(&http, &a, KEY, body.clone(), &[]).await.status, 200);
+    // A paid task in progress when the database goes away: it ends while it is away.
+    let id = slow_job_in_progress(&http, &a).await;
 
     services("pg-stop");
     let creates = stats(&http, &sim).await["creates"].as_u64().unwrap();
-    for _ in 0..3 {
-        let down = post(&http, &a, KEY, body.clone(), &[]).await;
+    // Under load: every request is refused cleanly, none hangs.
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| post(&http, &a, KEY, body.clone(), &[])))
+            .await;
+    for down in &answers {
         assert_eq!(down.status, 503, "{}", down.body);
         assert_eq!(down.code(), "database_unavailable", "{}", down.body);
+        // Nothing was sent: a retry is safe (never `x-should-retry: false`).
+        assert!(down
+            .headers
+            .get("x-should-retry")
+            .is_none_or(|v| v != "false"));
     }
     // Refused before anything was sent upstream.
     assert_eq!(
@@ -354,6 +364,10 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
         up = post(&http, &a, KEY, body.clone(), &[]).await;
     }
     assert_eq!(up.status, 200, "{}", up.body);
+    // The task that ended while the database was away is booked once it is back.
+    let done = job_until(&http, &a, &id, terminal).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(ledger_rows(&db, &id).await, [(200, 30_000)]);
     let logs = a.term();
     assert!(!logs.contains("panicked"), "{logs}");
     let pool = PgPool::connect(&db).await.unwrap();
@@ -363,7 +377,7 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
         .unwrap()
         .try_get(0)
         .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
     stop.cancel();
 }
 
@@ -727,5 +741,54 @@ async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
     let logs = b.term();
     assert!(logs.contains("opened by another replica"), "{logs}");
     a.term();
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_held_sync_call_cut_by_a_replicas_death_is_an_unknown_outcome_booked_once() {
+    let _held = hold_server(false);
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let db = fresh_db().await;
+    let cfg = config(&sim, &db, "2s");
+    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let http = reqwest::Client::new();
+    // A synchronous gpt-image-2-all call: the platform holds the HTTP call while it works.
+    let url = a.url("/v1/images/generations");
+    let held = tokio::spawn(
+        http.post(url)
+            .bearer_auth(KEY)
+            .json(&json!({"model": "gpt-image-2-all", "prompt": "a heron [sim:slow=5]"}))
+            .send(),
+    );
+    for _ in 0..500 {
+        if stats(&http, &sim).await["creates"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    a.kill9();
+    assert!(
+        held.await.unwrap().is_err(),
+        "the caller's connection was cut"
+    );
+
+    // B claims the job after A's lease: the platform may have made (and billed) the image.
+    let list = http
+        .get(b.url("/v1/images/jobs"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let list = Env::read(list).await;
+    let id = list.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let done = job_until(&http, &b, &id, terminal).await;
+    assert_eq!(done["status"], "unknown", "{done}");
+    let rows = ledger_rows(&db, &id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].1 > 0, "booked at its reservation: {rows:?}");
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    b.term();
     stop.cancel();
 }
