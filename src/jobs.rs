@@ -163,7 +163,7 @@ pub fn new_id() -> String {
 }
 
 /// How often a job another replica runs is read again by a waiter here.
-const REMOTE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a request became.
 pub enum Admitted {
@@ -257,9 +257,32 @@ impl Jobs {
         let id: Arc<str> = id.into();
         let (tx, rx) = watch::channel(Progress::Running);
         let (state, job_id) = (state.clone(), id.clone());
+        // Told by the database when any replica ends a job; read again every REMOTE_POLL too,
+        // since a notification can be lost.
+        let mut ended = match state.store() {
+            crate::store::Store::Postgres(pg) => Some(pg.ended()),
+            crate::store::Store::Sqlite(_) => None,
+        };
         self.spawn(async move {
             loop {
-                tokio::time::sleep(REMOTE_POLL).await;
+                let told = async {
+                    match ended.as_mut() {
+                        Some(rx) => loop {
+                            match rx.recv().await {
+                                Ok(id) if *id == *job_id => return,
+                                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                        },
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = told => {}
+                    () = tokio::time::sleep(REMOTE_POLL) => {}
+                }
                 match state.store().job(job_id.to_string()).await {
                     Ok(Some(job)) if !job.state.is_terminal() => continue,
                     Ok(_) => break,

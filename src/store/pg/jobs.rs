@@ -14,6 +14,9 @@ use crate::store::jobs::{
 };
 use crate::store::{Epoch, Op, StoreError};
 
+/// Where a job's end is notified (`NOTIFY`, the job id as payload).
+pub const ENDED_CHANNEL: &str = "imagegate_job_ended";
+
 /// The epoch of a job's first claim, by the replica that created it.
 pub const FIRST_EPOCH: i64 = 1;
 
@@ -235,6 +238,12 @@ async fn finish_job(
             "job {job} is already finished (or its claim was lost)"
         )));
     }
+    // Replicas waiting on the job hear of its end when this transaction commits.
+    query("SELECT pg_notify($1, $2)")
+        .bind(ENDED_CHANNEL)
+        .bind(job)
+        .execute(&mut *c)
+        .await?;
     query(
         "INSERT INTO webhooks (id, job_id, key_id, url, next_ms, created_ms)
          SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), id, key_id, callback_url, $2, $2

@@ -176,6 +176,8 @@ pub struct Pg {
     pool: PgPool,
     writes: tokio::sync::mpsc::Sender<writer::Msg>,
     me: Claimant,
+    /// Jobs ended by any replica, as the database notifies them (see [`Pg::ended`]).
+    ended: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -271,11 +273,28 @@ impl Pg {
             reason = "the writer lives as long as the store: it ends when every sender is gone"
         )]
         tokio::spawn(writer::run(pool.clone(), me.clone(), rx));
-        Ok(Self { pool, writes, me })
+        let (ended, _) = tokio::sync::broadcast::channel(1024);
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the listener lives as long as the process: nothing waits on it"
+        )]
+        tokio::spawn(listen_ended(pool.clone(), ended.clone()));
+        Ok(Self {
+            pool,
+            writes,
+            me,
+            ended,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The ids of jobs that end from now on, on any replica. Notifications can be lost (a
+    /// connection that breaks): a waiter also reads the job again now and then.
+    pub fn ended(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>> {
+        self.ended.subscribe()
     }
 
     /// This replica's name as the owner of jobs.
@@ -631,6 +650,23 @@ impl Pg {
 
     pub async fn purge(&self, before_ms: i64) -> Result<usize, StoreError> {
         jobs::purge(&self.pool, before_ms).await
+    }
+}
+
+/// `LISTEN`s for job ends and passes them on, reconnecting when the connection breaks.
+async fn listen_ended(pool: PgPool, ended: tokio::sync::broadcast::Sender<std::sync::Arc<str>>) {
+    loop {
+        if let Ok(mut listener) = sqlx_postgres::PgListener::connect_with(&pool).await {
+            if listener.listen(jobs::ENDED_CHANNEL).await.is_ok() {
+                while let Ok(n) = listener.recv().await {
+                    let _ = ended.send(n.payload().into());
+                }
+            }
+        }
+        if ended.receiver_count() == 0 && pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
