@@ -16,6 +16,7 @@ mod boundaries;
 mod budgets;
 mod capabilities;
 mod cluster;
+mod cluster_redis;
 mod console;
 mod crash;
 mod edge;
