@@ -7,6 +7,8 @@ Run it through `bench/run.sh` (which installs wrk and nginx and builds the relea
     bench/run.sh                       # every scenario, full durations
     bench/run.sh --quick               # short durations, smaller holds (a smoke run)
     bench/run.sh --scenarios 1,2       # a subset (1 small, 2 large, 3 waiting, 4 uploads, 5 downloads)
+    bench/run.sh --scenarios 1,6       # 6: one replica on PostgreSQL + Redis vs the embedded
+                                       # store (run.sh starts both through scripts/services.sh)
 
 Gateway, simulator and load generator share this machine, so every number is reported next to
 the same load sent straight to the simulator: compare ratios, not absolute times. Results go to
@@ -23,6 +25,7 @@ import re
 import resource
 import shutil
 import signal
+import sqlite3
 import socket
 import struct
 import subprocess
@@ -329,9 +332,11 @@ def lua_str(s: str) -> str:
 
 def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", headers=None,
         conns: int, threads: int, secs: float, delay_ms: int = 0, pid: int | None = None,
-        cpu_pids: list[int] | None = None) -> dict:
+        cpu_pids: list[int] | None = None, meters: dict | None = None) -> dict:
     """One wrk run. `pid`: the process whose RSS is sampled and whose CPU is counted;
-    `cpu_pids`: the processes whose CPU is counted instead (nginx's master and workers)."""
+    `cpu_pids`: the processes whose CPU is counted instead (nginx's master and workers);
+    `meters`: more CPU counters (name: a function returning CPU seconds so far), reported as
+    `r["meters"][name]` in µs per request."""
     script = os.path.join(tmp, f"wrk-{time.monotonic_ns()}.lua")
     hdrs = ", ".join(f"[{lua_str(k)}] = {lua_str(v)}" for k, v in (headers or {}).items())
     empty = os.path.join(tmp, "empty")
@@ -343,8 +348,10 @@ def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", header
            "-s", script, url]
     counted = cpu_pids or ([pid] if pid else [])
     cpu0 = sum(cpu_secs(p) for p in counted)
+    meter0 = {name: f() for name, f in (meters or {}).items()}
     with PeakSampler(pid or os.getpid()) as peak:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    meter1 = {name: f() for name, f in (meters or {}).items()}
     line = next((l for l in out.stdout.splitlines() if l.startswith("WRKJSON ")), None)
     if line is None:
         sys.exit(f"wrk failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
@@ -361,6 +368,8 @@ def wrk(tmp: str, url: str, *, body_file: str = "", method: str = "POST", header
         spent = sum(cpu_secs(p) for p in counted) - cpu0
         r["cpu_pct"] = 100 * spent / secs_run
         r["cpu_us_per_req"] = spent * 1e6 / max(1, r["requests"])
+    r["meters"] = {name: (meter1[name] - meter0[name]) * 1e6 / max(1, r["requests"])
+                   for name in meter0}
     return r
 
 
@@ -877,10 +886,412 @@ def result_file_url(stack: Stack, prompt: str) -> str:
     sys.exit("the simulator did not complete a task")
 
 
+# ---------------------------------------------------------------- scenario 6: a replica
+
+
+# The bench key of both gateways in scenario 6: a per-minute limit that never refuses (every
+# request takes a cell: in Redis on the replica, in the process on the embedded gateway) and a
+# monthly budget (a reservation and a booking per request: in PostgreSQL on the replica, in
+# SQLite on the embedded gateway). 60,000,000 a minute is the largest limit whose emission
+# interval in Redis (60,000,000 µs / limit, in whole µs) is not 0.
+S6_RPM = 60_000_000
+S6_BUDGET_USD = 1_000_000
+S6_NAMESPACE = "imagegate-bench"
+# PostgreSQL made durable for the measurement (scripts/services.sh turns these off for tests).
+PG_DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+def s6_config(port: int, sim_port: int, data_dir: str, database_url: str = "",
+              redis_url: str = "") -> str:
+    """Scenario 1's configuration with limits and a budget on the key; with `database_url`, a
+    replica: PostgreSQL for the store and Redis for the shared state."""
+    conf = gateway_config(port, sim_port, data_dir)
+    key_line = f'key = "{CLIENT_KEY}"\n'
+    assert conf.count(key_line) == 1
+    conf = conf.replace(key_line, key_line + f"requests_per_minute = {S6_RPM}\n"
+                        f"monthly_budget_usd = {S6_BUDGET_USD}\n")
+    if database_url:
+        dir_line = f'dir = "{data_dir}"\n'
+        assert conf.count(dir_line) == 1
+        conf = conf.replace(dir_line, dir_line + f'url = "{database_url}"\n')
+        conf += (f'\n[cluster]\nredis_url = "{redis_url}"\nnamespace = "{S6_NAMESPACE}"\n')
+    return conf
+
+
+def tree_cpu_secs(pid: int) -> float:
+    """CPU of a process, of its children it has reaped and of its live descendants: a
+    PostgreSQL server's postmaster, its backends and background processes."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        kids = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    except OSError:
+        return 0.0  # gone meanwhile: its CPU is in its parent's reaped children's
+    own = sum(int(x) for x in parts[11:15]) / os.sysconf("SC_CLK_TCK")
+    return own + sum(tree_cpu_secs(k) for k in kids)
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def ppid(pid: int) -> int:
+    return int(status(pid).get("PPid", "0"))
+
+
+def pgrep(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+class Services:
+    """The PostgreSQL and Redis of scenario 6 (started by scripts/services.sh): their server
+    processes, made durable, and a few counters."""
+
+    def __init__(self, database_url: str, redis_url: str):
+        self.database_url, self.redis_url = database_url, redis_url
+        pg_bin = os.environ.get("IMAGEGATE_TEST_PG_BIN", "")
+        self.psql_bin = os.path.join(pg_bin, "psql") if pg_bin else "psql"
+        m = re.match(r"redis://([^:/]+):(\d+)", redis_url)
+        if not m:
+            sys.exit(f"--redis-url: expected redis://HOST:PORT/, got {redis_url}")
+        self.redis_host, self.redis_port = m.group(1), int(m.group(2))
+        self.pg_version = self.psql("SHOW server_version")
+        self.data_dir = self.psql("SHOW data_directory")
+        # The postmaster: the process with the data directory on its command line whose parent
+        # is not a PostgreSQL process.
+        pids = [p for p in pgrep(self.data_dir) if comm(p) == "postgres"
+                and comm(ppid(p)) != "postgres"]
+        if len(pids) != 1:
+            sys.exit(f"PostgreSQL server process for {self.data_dir}: found {pids}")
+        self.pg_pid = pids[0]
+        pids = [p for p in pgrep(f"redis-server.*:{self.redis_port}")
+                if comm(p).startswith("redis-server")]
+        if len(pids) != 1:
+            sys.exit(f"Redis server process on port {self.redis_port}: found {pids}")
+        self.redis_pid = pids[0]
+        info = self.redis_info("server")
+        self.redis_version = info.get("redis_version", "?")
+        save = (self.redis_cmd("CONFIG", "GET", "save") + ["", ""])[1]
+        aof = (self.redis_cmd("CONFIG", "GET", "appendonly") + ["", ""])[1]
+        self.redis_persistence = f'`save "{save}"`, `appendonly {aof}`'
+
+        self.before = {k: self.psql(f"SHOW {k}") for k in
+                       ["fsync", "synchronous_commit", "full_page_writes"]}
+
+    def psql(self, sql: str) -> str:
+        p = subprocess.run([self.psql_bin, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-d", self.database_url, "-c", sql],
+                           capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            sys.exit(f"psql {sql!r}: {p.stderr.strip()}")
+        return p.stdout.strip()
+
+    def redis_cmd(self, *args: str) -> list[str]:
+        p = subprocess.run(["redis-cli", "-h", self.redis_host, "-p", str(self.redis_port),
+                            *args], capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            sys.exit(f"redis-cli {' '.join(args)}: {p.stderr.strip()}")
+        return p.stdout.splitlines()
+
+    def redis_info(self, section: str) -> dict:
+        out = {}
+        for line in self.redis_cmd("INFO", section):
+            k, sep, v = line.strip().partition(":")
+            if sep:
+                out[k] = v
+        return out
+
+    def make_durable(self) -> dict:
+        """ALTER SYSTEM + reload (none of the three needs a restart); returns what SHOW says."""
+        for name, value in PG_DURABLE.items():
+            self.psql(f"ALTER SYSTEM SET {name} = {value}")
+        self.psql("SELECT pg_reload_conf()")
+        end = time.monotonic() + 10
+        while True:
+            now = {k: self.psql(f"SHOW {k}") for k in PG_DURABLE}
+            if now == PG_DURABLE or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        if now != PG_DURABLE:
+            sys.exit(f"PostgreSQL settings after reload: {now}, wanted {PG_DURABLE}")
+        self.settings = {k: self.psql(f"SHOW {k}") for k in [
+            *PG_DURABLE, "wal_sync_method", "wal_level", "shared_buffers", "max_connections",
+            "checkpoint_timeout", "max_wal_size"]}
+        return now
+
+    def pg_cpu(self) -> float:
+        return tree_cpu_secs(self.pg_pid)
+
+    def redis_cpu(self) -> float:
+        return cpu_secs(self.redis_pid)
+
+    def wal_lsn(self) -> str:
+        return self.psql("SELECT pg_current_wal_insert_lsn()")
+
+    def wal_bytes(self, a: str, b: str) -> int:
+        return int(self.psql(f"SELECT pg_wal_lsn_diff('{b}', '{a}')::bigint"))
+
+    def redis_commands(self) -> int:
+        return int(self.redis_info("stats")["total_commands_processed"])
+
+    def redis_cmdstats(self) -> dict:
+        """Calls so far of each Redis command (`INFO commandstats`)."""
+        out = {}
+        for k, v in self.redis_info("commandstats").items():
+            m = re.match(r"calls=(\d+)", v)
+            if k.startswith("cmdstat_") and m:
+                out[k.removeprefix("cmdstat_")] = int(m.group(1))
+        return out
+
+    def xid(self) -> int:
+        """The next transaction id: every transaction that writes takes one (this one too)."""
+        return int(self.psql("SELECT pg_current_xact_id()"))
+
+
+def s6_replica(stack: Stack, tmp: str, a, rep: Report):
+    if not (a.database_url and a.redis_url):
+        sys.exit("scenario 6 needs --database-url and --redis-url (bench/run.sh starts both "
+                 "through scripts/services.sh)")
+    svc = Services(a.database_url, a.redis_url)
+    test_settings = dict(svc.before)
+    svc.make_durable()
+
+    xid0, cmds0 = svc.xid(), svc.redis_cmdstats()
+    emb_port, rep_port = free_port(), free_port()
+    emb_dir = os.path.join(tmp, "data-embedded")
+    rep_dir = os.path.join(tmp, "data-replica")
+    confs = {
+        "embedded": s6_config(emb_port, stack.sim_port, emb_dir),
+        "replica": s6_config(rep_port, stack.sim_port, rep_dir, a.database_url, a.redis_url),
+    }
+    procs = {}
+    for name, port in [("embedded", emb_port), ("replica", rep_port)]:
+        conf = os.path.join(tmp, f"gateway-{name}.toml")
+        with open(conf, "w") as f:
+            f.write(confs[name])
+        log = open(os.path.join(tmp, f"gateway-{name}.log"), "wb")
+        p = subprocess.Popen([stack.binary, "serve", "--config", conf], stdout=log,
+                             stderr=subprocess.STDOUT)
+        stack.procs.append(p)
+        wait_port(port, p, f"gateway ({name})", timeout=90)
+        procs[name] = p
+
+    prompt = f"bench small [sim:slow=0] [sim:filebytes={SMALL_FILE}]"
+    body = write(tmp, "small.json", gen_body(prompt))
+    gw_h = {**JSON_CT, **auth(CLIENT_KEY)}
+    # name: (url, headers, the process whose CPU is the target's own)
+    targets = {
+        "direct": (f"{stack.sim}/api/v1/images/generations", {**JSON_CT, **auth(SIM_KEY)},
+                   stack.sim_pid),
+        "embedded": (f"http://{HOST}:{emb_port}/v1/images/generations", gw_h,
+                     procs["embedded"].pid),
+        "replica": (f"http://{HOST}:{rep_port}/v1/images/generations", gw_h,
+                    procs["replica"].pid),
+    }
+    meters = {"postgres": svc.pg_cpu, "redis": svc.redis_cpu}
+    wrk_count = {name: 0 for name in targets}
+    for name, (url, h, _) in targets.items():
+        r = wrk(tmp, url, body_file=body, headers=h, conns=8, threads=1, secs=1)
+        wrk_count[name] += r["requests"]
+    # Each repeat: every target at full load, then every target unloaded; the gateways' order
+    # alternates between repeats (drift in the machine's other load shows as a difference).
+    runs = []  # (repeat, kind, target, result)
+    wal, rcmd = [], []
+    for i in range(a.s6_repeats):
+        order = ["direct", "embedded", "replica"] if i % 2 == 0 else ["direct", "replica",
+                                                                       "embedded"]
+        for kind, conns, secs in [("max", a.max_conns, a.secs), ("c1", 1, a.rate_secs / 3)]:
+            for name in order:
+                url, h, pid = targets[name]
+                if name == "replica":
+                    lsn0, c0 = svc.wal_lsn(), svc.redis_commands()
+                r = wrk(tmp, url, body_file=body, headers=h, conns=conns, threads=1, secs=secs,
+                        pid=pid, meters=meters)
+                if name == "replica":
+                    lsn1, c1 = svc.wal_lsn(), svc.redis_commands()
+                    wal.append(svc.wal_bytes(lsn0, lsn1) / max(1, r["requests"]))
+                    # Less the INFO call of this measurement.
+                    rcmd.append((c1 - c0 - 1) / max(1, r["requests"]))
+                wrk_count[name] += r["requests"]
+                runs.append((i + 1, kind, name, r))
+
+    for p in procs.values():
+        p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        stack.procs.remove(p)
+    # What the replica did, all runs and the warm-up together: one ledger row (and job) per
+    # request, the key's spend; write transactions and Redis commands per request.
+    pg_ledger = int(svc.psql("SELECT count(*) FROM ledger WHERE key_id = 'bench'"))
+    pg_jobs = int(svc.psql("SELECT count(*) FROM jobs"))
+    pg_spent = int(svc.psql("SELECT coalesce(sum(month_spent), 0) FROM spend "
+                            "WHERE payer LIKE '%bench%'") or 0)
+    pg_payers = svc.psql("SELECT string_agg(payer, ', ') FROM spend")
+    xact = svc.xid() - xid0 - 1
+    cmds1 = svc.redis_cmdstats()
+    per_cmd = {k: (v - cmds0.get(k, 0)) / max(1, pg_ledger) for k, v in cmds1.items()}
+    per_cmd = {k: v for k, v in sorted(per_cmd.items(), key=lambda kv: -kv[1])
+               if k not in ("info", "config") and v >= 0.005}
+    try:
+        db = sqlite3.connect(f"file:{os.path.join(emb_dir, 'imagegate.sqlite3')}?mode=ro",
+                             uri=True)
+        sq_ledger = db.execute("SELECT count(*) FROM ledger WHERE key_id = 'bench'").fetchone()[0]
+        db.close()
+    except Exception as e:  # noqa: BLE001 — a sanity count only
+        sq_ledger = f"? ({e})"
+
+    # ---- report
+    def get(i, kind, name):
+        return next(r for (j, k, n, r) in runs if j == i and k == kind and n == name)
+
+    def cpu3(r):
+        m = r["meters"]
+        return r["cpu_us_per_req"], m["postgres"], m["redis"]
+
+    repeats = range(1, a.s6_repeats + 1)
+    lines = [
+        f"Request: scenario 1's (`gpt-image-2-all`, size 1024x1024, `b64_json`, prompt `{prompt}`, "
+        "simulator at time scale 0), sent to two gateways started for this scenario from the "
+        "same binary and configuration as scenario 1's gateway, both running all the time:",
+        "",
+        f"- **embedded**: the default store, SQLite on disk (`[data] dir`, WAL, "
+        "`synchronous = NORMAL`: a commit is not flushed to disk by itself; the WAL is fsynced "
+        "at checkpoints by the gateway's checkpointer thread — a crash of the process loses "
+        "nothing, a crash of the machine can lose the last commits); rate limits and "
+        "concurrency in the process.",
+        f"- **replica**: one replica of a scale-out deployment: `[data] url` (PostgreSQL "
+        f"{svc.pg_version}, the gateway's pool: default 16 connections) and `[cluster] redis_url` "
+        f"(Redis {svc.redis_version}), namespace `{S6_NAMESPACE}`. Jobs, the ledger and budgets "
+        "(a hold per request, booked in its own transaction) in PostgreSQL; the key's "
+        "per-minute limit in Redis (one GCRA script per request); key and team changes watched "
+        "in Redis (a version read every 250 ms).",
+        "",
+        f"The bench key has the same settings in both: `requests_per_minute = {S6_RPM:,}` "
+        f"(never refuses at these rates, but every request takes a cell) and "
+        f"`monthly_budget_usd = {S6_BUDGET_USD:,}` (every request reserves and books its cost); "
+        "no `max_concurrent`, no `images_per_minute`.",
+        "",
+        "PostgreSQL and Redis come from `scripts/services.sh` (a throwaway cluster for the "
+        "tests, on 127.0.0.1, data in /tmp on the same disk as the SQLite file). Its test "
+        f"settings are not durable ({', '.join(f'`{k} = {v}`' for k, v in test_settings.items())}, "
+        "plus `max_connections = 300`); for this scenario they were switched with `ALTER "
+        "SYSTEM` + `pg_reload_conf()` before the gateways started, and checked with `SHOW`: "
+        + ", ".join(f"`{k} = {v}`" for k, v in svc.settings.items()) + ". "
+        "So every PostgreSQL commit waits for its WAL to be fsynced: stricter than SQLite's "
+        "`synchronous = NORMAL` (`synchronous_commit = off` would be the like-for-like "
+        "setting: a machine crash may lose the last commits, never consistency). Redis runs "
+        f"without persistence ({svc.redis_persistence}): it holds only rate-limit cells and "
+        "change notices, nothing about money.",
+        "",
+        "CPU per request: the target's own process (the simulator for direct, the gateway for "
+        f"the gateways); PostgreSQL: the server's processes (postmaster pid {svc.pg_pid}, found "
+        "with `pgrep -f` on its data directory, its backends and background processes, "
+        "including those that exited); Redis: the server process (pid "
+        f"{svc.redis_pid}, `pgrep -f` on its port). The PostgreSQL and Redis columns of the "
+        "direct and embedded rows are their background work while the replica sits idle "
+        "(its lease, outbox and key-version polls). Gateway, simulator, PostgreSQL, Redis and "
+        "wrk share the 2 cores: the replica's throughput pays for the servers' CPU too.",
+        "",
+        f"Max throughput: `wrk -t1 -c{a.max_conns} -d{round(a.secs)}s` (scenario 1's). "
+        "Added latency: over direct in the same repeat.",
+        "",
+        "| repeat | target | req/s | p50 | p99 | added p50 | added p99 | errors | gateway CPU/req "
+        "| PostgreSQL CPU/req | Redis CPU/req | sum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(i, kind, name):
+        r, d = get(i, kind, name), get(i, kind, "direct")
+        g, pg, rd = cpu3(r)
+        add50 = fmt_delta(r["p50_us"] - d["p50_us"]) if name != "direct" else "-"
+        add99 = fmt_delta(r["p99_us"] - d["p99_us"]) if name != "direct" else "-"
+        return (f"| {i} | {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
+                f"{fmt_us(r['p99_us'])} | {add50} | {add99} | {r['errors']} | {g:,.0f} µs | "
+                f"{pg:,.0f} µs | {rd:,.0f} µs | {g + pg + rd:,.0f} µs |")
+
+    for i in repeats:
+        lines += [row(i, "max", n) for n in ["direct", "embedded", "replica"]]
+    lines += ["", f"Unloaded: `wrk -t1 -c1 -d{max(1, round(a.rate_secs / 3))}s` (scenario 1's).",
+              "",
+              "| repeat | target | req/s | p50 | p99 | added p50 | added p99 | errors | gateway "
+              "CPU/req | PostgreSQL CPU/req | Redis CPU/req | sum |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i in repeats:
+        lines += [row(i, "c1", n) for n in ["direct", "embedded", "replica"]]
+
+    def ratios(i, kind):
+        e, r = get(i, kind, "embedded"), get(i, kind, "replica")
+        d = get(i, kind, "direct")
+        eg, epg, erd = cpu3(e)
+        rg, rpg, rrd = cpu3(r)
+        return {
+            "req/s": r["rps"] / e["rps"],
+            "gateway CPU/req": rg / eg,
+            "gateway + PostgreSQL + Redis CPU/req": (rg + rpg + rrd) / eg,
+            "added p50": (r["p50_us"] - d["p50_us"]) / max(1.0, e["p50_us"] - d["p50_us"]),
+            "added p99": (r["p99_us"] - d["p99_us"]) / max(1.0, e["p99_us"] - d["p99_us"]),
+        }
+
+    lines += ["", "Replica / embedded (the embedded gateway's own CPU is the denominator of "
+              "both CPU ratios: it has no server processes):", "",
+              "| measure | " + " | ".join(f"max, repeat {i}" for i in repeats) + " | "
+              + " | ".join(f"unloaded, repeat {i}" for i in repeats) + " |",
+              "|---|" + "---|" * (2 * len(repeats))]
+    table = {(kind, i): ratios(i, kind) for kind in ["max", "c1"] for i in repeats}
+    for measure in table[("max", 1)]:
+        cells = [f"{table[(kind, i)][measure]:.2f}×" for kind in ["max", "c1"] for i in repeats]
+        lines.append(f"| {measure} | " + " | ".join(cells) + " |")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    wal_s = ", ".join(f"{w:,.0f}" for w in wal)
+    rcmd_s = ", ".join(f"{c:.2f}" for c in rcmd)
+    lines += [
+        "",
+        f"Per request on the replica (each of its runs, in order): PostgreSQL WAL written "
+        f"{wal_s} bytes (`pg_current_wal_insert_lsn`); Redis commands {rcmd_s} "
+        "(`total_commands_processed`, the version polls included).",
+        f"Over the whole scenario, per ledger row of the replica: ≈ {xact / max(1, pg_ledger):.2f} "
+        "PostgreSQL write transactions (transaction ids taken, `pg_current_xact_id()`; its "
+        "migrations and idle background writes included); Redis calls "
+        + (", ".join(f"`{k}` {v:.2f}" for k, v in per_cmd.items()) or "none")
+        + " (`INFO commandstats`: the commands a script runs are counted too).",
+        f"Written: PostgreSQL's ledger holds {pg_ledger:,} rows of the bench key and {pg_jobs:,} "
+        f"jobs for {wrk_count['replica']:,} requests counted by wrk on the replica (warm-up "
+        f"included; wrk does not count requests still in flight at its end); the spend rows "
+        f"({pg_payers}) add up to {pg_spent / 1e6:,.2f} USD. SQLite's ledger holds "
+        f"{sq_ledger if isinstance(sq_ledger, str) else f'{sq_ledger:,}'} rows for "
+        f"{wrk_count['embedded']:,} requests on the embedded gateway.",
+    ]
+    rep.section("6. One replica on PostgreSQL + Redis vs the embedded store", lines)
+    mx = [table[("max", i)] for i in repeats]
+    c1 = [table[("c1", i)] for i in repeats]
+    rep.headline.append(
+        f"one replica on PostgreSQL + Redis vs the embedded SQLite store (mean of "
+        f"{a.s6_repeats}): throughput {mean([t['req/s'] for t in mx]):.2f}×, gateway CPU per "
+        f"request {mean([t['gateway CPU/req'] for t in mx]):.2f}× "
+        f"({mean([t['gateway + PostgreSQL + Redis CPU/req'] for t in mx]):.2f}× with the "
+        f"PostgreSQL and Redis servers), unloaded added p50 "
+        f"{mean([t['added p50'] for t in c1]):.2f}×, p99 {mean([t['added p99'] for t in c1]):.2f}×")
+    a.s6_services = (f"PostgreSQL {svc.pg_version} and Redis {svc.redis_version} "
+                     "(scenario 6; scripts/services.sh, on 127.0.0.1)")
+
+
 # ---------------------------------------------------------------- main
 
 
-def machine() -> list[str]:
+def machine(tmp: str, services: str = "") -> list[str]:
     mem = ""
     with open("/proc/meminfo") as f:
         for line in f:
@@ -899,9 +1310,16 @@ def machine() -> list[str]:
             tools.append((p.stdout + p.stderr).strip().splitlines()[0])
         except (OSError, IndexError):
             pass
-    return [f"- `nproc`: {os.cpu_count()} ({cpu})", f"- memory: {mem}",
-            f"- kernel: {platform.release()}", f"- tools: {'; '.join(tools)}",
-            f"- Python {platform.python_version()}"]
+    disk = subprocess.run(["df", "--output=source,fstype", tmp], capture_output=True,
+                          text=True, check=False).stdout.split()
+    lines = [f"- `nproc`: {os.cpu_count()} ({cpu})", f"- memory: {mem}",
+             f"- kernel: {platform.release()}", f"- tools: {'; '.join(tools)}",
+             f"- Python {platform.python_version()}"]
+    if len(disk) >= 4:
+        lines.append(f"- temporary files (the gateways' data): {disk[3]} on {disk[2]}")
+    if services:
+        lines.append(f"- {services}")
+    return lines
 
 
 def git(*args: str) -> str:
@@ -927,6 +1345,10 @@ def main() -> None:
     ap.add_argument("--hold-latency", type=float, default=None, help="async task seconds (30)")
     ap.add_argument("--out", default=None, help="results file (default bench/results/<date>-<commit>.md)")
     ap.add_argument("--command", default=None, help="the command line to record")
+    ap.add_argument("--database-url", default=os.environ.get("IMAGEGATE_TEST_DATABASE_URL"),
+                    help="scenario 6: PostgreSQL (a superuser role: the bench makes it durable)")
+    ap.add_argument("--redis-url", default=os.environ.get("IMAGEGATE_TEST_REDIS_URL"),
+                    help="scenario 6: Redis")
     a = ap.parse_args()
     q = a.quick
     a.secs = 3.0 if q else 10.0
@@ -936,6 +1358,8 @@ def main() -> None:
     a.large_conns = 8
     a.upload_conns = 4
     a.download_conns = 8
+    a.s6_repeats = 1 if q else 2
+    a.s6_services = ""
     a.bursts = [1, 8, 64] if not q else [1, 8]
     a.upload_bursts = [1, 8] if not q else [1, 4]
     a.holds = [int(x) for x in (a.holds or ("1000" if q else "1000,5000,10000")).split(",")]
@@ -947,6 +1371,9 @@ def main() -> None:
     if max(a.holds) + 1000 > hard and 3 in scenarios:
         print(f"warning: open-file limit {hard} is low for {max(a.holds)} waiting requests",
               file=sys.stderr)
+    if 6 in scenarios and not (a.database_url and a.redis_url):
+        sys.exit("scenario 6 needs --database-url and --redis-url (bench/run.sh starts PostgreSQL "
+                 "and Redis through scripts/services.sh and passes them)")
     for tool in ["wrk"] + (["nginx"] if 1 in scenarios else []):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (bench/run.sh installs it)")
@@ -959,7 +1386,7 @@ def main() -> None:
     started = time.monotonic()
     try:
         for n, fn in [(1, s1_small), (2, s2_large), (3, s3_waiting), (4, s4_uploads),
-                      (5, s5_download)]:
+                      (5, s5_download), (6, s6_replica)]:
             if n in scenarios:
                 print(f"==> scenario {n}", file=sys.stderr, flush=True)
                 fn(stack, tmp, a, rep)
@@ -974,7 +1401,8 @@ def main() -> None:
     out = a.out or results_path(date, commit)
     command = a.command or "bench/run.sh " + " ".join(sys.argv[1:])
     doc = [f"# {date}, commit {commit}{dirty}: imagegate benchmark suite", "",
-           "Machine (gateway, simulator and load generator all on it):", ""] + machine() + [
+           "Machine (gateway, simulator and load generator all on it):", ""] + machine(
+               tmp, a.s6_services) + [
         "", "Command:", "", "```sh", command.strip(), "```", "",
         f"Gateway and simulator are separate release-build processes on 127.0.0.1 (simulator at "
         f"`--time-scale 0`, directives in the prompt set latency and answer size); the gateway "

@@ -7,7 +7,13 @@
 #   bench/run.sh --quick            # short smoke run
 #   bench/run.sh --scenarios 1,3    # 1 small body, 2 large bodies, 3 thousands waiting,
 #                                   # 4 uploads, 5 result download + base64
+#   bench/run.sh --scenarios 1,6    # 6 one replica on PostgreSQL + Redis vs the embedded store
+#                                   # (not in the default set: it needs both servers)
 #   bench/run.sh --holds 1000,5000,10000 --hold-latency 30
+#
+# Scenario 6 runs under scripts/services.sh, which installs Debian's postgresql and redis-server
+# when missing, starts a throwaway PostgreSQL and Redis on loopback ports, and stops them after
+# the suite; their URLs are passed to bench.py (which makes that PostgreSQL durable first).
 #
 # Not a CI gate. Needs Linux (/proc), Python 3.10+, cargo; apt-get for the tools when missing.
 set -euo pipefail
@@ -33,5 +39,21 @@ cargo build --release --locked --quiet
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 target="${CARGO_TARGET_DIR:-target}"
-exec python3 bench/bench.py --binary "$target/release/imagegate" \
-  --command "bench/run.sh $*" "$@"
+bench=(python3 bench/bench.py --binary "$target/release/imagegate" --command "bench/run.sh $*" "$@")
+
+# Scenario 6 among the scenarios: PostgreSQL and Redis for the duration of the suite.
+scenarios=""
+while (($#)); do
+  case "$1" in
+    --scenarios) scenarios="${2:-}"; (($# > 1)) && shift ;;
+    --scenarios=*) scenarios="${1#--scenarios=}" ;;
+  esac
+  shift
+done
+if [[ ",${scenarios// /}," == *,6,* ]]; then
+  # shellcheck disable=SC2016 # expanded by the inner shell, once services.sh has exported them
+  exec scripts/services.sh run -- bash -c \
+    'exec "$@" --database-url "$IMAGEGATE_TEST_DATABASE_URL" --redis-url "$IMAGEGATE_TEST_REDIS_URL"' \
+    bench "${bench[@]}"
+fi
+exec "${bench[@]}"
