@@ -194,6 +194,16 @@ impl Budgets {
         let Some(pg) = &self.shared else {
             return self.reserve_for(payers, cost);
         };
+        // No budget to check: nothing to hold (the ledger row still moves the spend).
+        if payers.iter().all(|(_, b)| !b.is_limited()) {
+            return Ok(Reservation {
+                accounts: self.accounts.clone(),
+                payers: Vec::new(),
+                amount: cost,
+                done: false,
+                hold: None,
+            });
+        }
         let month = utc_month(SystemTime::now());
         let limits: Vec<money::Limit> = payers
             .iter()

@@ -238,13 +238,14 @@ impl Cluster {
 
     /// Takes `n` cells of the per-minute window `name` allowing `limit` a minute.
     pub async fn take(&self, name: &str, limit: u32, n: u32) -> Result<Take, Down> {
-        let interval = 60_000_000 / u64::from(limit.max(1));
+        // µs per cell, fractional: a limit past 60,000,000 a minute is under 1 µs a cell.
+        let interval = format!("{:.6}", 60_000_000.0 / f64::from(limit.max(1)));
         let key = format!("{}:rl:{name}", self.namespace);
         let (taken, a, b): (i64, i64, i64) = self
             .call(async |c| {
                 self.gcra
                     .key(&key)
-                    .arg(interval)
+                    .arg(&interval)
                     .arg(limit)
                     .arg(n)
                     .invoke_async(c)
