@@ -68,6 +68,18 @@ impl Account {
     }
 }
 
+/// A payer's spend and holds as the shared database has them.
+impl From<money::Balance> for Account {
+    fn from(b: money::Balance) -> Self {
+        Self {
+            month: b.month,
+            month_spent: Usd(b.month_spent),
+            total_spent: Usd(b.total_spent),
+            reserved: Usd(b.held),
+        }
+    }
+}
+
 /// Current spend of one payer, for the admin API.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpendView {
@@ -259,15 +271,7 @@ impl Budgets {
                         Some((_, id)) => Payer::Key(id.to_owned()),
                         None => continue,
                     };
-                    accounts.insert(
-                        payer,
-                        Account {
-                            month: b.month,
-                            month_spent: Usd(b.month_spent),
-                            total_spent: Usd(b.total_spent),
-                            reserved: Usd(b.held),
-                        },
-                    );
+                    accounts.insert(payer, Account::from(b));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read spend from the database"),
@@ -284,15 +288,7 @@ impl Budgets {
             Ok(balances) => {
                 let mut accounts = lock(&self.accounts);
                 for (payer, (_, b)) in payers.iter().zip(balances) {
-                    accounts.insert(
-                        payer.clone(),
-                        Account {
-                            month: b.month,
-                            month_spent: Usd(b.month_spent),
-                            total_spent: Usd(b.total_spent),
-                            reserved: Usd(b.held),
-                        },
-                    );
+                    accounts.insert(payer.clone(), Account::from(b));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read spend from the database"),

@@ -56,6 +56,37 @@ pub(crate) fn hold_server(exclusive: bool) -> File {
     f
 }
 
+/// What every replica test runs against: a simulator (stopped with `stop`) and a fresh database.
+pub(crate) struct Servers {
+    pub stop: CancellationToken,
+    pub sim: String,
+    pub db: String,
+}
+
+impl Servers {
+    pub(crate) async fn new() -> Self {
+        let stop = CancellationToken::new();
+        let sim = sim(&stop).await;
+        Self {
+            stop,
+            sim,
+            db: fresh_db().await,
+        }
+    }
+}
+
+/// `N` replicas of the real binary on one config.
+pub(crate) fn replicas<const N: usize>(cfg: &tempfile::NamedTempFile) -> [Proc; N] {
+    std::array::from_fn(|_| Proc::start(cfg.path(), None))
+}
+
+/// Stops replicas with SIGTERM (each must exit cleanly).
+pub(crate) fn terminate(procs: impl IntoIterator<Item = Proc>) {
+    for p in procs {
+        p.term();
+    }
+}
+
 /// A new, empty database on the test server; its URL.
 pub(crate) async fn fresh_db() -> String {
     let url = server_url();
@@ -148,11 +179,9 @@ pub(crate) async fn post(
 #[tokio::test]
 async fn replicas_share_keys_jobs_idempotency_keys_and_the_ledger() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "30s");
-    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let [a, b] = replicas(&cfg);
     let http = reqwest::Client::new();
 
     // A key made through replica A works on replica B.
@@ -260,15 +289,9 @@ pub(crate) async fn slow_job_in_progress(http: &reqwest::Client, p: &Proc) -> St
 #[tokio::test]
 async fn a_killed_replicas_job_is_taken_over_after_its_lease_and_finished_once() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "2s");
-    let (a, b, c) = (
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    );
+    let [a, b, c] = replicas(&cfg);
     let http = reqwest::Client::new();
     let id = slow_job_in_progress(&http, &a).await;
     a.kill9();
@@ -303,11 +326,9 @@ pub(crate) fn signal(p: &Proc, sig: &str) {
 #[tokio::test]
 async fn a_stalled_replica_that_wakes_up_after_losing_its_lease_writes_no_second_result() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "2s");
-    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let [a, b] = replicas(&cfg);
     let http = reqwest::Client::new();
     let id = slow_job_in_progress(&http, &a).await;
     signal(&a, "-STOP");
@@ -338,9 +359,7 @@ pub(crate) fn services(action: &str) {
 #[tokio::test]
 async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
     let _held = hold_server(true);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "30s");
     let a = Proc::start(cfg.path(), None);
     let http = reqwest::Client::new();
@@ -406,15 +425,9 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
 #[tokio::test]
 async fn a_budget_is_exact_across_three_replicas() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "30s");
-    let replicas = [
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    ];
+    let replicas = replicas::<3>(&cfg);
     let http = reqwest::Client::new();
     let body = json!({"model": "sparkpix", "prompt": "a fox"});
     let answers = futures_util::future::join_all(
@@ -454,26 +467,18 @@ async fn a_budget_is_exact_across_three_replicas() {
         .unwrap();
     let me = Env::read(me).await;
     assert_eq!(me.body["spend"]["month_spent_usd"], "0.1", "{}", me.body);
-    for r in replicas {
-        r.term();
-    }
+    terminate(replicas);
     stop.cancel();
 }
 
 #[tokio::test]
 async fn each_webhook_is_sent_by_one_replica() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
+    let Servers { stop, sim, db } = Servers::new().await;
     // A slow endpoint: every replica polls the outbox while each delivery is on its way.
     let hook = receiver_slow(0, Duration::from_millis(800)).await;
-    let db = fresh_db().await;
     let cfg = config(&sim, &db, "30s");
-    let replicas = [
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    ];
+    let replicas = replicas::<3>(&cfg);
     let http = reqwest::Client::new();
     let body = json!({"model": "sparkpix", "prompt": "a wren", "callback_url": hook.url});
     let answers = futures_util::future::join_all(
@@ -506,20 +511,16 @@ async fn each_webhook_is_sent_by_one_replica() {
         got.iter().map(|r| &r.id).collect::<Vec<_>>()
     );
     assert!(got.iter().all(|r| verify(DEMO_WEBHOOK_SECRET, r)));
-    for r in replicas {
-        r.term();
-    }
+    terminate(replicas);
     stop.cancel();
 }
 
 #[tokio::test]
 async fn a_held_sync_call_cut_by_a_replicas_death_is_an_unknown_outcome_booked_once() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config(&sim, &db, "2s");
-    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let [a, b] = replicas(&cfg);
     let http = reqwest::Client::new();
     // A synchronous gpt-image-2-all call: the platform holds the HTTP call while it works.
     let url = a.url("/v1/images/generations");

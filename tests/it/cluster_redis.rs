@@ -5,24 +5,19 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{config_redis, fresh_db, hold_server, post, services, TWELVE, TWO};
-use crate::crash::{sim, Proc};
+use crate::cluster::{
+    config_redis, hold_server, post, replicas, services, terminate, Servers, TWELVE, TWO,
+};
+use crate::crash::Proc;
 use crate::support::{Env, ADMIN_KEY, KEY};
 
 #[tokio::test]
 async fn a_rate_limit_is_shared_by_three_replicas() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config_redis(&sim, &db, "open");
-    let replicas = [
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    ];
+    let replicas = replicas::<3>(&cfg);
     let http = reqwest::Client::new();
     let body = json!({"model": "sparkpix", "prompt": "a fox"});
     let answers = futures_util::future::join_all(
@@ -36,24 +31,16 @@ async fn a_rate_limit_is_shared_by_three_replicas() {
         .count();
     // GCRA refills one request every 5 s: a burst of 36 gets the minute's 12, not 36 (12 each).
     assert_eq!((served, limited), (12, 24));
-    for r in replicas {
-        r.term();
-    }
+    terminate(replicas);
     stop.cancel();
 }
 
 #[tokio::test]
 async fn a_key_disabled_on_one_replica_is_refused_by_the_others_within_a_second() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config_redis(&sim, &db, "open");
-    let (a, b, c) = (
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    );
+    let [a, b, c] = replicas(&cfg);
     let http = reqwest::Client::new();
     let created = http
         .post(a.url("/admin/keys"))
@@ -106,9 +93,7 @@ async fn a_key_disabled_on_one_replica_is_refused_by_the_others_within_a_second(
 #[tokio::test]
 async fn redis_away_falls_back_to_each_replicas_limits_or_refuses_as_configured() {
     let _held = hold_server(true);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let open = Proc::start(config_redis(&sim, &db, "open").path(), None);
     let closed = Proc::start(config_redis(&sim, &db, "closed").path(), None);
     let http = reqwest::Client::new();
@@ -164,15 +149,9 @@ async fn redis_away_falls_back_to_each_replicas_limits_or_refuses_as_configured(
 #[tokio::test]
 async fn concurrency_slots_are_shared_by_three_replicas() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config_redis(&sim, &db, "open");
-    let replicas = [
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-        Proc::start(cfg.path(), None),
-    ];
+    let replicas = replicas::<3>(&cfg);
     let http = reqwest::Client::new();
     // Each request holds its slot for a second of upstream work.
     let body = json!({"model": "gpt-image-2-beta", "prompt": "a heron [sim:slow=1]"});
@@ -201,20 +180,16 @@ async fn concurrency_slots_are_shared_by_three_replicas() {
         again = post(&http, &replicas[0], TWO, body.clone(), &[]).await;
     }
     assert_eq!(again.status, 200, "{}", again.body);
-    for r in replicas {
-        r.term();
-    }
+    terminate(replicas);
     stop.cancel();
 }
 
 #[tokio::test]
 async fn a_circuit_opened_on_one_replica_is_open_on_the_others() {
     let _held = hold_server(false);
-    let stop = CancellationToken::new();
-    let sim = sim(&stop).await;
-    let db = fresh_db().await;
+    let Servers { stop, sim, db } = Servers::new().await;
     let cfg = config_redis(&sim, &db, "open");
-    let (a, b) = (Proc::start(cfg.path(), None), Proc::start(cfg.path(), None));
+    let [a, b] = replicas(&cfg);
     let http = reqwest::Client::new();
     let ready_models = async |p: &Proc| -> Vec<String> {
         let v: Value = http
