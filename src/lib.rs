@@ -91,6 +91,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// Longest a stopping process waits for its last writes.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish for up to `server.drain_timeout`. Jobs still running then are left
 /// in the store, for the next process to resume. Connections, their limits and timeouts: [`server`].
@@ -152,7 +155,17 @@ pub async fn serve(
     // Jobs still running are stopped where they are: their state is in the store, and the next
     // process resumes them.
     state.jobs.stop().await;
-    // Every ledger row of the requests served is on disk before the process goes.
-    state.store().flush().await;
+    // Every ledger row of the requests served is on disk before the process goes — unless the
+    // database stays away: then the process goes after `FINAL_FLUSH`, and what it could not
+    // write is what another replica (or the next process) settles from the jobs' own records.
+    if tokio::time::timeout(FINAL_FLUSH, state.store().flush())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            waited_s = FINAL_FLUSH.as_secs(),
+            "the database did not take the last writes before shutdown; unfinished jobs are settled by the next process"
+        );
+    }
     Ok(())
 }
