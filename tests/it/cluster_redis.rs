@@ -153,8 +153,8 @@ async fn concurrency_slots_are_shared_by_three_replicas() {
     let cfg = config_redis(&sim, &db, "open");
     let replicas = replicas::<3>(&cfg);
     let http = reqwest::Client::new();
-    // Each request holds its slot for a second of upstream work.
-    let body = json!({"model": "gpt-image-2-beta", "prompt": "a heron [sim:slow=1]"});
+    // Each request holds its slot for 3 s of upstream work: all six arrive while the first two run.
+    let body = json!({"model": "gpt-image-2-beta", "prompt": "a heron [sim:slow=3]"});
     let answers = futures_util::future::join_all(
         (0..6).map(|i| post(&http, &replicas[i % 3], TWO, body.clone(), &[])),
     )
