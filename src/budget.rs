@@ -156,17 +156,9 @@ impl Budgets {
         cost: Usd,
         reference: &str,
     ) -> Result<Reservation, ApiError> {
-        if self.shared.is_none() {
-            return self.reserve_for(&Self::payers_of(caller), cost);
-        }
-        self.hold(
-            &Self::payers_of(caller),
-            &caller.id,
-            caller.team_id(),
-            cost,
-            reference,
-        )
-        .await
+        let payers = Self::payers_of(caller);
+        self.reserve_job(&payers, &caller.id, caller.team_id(), cost, reference)
+            .await
     }
 
     fn payers_of(caller: &ClientKey) -> Vec<(Payer, Budget)> {
@@ -179,23 +171,8 @@ impl Budgets {
     }
 
     /// [`reserve`](Self::reserve) for explicit payers (a job taken back after a restart or
-    /// from another replica).
+    /// from another replica). Replicas: a hold in the shared database (see the module docs).
     pub async fn reserve_job(
-        &self,
-        payers: &[(Payer, Budget)],
-        key_id: &str,
-        team: Option<&str>,
-        cost: Usd,
-        reference: &str,
-    ) -> Result<Reservation, ApiError> {
-        if self.shared.is_none() {
-            return self.reserve_for(payers, cost);
-        }
-        self.hold(payers, key_id, team, cost, reference).await
-    }
-
-    /// A hold in the shared database (see the module docs).
-    async fn hold(
         &self,
         payers: &[(Payer, Budget)],
         key_id: &str,
@@ -208,13 +185,7 @@ impl Budgets {
         };
         // No budget to check: nothing to hold (the ledger row still moves the spend).
         if payers.iter().all(|(_, b)| !b.is_limited()) {
-            return Ok(Reservation {
-                accounts: self.accounts.clone(),
-                payers: Vec::new(),
-                amount: cost,
-                done: false,
-                hold: None,
-            });
+            return Ok(self.held(cost, None));
         }
         let month = utc_month(SystemTime::now());
         let limits: Vec<money::Limit> = payers
@@ -238,13 +209,7 @@ impl Budgets {
         .await
         .map_err(ApiError::from)?;
         match decided {
-            Ok(hold) => Ok(Reservation {
-                accounts: self.accounts.clone(),
-                payers: Vec::new(),
-                amount: cost,
-                done: false,
-                hold: Some((pg.clone(), hold)),
-            }),
+            Ok(hold) => Ok(self.held(cost, Some((pg.clone(), hold)))),
             Err(r) => {
                 let (kind, id) = r.payer.split_once(':').unwrap_or(("key", &r.payer));
                 Err(ApiError::insufficient_quota(format!(
@@ -256,6 +221,22 @@ impl Budgets {
                 )))
             }
         }
+    }
+
+    /// A reservation of the shared database's, kept by `hold` (none when no budget applies).
+    fn held(&self, amount: Usd, hold: Option<(Pg, String)>) -> Reservation {
+        Reservation {
+            accounts: self.accounts.clone(),
+            payers: Vec::new(),
+            amount,
+            done: false,
+            hold,
+        }
+    }
+
+    /// Whether the money is in the shared database (replicas).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// [`refresh`](Self::refresh) for every payer the shared database knows (the admin API).

@@ -145,6 +145,23 @@ impl Cluster {
         })
     }
 
+    /// Calls `on_message` with each message published on `channel`, reconnecting while Redis is
+    /// away (a message published meanwhile is lost: callers also poll). Never returns.
+    pub async fn follow(&self, channel: &str, mut on_message: impl FnMut(String)) {
+        use futures_util::StreamExt as _;
+        loop {
+            if let Ok(mut pubsub) = self.client.get_async_pubsub().await {
+                if pubsub.subscribe(channel).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        on_message(msg.get_payload().unwrap_or_default());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// The channel circuit openings are told on.
     pub fn circuits_channel(&self) -> String {
         format!("{}:circuits", self.namespace)

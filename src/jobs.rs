@@ -259,10 +259,7 @@ impl Jobs {
         let (state, job_id) = (state.clone(), id.clone());
         // Told by the database when any replica ends a job; read again every REMOTE_POLL too,
         // since a notification can be lost.
-        let mut ended = match state.store() {
-            crate::store::Store::Postgres(pg) => Some(pg.ended()),
-            crate::store::Store::Sqlite(_) => None,
-        };
+        let mut ended = state.store().job_ends();
         self.spawn(async move {
             loop {
                 let told = async {

@@ -16,10 +16,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 
-use crate::cluster::{Cluster, VERSION_EVERY};
+use crate::cluster::VERSION_EVERY;
 use crate::model::ModelId;
 use crate::state::AppState;
 use crate::store::Store;
@@ -61,8 +60,9 @@ pub async fn follow_key_changes(state: Arc<AppState>, stop: impl Future<Output =
     let Some(cluster) = state.cluster.clone() else {
         return;
     };
-    let told = Arc::new(Notify::new());
-    let listening = listen(cluster.clone(), told.clone());
+    let told = Notify::new();
+    let channel = cluster.keys_channel();
+    let listening = cluster.follow(&channel, |_| told.notify_one());
     tokio::pin!(stop, listening);
     let mut seen = cluster.keys_version().await.ok();
     loop {
@@ -106,52 +106,24 @@ pub async fn share_circuits(state: Arc<AppState>, stop: impl Future<Output = ()>
                 .await;
         }
     };
-    let follow = async {
-        loop {
-            if let Ok(mut pubsub) = cluster.client().get_async_pubsub().await {
-                if pubsub.subscribe(cluster.circuits_channel()).await.is_ok() {
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let text: String = msg.get_payload().unwrap_or_default();
-                        let mut parts = text.split('|');
-                        let (Some(from), Some(model), Some(ms)) =
-                            (parts.next(), parts.next(), parts.next())
-                        else {
-                            continue;
-                        };
-                        let (Ok(model), Ok(ms)) = (model.parse::<ModelId>(), ms.parse::<u64>())
-                        else {
-                            continue;
-                        };
-                        if from != me {
-                            state
-                                .health
-                                .open_elsewhere(model, std::time::Duration::from_millis(ms));
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let channel = cluster.circuits_channel();
+    let follow = cluster.follow(&channel, |text| {
+        let mut parts = text.split('|');
+        let (Some(from), Some(model), Some(ms)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let (Ok(model), Ok(ms)) = (model.parse::<ModelId>(), ms.parse::<u64>()) else {
+            return;
+        };
+        if from != me {
+            state
+                .health
+                .open_elsewhere(model, std::time::Duration::from_millis(ms));
         }
-    };
+    });
     tokio::select! {
         () = publish => {}
         () = follow => {}
         () = stop => {}
-    }
-}
-
-/// Wakes `told` on each published key change, reconnecting while Redis is away. Never ends.
-async fn listen(cluster: Arc<Cluster>, told: Arc<Notify>) {
-    loop {
-        if let Ok(mut pubsub) = cluster.client().get_async_pubsub().await {
-            if pubsub.subscribe(cluster.keys_channel()).await.is_ok() {
-                let mut messages = pubsub.on_message();
-                while messages.next().await.is_some() {
-                    told.notify_one();
-                }
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

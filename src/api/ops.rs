@@ -110,6 +110,17 @@ async fn redis_up(state: &AppState) -> Option<bool> {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     database_up(&state).await;
     redis_up(&state).await;
+    // Replicas: the teams' budget use, from the shared database (one process sets it per
+    // request, from memory).
+    if state.budgets.is_shared() {
+        state.budgets.refresh_all().await;
+        for team in state.keys.teams() {
+            let payer = crate::budget::Payer::Team(team.spec.id.clone());
+            if let Some(ratio) = state.budgets.used_ratio(&payer, team.budget) {
+                state.metrics.budget_used(&team.spec.id, ratio);
+            }
+        }
+    }
     let upstream = state.upstream.reach.check().await;
     state.metrics.upstream_reachable(upstream.reachable);
     // Circuits move from open to half-open with time, not only with traffic.

@@ -323,6 +323,6 @@ impl Bill {
         // Queued now, not from a task: a row closed by a shutdown's drain is ahead of its flush.
         self.state
             .store()
-            .write_now(Op::CompleteText(Box::new(row)));
+            .write_later(vec![Op::CompleteText(Box::new(row))]);
     }
 }

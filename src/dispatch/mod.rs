@@ -435,7 +435,7 @@ impl Dispatch<'_> {
                     self.publish_circuit(model);
                     let cost = billed(candidate, &output);
                     attempt.settle(cost);
-                    self.publish_budget_use(&call.caller).await;
+                    self.publish_budget_use(&call.caller);
                     let m = self.metrics;
                     m.task_done(model, req.quality, CallOutcome::Ok, took);
                     m.images_produced(model, output.images.len());
@@ -633,13 +633,17 @@ impl Dispatch<'_> {
         self.metrics.refused(caller.team_id(), &caller.id, reason);
     }
 
-    /// How much of the caller's team budget is spent (`imagegate_budget_used_ratio`).
-    async fn publish_budget_use(&self, caller: &ClientKey) {
+    /// How much of the caller's team budget is spent (`imagegate_budget_used_ratio`). Replicas
+    /// keep the money in the database: there the gauge is read on each scrape instead
+    /// (`/metrics`), not once more per request.
+    fn publish_budget_use(&self, caller: &ClientKey) {
         let (Some(team_id), Some(team)) = (caller.team_id(), caller.team.as_ref()) else {
             return;
         };
+        if self.budgets.is_shared() {
+            return;
+        }
         let payer = Payer::Team(team_id.to_owned());
-        self.budgets.refresh(std::slice::from_ref(&payer)).await;
         if let Some(ratio) = self.budgets.used_ratio(&payer, team.budget) {
             self.metrics.budget_used(team_id, ratio);
         }

@@ -127,6 +127,15 @@ impl Store {
         }
     }
 
+    /// The ids of jobs that end from now on on any replica (PostgreSQL's `NOTIFY`); `None` for
+    /// one process, which knows its own jobs' ends.
+    pub fn job_ends(&self) -> Option<tokio::sync::broadcast::Receiver<std::sync::Arc<str>>> {
+        match self {
+            Store::Sqlite(_) => None,
+            Store::Postgres(pg) => Some(pg.ended()),
+        }
+    }
+
     /// Whether the database answers now (for `/readyz`): a round trip on PostgreSQL.
     pub async fn ping(&self, within: Duration) -> Result<(), StoreError> {
         match self {
@@ -148,20 +157,11 @@ impl Store {
         each!(self, b => b.write_durable(ops).await)
     }
 
-    /// Queues `op` without waiting for its commit, from code that cannot wait (a guard's
-    /// `drop`): it is ahead of any later [`flush`](Self::flush), and never dropped.
-    pub fn write_now(&self, op: Op) {
-        each!(self, b => b.write_op_now(op))
-    }
-
-    /// Queues `ops` (one transaction) without waiting for their commit; never dropped.
+    /// Queues `ops` (one transaction) without waiting for their commit, from code that cannot
+    /// wait (a guard's `drop`): they are ahead of any later [`flush`](Self::flush), and never
+    /// dropped.
     pub fn write_later(&self, ops: Vec<Op>) {
-        match self {
-            Store::Sqlite(b) => b.write_now(Box::new(move |tx| {
-                ops.iter().try_for_each(|op| sqlite::apply(tx, op))
-            })),
-            Store::Postgres(b) => b.write_later(ops),
-        }
+        each!(self, b => b.write_later(ops))
     }
 
     /// Queues one ledger row without waiting for it (waits only for room in the queue).

@@ -216,10 +216,6 @@ impl Pg {
         }
     }
 
-    pub fn write_op_now(&self, op: Op) {
-        self.write_later(vec![op]);
-    }
-
     pub fn write_later(&self, ops: Vec<Op>) {
         let msg = writer::Msg::Write { ops, done: None };
         if let Err(e) = self.writes.try_send(msg) {

@@ -454,8 +454,10 @@ impl Lite {
         self.write_ops(ops).await
     }
 
-    pub fn write_op_now(&self, op: Op) {
-        self.write_now(Box::new(move |tx| apply(tx, &op)));
+    pub fn write_later(&self, ops: Vec<Op>) {
+        self.write_now(Box::new(move |tx| {
+            ops.iter().try_for_each(|op| apply(tx, op))
+        }));
     }
 
     pub async fn teams(&self) -> Result<Vec<TeamSpec>, StoreError> {
