@@ -394,6 +394,11 @@ async fn a_database_that_cannot_be_reached_gives_503s_and_loses_no_row() {
     );
     let ready = http.get(a.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["database"]["up"], false, "{ready}");
+    let metrics = http.get(a.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("imagegate_database_up 0"), "{metrics}");
     services("pg-start");
 
     let mut up = post(&http, &a, KEY, body.clone(), &[]).await;
