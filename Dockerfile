@@ -18,8 +18,10 @@ FROM rust:1-bookworm AS builder
 WORKDIR /src
 
 # Least often changed first. Nothing else of the repository is needed to build the binary
-# (src/ui.rs embeds ui/; benches/ is named by Cargo.toml).
+# (src/ui.rs embeds ui/; benches/ is named by Cargo.toml; .cargo/config.toml sets SQLite's
+# build flags).
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo .cargo
 COPY benches benches
 COPY crates crates
 COPY ui ui

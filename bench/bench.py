@@ -9,6 +9,7 @@ Run it through `bench/run.sh` (which installs wrk and nginx and builds the relea
     bench/run.sh --scenarios 1,2       # a subset (1 small, 2 large, 3 waiting, 4 uploads, 5 downloads)
     bench/run.sh --scenarios 1,6       # 6: one replica on PostgreSQL + Redis vs the embedded
                                        # store (run.sh starts both through scripts/services.sh)
+    bench/run.sh --scenarios 1 --profile   # and where the gateway's CPU goes (perf)
 
 Gateway, simulator and load generator share this machine, so every number is reported next to
 the same load sent straight to the simulator: compare ratios, not absolute times. Results go to
@@ -581,6 +582,9 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
                  f"the job store's share ≈ {store:,.0f} µs ({100 * store / cpu_gw:.0f}%), the rest "
                  f"{cpu_mem:,.0f} µs ({cpu_mem / cpu_ng:.1f}× nginx).")
     rep.section("1. Fast sync path, small body", lines)
+    if a.profile:
+        rep.section("1a. Where the gateway's CPU goes (small body)",
+                    profile(stack, tmp, a, f"{stack.gw}/v1/images/generations", body, gw_h))
     u50 = one["gateway"]["p50_us"] - one["direct"]["p50_us"]
     u99 = one["gateway"]["p99_us"] - one["direct"]["p99_us"]
     rep.target("Small body: CPU per request vs the nginx hop", "≤ 2×",
@@ -600,6 +604,45 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
                         f"nginx hop; store ≈ {store:,.0f} µs); overhead p50 {fmt_delta(over50)}, "
                         f"p99 {fmt_delta(over99)} at {rate['gateway']['rps']:,.0f} req/s; max "
                         f"throughput {ratio:.2f}× the nginx hop")
+
+
+def perf_top(data: str, sort: str, limit: int, *extra: str) -> list[tuple[float, str]]:
+    """`perf report`'s self-time shares, as (percent, name), the largest first."""
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", sort,
+                          "--stdio", "-g", "none", "--percent-limit", "0.5", *extra],
+                         capture_output=True, text=True, check=False).stdout
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+(.*\S)", line)
+        if m and not line.lstrip().startswith("#"):
+            name = re.sub(r"\s{2,}", " ", m.group(2)).replace("|", "\\|")
+            rows.append((float(m.group(1)), name[:110]))
+    return rows[:limit]
+
+
+def profile(stack: Stack, tmp: str, a, url: str, body: str, headers: dict) -> list[str]:
+    """The gateway sampled by `perf record` (999 Hz, its whole process) under the max-throughput
+    load: self time by thread, by library and by symbol."""
+    data = os.path.join(tmp, "perf.data")
+    secs = max(3, round(a.secs))
+    rec = subprocess.Popen(["perf", "record", "-F", "999", "-o", data, "-p", str(stack.gw_pid),
+                            "--", "sleep", str(secs)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = wrk(tmp, url, body_file=body, headers=headers, conns=a.max_conns, threads=1, secs=secs,
+            pid=stack.gw_pid)
+    rec.wait()
+    lines = [f"`perf record -F 999 -p <gateway>` for {secs} s under `wrk -t1 -c{a.max_conns}` "
+             f"({r['rps']:,.0f} req/s, {r['cpu_us_per_req']:,.0f} µs CPU per request); self "
+             "time, so a library's share is the time spent in it, whoever called it.", ""]
+    for title, sort, limit in [("thread", "comm", 6), ("library", "dso", 6), ("symbol", "dso,sym", 25)]:
+        rows = perf_top(data, sort, limit)
+        if not rows:
+            return lines + ["(perf report gave nothing: is `perf` installed and allowed?)"]
+        per_req = r["cpu_us_per_req"] / 100
+        lines += [f"| {title} | share | µs per request |", "|---|---|---|"]
+        lines += [f"| `{name}` | {pct:.1f}% | {pct * per_req:,.0f} |" for pct, name in rows]
+        lines.append("")
+    return lines
 
 
 def s2_large(stack: Stack, tmp: str, a, rep: Report):
@@ -1345,6 +1388,8 @@ def main() -> None:
     ap.add_argument("--hold-latency", type=float, default=None, help="async task seconds (30)")
     ap.add_argument("--out", default=None, help="results file (default bench/results/<date>-<commit>.md)")
     ap.add_argument("--command", default=None, help="the command line to record")
+    ap.add_argument("--profile", action="store_true",
+                    help="scenario 1: sample the gateway with perf and report its top frames")
     ap.add_argument("--database-url", default=os.environ.get("IMAGEGATE_TEST_DATABASE_URL"),
                     help="scenario 6: PostgreSQL (a superuser role: the bench makes it durable)")
     ap.add_argument("--redis-url", default=os.environ.get("IMAGEGATE_TEST_REDIS_URL"),
@@ -1374,7 +1419,7 @@ def main() -> None:
     if 6 in scenarios and not (a.database_url and a.redis_url):
         sys.exit("scenario 6 needs --database-url and --redis-url (bench/run.sh starts PostgreSQL "
                  "and Redis through scripts/services.sh and passes them)")
-    for tool in ["wrk"] + (["nginx"] if 1 in scenarios else []):
+    for tool in ["wrk"] + (["nginx"] if 1 in scenarios else []) + (["perf"] if a.profile else []):
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (bench/run.sh installs it)")
 

@@ -10,6 +10,7 @@
 #   bench/run.sh --scenarios 1,6    # 6 one replica on PostgreSQL + Redis vs the embedded store
 #                                   # (not in the default set: it needs both servers)
 #   bench/run.sh --holds 1000,5000,10000 --hold-latency 30
+#   bench/run.sh --scenarios 1 --profile   # scenario 1 and the gateway's top frames (perf)
 #
 # Scenario 6 runs under scripts/services.sh, which installs Debian's postgresql and redis-server
 # when missing, starts a throwaway PostgreSQL and Redis on loopback ports, and stops them after
@@ -23,6 +24,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+if [[ " $* " == *" --profile "* ]]; then command -v perf >/dev/null 2>&1 || missing+=(linux-perf); fi
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   sudo=""

@@ -10,6 +10,53 @@ use crate::store::jobs::{
 };
 use crate::store::StoreError;
 
+/// A job's first attempt, written with the job itself (see [`insert_submitting`]).
+pub struct FirstAttempt<'a> {
+    pub attempt: u32,
+    pub model: &'a str,
+    pub price_micros: u64,
+    pub per_call: bool,
+    pub reserved_micros: u64,
+}
+
+/// Writes `job` as [`insert`], [`attempt`] and [`submitting`] (create call `seq`) leave it, in
+/// one insert of the job row and one of its call.
+pub fn insert_submitting(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    first: &FirstAttempt<'_>,
+    seq: u32,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    tx.prepare_cached(
+        "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
+            created_ms, updated_ms, callback_url, attempt, model, price_micros, per_call,
+            reserved_micros)
+         VALUES (?1, ?2, ?3, ?4, 'submitting', ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        job.id,
+        job.key_id,
+        job.team,
+        job.digest,
+        job.public_model,
+        job.spec.to_string(),
+        job.request_id,
+        now,
+        job.callback_url,
+        first.attempt,
+        first.model,
+        i64::try_from(first.price_micros).unwrap_or(i64::MAX),
+        first.per_call,
+        i64::try_from(first.reserved_micros).unwrap_or(i64::MAX),
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO job_calls (job_id, seq, attempt, model, state) VALUES (?1, ?2, ?3, ?4, 'submitting')",
+    )?
+    .execute(params![job.id, seq, first.attempt, first.model])?;
+    Ok(())
+}
+
 /// Writes `job` (state `queued`) in `tx`.
 pub fn insert(tx: &Transaction<'_>, job: &NewJob) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(

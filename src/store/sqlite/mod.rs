@@ -103,6 +103,53 @@ pub(crate) fn complete_text_row(tx: &Transaction<'_>, row: &Row) -> Result<(), S
     Ok(())
 }
 
+/// Applies a list of writes in `tx`, in order. A new job followed by its first attempt and its
+/// first create (what a request writes before its first upstream call) is one `INSERT` of the
+/// job as it is after them, not an insert and two updates of the same row.
+pub(crate) fn apply_all(tx: &Transaction<'_>, ops: &[Op]) -> Result<(), StoreError> {
+    let mut rest = ops;
+    while let Some((op, tail)) = rest.split_first() {
+        if let [Op::Attempt {
+            job,
+            attempt,
+            model,
+            price_micros,
+            per_call,
+            reserved_micros,
+            ..
+        }, Op::Submitting {
+            job: submitted,
+            seq,
+            attempt: same_attempt,
+            model: same_model,
+            ..
+        }, after @ ..] = tail
+        {
+            if let Op::InsertJob(new) = op {
+                if *job == new.id
+                    && submitted == job
+                    && same_attempt == attempt
+                    && same_model == model
+                {
+                    let first = jobs::FirstAttempt {
+                        attempt: *attempt,
+                        model,
+                        price_micros: *price_micros,
+                        per_call: *per_call,
+                        reserved_micros: *reserved_micros,
+                    };
+                    jobs::insert_submitting(tx, new, &first, *seq)?;
+                    rest = after;
+                    continue;
+                }
+            }
+        }
+        apply(tx, op)?;
+        rest = tail;
+    }
+    Ok(())
+}
+
 /// Applies one write in `tx`.
 pub(crate) fn apply(tx: &Transaction<'_>, op: &Op) -> Result<(), StoreError> {
     match op {
@@ -196,11 +243,11 @@ impl Lite {
             .spawn(move || writer::run(writer, rx, &restart_due))?;
         if let Some(path) = checkpoints {
             let alive = Arc::downgrade(&conn);
-            let checkpointer = Connection::open(path)?;
+            let checkpointer = Connection::open(&path)?;
             let asks = restart.clone();
             std::thread::Builder::new()
                 .name("imagegate-checkpoint".to_owned())
-                .spawn(move || writer::checkpoints(&checkpointer, &alive, &asks))?;
+                .spawn(move || writer::checkpoints(&checkpointer, &path, &alive, &asks))?;
         }
         Ok(Self {
             conn,
@@ -443,10 +490,7 @@ impl Lite {
     // === the façade's typed calls (see `Store`) ===
 
     pub async fn write_ops(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        self.write(Box::new(move |tx| {
-            ops.iter().try_for_each(|op| apply(tx, op))
-        }))
-        .await
+        self.write(Box::new(move |tx| apply_all(tx, &ops))).await
     }
 
     /// The writer retries until the disk takes a write: the same as [`Lite::write_ops`].
@@ -455,9 +499,7 @@ impl Lite {
     }
 
     pub fn write_later(&self, ops: Vec<Op>) {
-        self.write_now(Box::new(move |tx| {
-            ops.iter().try_for_each(|op| apply(tx, op))
-        }));
+        self.write_now(Box::new(move |tx| apply_all(tx, &ops)));
     }
 
     pub async fn teams(&self) -> Result<Vec<TeamSpec>, StoreError> {

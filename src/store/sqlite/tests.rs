@@ -177,6 +177,64 @@ mod job_tests {
         assert!(store.write(Box::new(end)).await.is_err());
     }
 
+    /// A new job written with its first attempt and create (one insert, `apply_all`) leaves the
+    /// same rows as the three writes one after the other.
+    #[tokio::test]
+    async fn a_job_written_with_its_first_create_is_the_same_as_step_by_step() {
+        let store = Lite::open(None).unwrap();
+        let steps = |id: &str| {
+            vec![
+                Op::InsertJob(Box::new(job(id, None))),
+                Op::Attempt {
+                    job: id.to_owned(),
+                    epoch: None,
+                    attempt: 1,
+                    model: "gpt-image-2-all".to_owned(),
+                    price_micros: 40_000,
+                    per_call: true,
+                    reserved_micros: 80_000,
+                },
+                Op::Submitting {
+                    job: id.to_owned(),
+                    epoch: None,
+                    seq: 0,
+                    attempt: 1,
+                    model: "gpt-image-2-all".to_owned(),
+                },
+            ]
+        };
+        store.write_ops(steps("folded")).await.unwrap();
+        for op in steps("stepwise") {
+            store.write_ops(vec![op]).await.unwrap();
+        }
+        let rows = store
+            .call(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT j.state, j.model, j.attempt, j.price_micros, j.per_call,
+                        j.reserved_micros, j.spec, c.seq, c.attempt, c.model, c.state
+                     FROM jobs j JOIN job_calls c ON c.job_id = j.id ORDER BY j.id",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        (0..11)
+                            .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                            .collect::<Result<Vec<_>, _>>()
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], rows[1]);
+        assert_eq!(
+            rows[0][0],
+            rusqlite::types::Value::Text("submitting".into())
+        );
+        // A duplicate create of the same job is still refused as a whole.
+        assert!(store.write_ops(steps("folded")).await.is_err());
+    }
+
     #[tokio::test]
     async fn purge_forgets_old_finished_jobs_but_not_unknown_ones_or_pending_webhooks() {
         let store = Lite::open(None).unwrap();
