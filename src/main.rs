@@ -13,12 +13,6 @@ use clap::{Parser, Subcommand};
 use imagegate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a request makes hundreds of small allocations across
-/// the runtime's threads, and glibc's `malloc`/`free` were a fifth of a worker's CPU in the
-/// small-body profile (`bench/results`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "imagegate",
