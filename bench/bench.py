@@ -768,9 +768,9 @@ def s3_waiting(stack: Stack, tmp: str, a, rep: Report):
               "first answer arrives (the ramp-up of new connections is excluded)."]
     rep.section(f"3. Thousands waiting ({a.hold_latency:g} s async tasks)", lines)
     top_n = max(a.holds)
-    rep.target(f"{top_n:,} waiting jobs: memory each", "≤ 35 KB",
+    rep.target(f"{top_n:,} waiting jobs: memory each", "≤ 30 KB",
                f"{worst_kib:.1f} KiB ({top_n:,} waiting)",
-               worst_kib * 1.024 <= 35, f"by {worst_kib * 1.024 - 35:.1f} KB")
+               worst_kib * 1.024 <= 30, f"by {worst_kib * 1.024 - 30:.1f} KB")
     rep.target("Waiting: polls per task", f"≤ {allowed} ({a.hold_latency:g} s task, first poll "
                f"{BETA_FIRST_POLL:g} s, every {BETA_INTERVAL:g} s)", f"max {worst_polls}",
                worst_polls <= allowed, f"by {worst_polls - allowed}")
