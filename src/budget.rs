@@ -196,7 +196,8 @@ impl Budgets {
                 total: b.total.map(Usd::micros),
             })
             .collect();
-        let decided = money::reserve(
+        // Boxed: sqlx's future would otherwise size every request's future, on one process too.
+        let decided = Box::pin(money::reserve(
             pg.pool(),
             pg.claimant(),
             &month,
@@ -205,7 +206,7 @@ impl Budgets {
             &limits,
             cost.micros(),
             reference,
-        )
+        ))
         .await
         .map_err(ApiError::from)?;
         match decided {

@@ -320,7 +320,9 @@ impl RateLimits {
         let (Some(cluster), Some(limit)) = (&self.shared, state.limits.max_concurrent) else {
             return Ok(None);
         };
-        match cluster.take_slot(name, limit).await {
+        // Boxed (here and in `take_shared`): Redis's futures would otherwise size every
+        // request's future, on one process too.
+        match Box::pin(cluster.take_slot(name, limit)).await {
             Ok(slot) => Ok(Some(slot)),
             Err(_) if cluster.fail == FailMode::Open => Ok(None),
             Err(_) => Err(shared_down()),
@@ -339,7 +341,7 @@ impl RateLimits {
         let Some(cluster) = &self.shared else {
             return Ok(None);
         };
-        match cluster.take(&format!("{name}:{what}"), limit, n).await {
+        match Box::pin(cluster.take(&format!("{name}:{what}"), limit, n)).await {
             Ok(Take::Taken { remaining, reset }) => Ok(Some(Ok(Left {
                 limit,
                 remaining,

@@ -96,6 +96,18 @@ macro_rules! each {
     };
 }
 
+/// [`each!`] for a call that returns a future. PostgreSQL's futures (sqlx's) are several
+/// kilobytes: boxed, they no longer size every future that awaits the store, and every job
+/// waiting on the upstream holds such a future. SQLite's are awaited in place.
+macro_rules! each_await {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Store::Sqlite($b) => $e.await,
+            Store::Postgres($b) => Box::pin($e).await,
+        }
+    };
+}
+
 impl Store {
     /// An SQLite store in `dir` (in memory without one).
     pub fn open(dir: Option<&Path>) -> anyhow::Result<Self> {
@@ -148,13 +160,13 @@ impl Store {
 
     /// Commits `ops` in one transaction before anything is sent upstream (see the module docs).
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        each!(self, b => b.write_ops(ops).await)
+        each_await!(self, b => b.write_ops(ops))
     }
 
     /// Commits `ops` in one transaction, waiting as long as the database is away: what it
     /// records happened already. An error means the database refused it (a constraint).
     pub async fn write_durable(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        each!(self, b => b.write_durable(ops).await)
+        each_await!(self, b => b.write_durable(ops))
     }
 
     /// Queues `ops` (one transaction) without waiting for their commit, from code that cannot
@@ -166,12 +178,12 @@ impl Store {
 
     /// Queues one ledger row without waiting for it (waits only for room in the queue).
     pub async fn record(&self, row: Row) {
-        each!(self, b => b.record(row).await)
+        each_await!(self, b => b.record(row))
     }
 
     /// Waits until every write queued before this call is committed.
     pub async fn flush(&self) {
-        each!(self, b => b.flush().await)
+        each_await!(self, b => b.flush())
     }
 
     // === keys and teams ===
@@ -183,63 +195,63 @@ impl Store {
         digest: String,
         webhook_secret: String,
     ) -> Result<(), StoreError> {
-        each!(self, b => b.insert_key(spec, digest, webhook_secret).await)
+        each_await!(self, b => b.insert_key(spec, digest, webhook_secret))
     }
 
     /// The secret that signs a dynamic key's webhooks.
     pub async fn webhook_secret(&self, id: String) -> Result<Option<String>, StoreError> {
-        each!(self, b => b.webhook_secret(id).await)
+        each_await!(self, b => b.webhook_secret(id))
     }
 
     /// Replaces a dynamic key's webhook secret; false when there is no such key.
     pub async fn set_webhook_secret(&self, id: String, secret: String) -> Result<bool, StoreError> {
-        each!(self, b => b.set_webhook_secret(id, secret).await)
+        each_await!(self, b => b.set_webhook_secret(id, secret))
     }
 
     /// Replaces a key's settings; false when there is no such key.
     pub async fn update_key(&self, spec: KeySpec) -> Result<bool, StoreError> {
-        each!(self, b => b.update_key(spec).await)
+        each_await!(self, b => b.update_key(spec))
     }
 
     pub async fn delete_key(&self, id: String) -> Result<bool, StoreError> {
-        each!(self, b => b.delete_key(id).await)
+        each_await!(self, b => b.delete_key(id))
     }
 
     pub async fn key(&self, id: String) -> Result<Option<StoredKey>, StoreError> {
-        each!(self, b => b.key(id).await)
+        each_await!(self, b => b.key(id))
     }
 
     pub async fn key_by_digest(&self, digest: String) -> Result<Option<StoredKey>, StoreError> {
-        each!(self, b => b.key_by_digest(digest).await)
+        each_await!(self, b => b.key_by_digest(digest))
     }
 
     pub async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        each!(self, b => b.keys().await)
+        each_await!(self, b => b.keys())
     }
 
     /// Inserts or replaces a team.
     pub async fn put_team(&self, spec: TeamSpec) -> Result<(), StoreError> {
-        each!(self, b => b.put_team(spec).await)
+        each_await!(self, b => b.put_team(spec))
     }
 
     pub async fn delete_team(&self, id: String) -> Result<bool, StoreError> {
-        each!(self, b => b.delete_team(id).await)
+        each_await!(self, b => b.delete_team(id))
     }
 
     pub async fn teams(&self) -> Result<Vec<TeamSpec>, StoreError> {
-        each!(self, b => b.teams().await)
+        each_await!(self, b => b.teams())
     }
 
     // === ledger ===
 
     /// Spend by key and by team, for `month` (`YYYY-MM`) and all-time.
     pub async fn spent(&self, month: &str) -> Result<(SpendBy, SpendBy), StoreError> {
-        each!(self, b => b.spent(month).await)
+        each_await!(self, b => b.spent(month))
     }
 
     /// Aggregates the ledger by the query's grouping columns.
     pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        each!(self, b => b.usage(q).await)
+        each_await!(self, b => b.usage(q))
     }
 
     // === jobs ===
@@ -247,12 +259,12 @@ impl Store {
     /// Creates `job` (state `queued`), or finds the job its `Idempotency-Key` already names
     /// (see [`Created`]).
     pub async fn create_job(&self, job: NewJob) -> Result<Created, StoreError> {
-        each!(self, b => b.create_job(job).await)
+        each_await!(self, b => b.create_job(job))
     }
 
     /// One job with its calls.
     pub async fn job(&self, id: String) -> Result<Option<JobRecord>, StoreError> {
-        each!(self, b => b.job(id).await)
+        each_await!(self, b => b.job(id))
     }
 
     /// The job an `Idempotency-Key` names, with the digest of its request and when the key's
@@ -262,7 +274,7 @@ impl Store {
         key_id: String,
         idem: String,
     ) -> Result<Option<(JobRecord, String, i64)>, StoreError> {
-        each!(self, b => b.job_by_idempotency_key(key_id, idem).await)
+        each_await!(self, b => b.job_by_idempotency_key(key_id, idem))
     }
 
     /// The newest joinable job of `key_id` for the same request since `since_ms`.
@@ -272,7 +284,7 @@ impl Store {
         digest: String,
         since_ms: i64,
     ) -> Result<Option<JobRecord>, StoreError> {
-        each!(self, b => b.find_retry(key_id, digest, since_ms).await)
+        each_await!(self, b => b.find_retry(key_id, digest, since_ms))
     }
 
     /// Jobs newest first: the caller's (or every key's), after the job `after` (a cursor).
@@ -282,27 +294,27 @@ impl Store {
         limit: u32,
         after: Option<String>,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        each!(self, b => b.jobs(key_id, limit, after).await)
+        each_await!(self, b => b.jobs(key_id, limit, after))
     }
 
     /// Jobs not finished (SQLite: left by the last process, read at startup).
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        each!(self, b => b.unfinished_jobs().await)
+        each_await!(self, b => b.unfinished_jobs())
     }
 
     /// Webhook deliveries due now, oldest first.
     pub async fn due_webhooks(&self, now_ms: i64, limit: u32) -> Result<Vec<Webhook>, StoreError> {
-        each!(self, b => b.due_webhooks(now_ms, limit).await)
+        each_await!(self, b => b.due_webhooks(now_ms, limit))
     }
 
     /// A job's webhook deliveries.
     pub async fn webhooks_of(&self, job_id: String) -> Result<Vec<Webhook>, StoreError> {
-        each!(self, b => b.webhooks_of(job_id).await)
+        each_await!(self, b => b.webhooks_of(job_id))
     }
 
     /// Forgets finished jobs that ended before `before_ms` (see `purge` of each backend).
     pub async fn purge(&self, before_ms: i64) -> Result<usize, StoreError> {
-        each!(self, b => b.purge(before_ms).await)
+        each_await!(self, b => b.purge(before_ms))
     }
 }
 
