@@ -5,26 +5,33 @@
 #
 # Usage: scripts/e2e.sh
 #   IMAGEGATE_BIN=/path/to/imagegate   test that binary instead of building target/debug/imagegate
+#   scripts/e2e.sh --setup-only        install Chromium, the Python venv and the Node packages only
 set -euo pipefail
+
+setup_only=""
+[[ ${1:-} == --setup-only ]] && setup_only=1
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-if [[ -z "${IMAGEGATE_BIN:-}" ]]; then
-  # The packages and features of `cargo test` in scripts/test.sh, so the test run's build is
-  # reused (without `--workspace` the dependencies' features differ and much is built again).
-  echo "==> cargo build --workspace --locked --features imagegate/failpoints"
-  cargo build --workspace --locked --features imagegate/failpoints
-  IMAGEGATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/imagegate"
+# The binary under test (not needed to install the tools).
+if [[ -z $setup_only ]]; then
+  if [[ -z "${IMAGEGATE_BIN:-}" ]]; then
+    # The packages and features of `cargo test` in scripts/test.sh, so the test run's build is
+    # reused (without `--workspace` the dependencies' features differ and much is built again).
+    echo "==> cargo build --workspace --locked --features imagegate/failpoints"
+    cargo build --workspace --locked --features imagegate/failpoints
+    IMAGEGATE_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/imagegate"
+  fi
+  if [[ "$IMAGEGATE_BIN" != /* ]]; then
+    IMAGEGATE_BIN="$root/$IMAGEGATE_BIN"
+  fi
+  if [[ ! -x "$IMAGEGATE_BIN" ]]; then
+    echo "error: gateway binary not found or not executable: $IMAGEGATE_BIN" >&2
+    exit 1
+  fi
+  export IMAGEGATE_BIN
 fi
-if [[ "$IMAGEGATE_BIN" != /* ]]; then
-  IMAGEGATE_BIN="$root/$IMAGEGATE_BIN"
-fi
-if [[ ! -x "$IMAGEGATE_BIN" ]]; then
-  echo "error: gateway binary not found or not executable: $IMAGEGATE_BIN" >&2
-  exit 1
-fi
-export IMAGEGATE_BIN
 
 # The web console's browser tests: Debian's Chromium and its chromedriver (fonts-liberation, a
 # recommendation of chromium, so the screenshots show real text), installed when missing.
@@ -51,6 +58,8 @@ echo "==> npm ci (tests/e2e/node)"
 # The Codex CLI (pinned) that the Python suite's Codex tests run against the gateway.
 echo "==> npm ci (tests/e2e/codex)"
 (cd tests/e2e/codex && npm ci --loglevel=error --no-audit --no-fund)
+
+[[ -z $setup_only ]] || exit 0
 
 # Both suites run even if the first fails, so one run shows every failure.
 failed=()

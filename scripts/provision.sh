@@ -4,7 +4,7 @@
 #     Redis (Rust tests), prometheus (promtool), chromium + chromedriver (web console tests),
 #     nginx-light, strace and curl (deploy check), python3-venv;
 #   - the deploy check's Python tools (scripts/deploy-check.sh --setup-only);
-#   - the end-to-end tests' Python venv (target/e2e-venv) and Node packages (npm ci).
+#   - the end-to-end tests' Python venv and Node packages (scripts/e2e.sh --setup-only).
 # Each script still installs what it misses on its own; this one lets CI (.ci/run) do it all at
 # once, in the background while the Rust build runs, instead of one `apt-get update` per script.
 # Only packages that are missing are installed. Needs root (or sudo) for apt-get.
@@ -51,12 +51,6 @@ fi
 echo "==> deploy check tools"
 scripts/deploy-check.sh --setup-only
 
-venv="$root/target/e2e-venv"
-echo "==> Python test environment ($venv)"
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/python/requirements.txt
-
-echo "==> npm ci (tests/e2e/node, tests/e2e/codex)"
-(cd tests/e2e/node && npm ci --loglevel=error --no-audit --no-fund)
-(cd tests/e2e/codex && npm ci --loglevel=error --no-audit --no-fund)
+echo "==> end-to-end test tools"
+scripts/e2e.sh --setup-only
 echo "==> provisioned"

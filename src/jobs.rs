@@ -549,3 +549,21 @@ fn reused() -> ApiError {
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Ids sort by creation (they land at the end of the indexes keyed by job id) and keep the
+    /// `imgjob_` + 32 hex digits form.
+    #[test]
+    fn job_ids_sort_by_creation() {
+        let ids: Vec<String> = (0..2_000).map(|_| super::new_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        for id in &ids {
+            let hex = id.strip_prefix("imgjob_").unwrap();
+            assert!(
+                hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+    }
+}

@@ -27,53 +27,48 @@ pub fn insert_submitting(
     first: &FirstAttempt<'_>,
     seq: u32,
 ) -> Result<(), StoreError> {
-    let now = now_ms();
+    insert_job_row(tx, job, Some(first))?;
+    insert_call(tx, &job.id, seq, first.attempt, first.model)
+}
+
+/// Writes `job` (state `queued`) in `tx`.
+pub fn insert(tx: &Transaction<'_>, job: &NewJob) -> Result<(), StoreError> {
+    insert_job_row(tx, job, None)
+}
+
+/// The job's row: `queued`, or `submitting` its first attempt.
+fn insert_job_row(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    first: Option<&FirstAttempt<'_>>,
+) -> Result<(), StoreError> {
+    let micros = |m: u64| i64::try_from(m).unwrap_or(i64::MAX);
     tx.prepare_cached(
         "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
             created_ms, updated_ms, callback_url, attempt, model, price_micros, per_call,
             reserved_micros)
-         VALUES (?1, ?2, ?3, ?4, 'submitting', ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         job.id,
         job.key_id,
         job.team,
         job.digest,
-        job.public_model,
-        job.spec.to_string(),
-        job.request_id,
-        now,
-        job.callback_url,
-        first.attempt,
-        first.model,
-        i64::try_from(first.price_micros).unwrap_or(i64::MAX),
-        first.per_call,
-        i64::try_from(first.reserved_micros).unwrap_or(i64::MAX),
-    ])?;
-    tx.prepare_cached(
-        "INSERT INTO job_calls (job_id, seq, attempt, model, state) VALUES (?1, ?2, ?3, ?4, 'submitting')",
-    )?
-    .execute(params![job.id, seq, first.attempt, first.model])?;
-    Ok(())
-}
-
-/// Writes `job` (state `queued`) in `tx`.
-pub fn insert(tx: &Transaction<'_>, job: &NewJob) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO jobs (id, key_id, team, digest, state, public_model, spec, request_id,
-            created_ms, updated_ms, callback_url)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?8, ?9)",
-    )?;
-    stmt.execute(params![
-        job.id,
-        job.key_id,
-        job.team,
-        job.digest,
+        if first.is_some() {
+            "submitting"
+        } else {
+            "queued"
+        },
         job.public_model,
         job.spec.to_string(),
         job.request_id,
         now_ms(),
-        job.callback_url
+        job.callback_url,
+        first.map_or(0, |f| f.attempt),
+        first.map(|f| f.model),
+        first.map_or(0, |f| micros(f.price_micros)),
+        first.is_some_and(|f| f.per_call),
+        first.map_or(0, |f| micros(f.reserved_micros)),
     ])?;
     Ok(())
 }
@@ -299,15 +294,27 @@ pub fn submitting(
     attempt: u32,
     model: &str,
 ) -> Result<(), StoreError> {
+    insert_call(tx, job, seq, attempt, model)?;
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'submitting', updated_ms = ?2 WHERE id = ?1 AND state = 'queued'",
+    )?
+    .execute(params![job, now_ms()])?;
+    Ok(())
+}
+
+/// Create call `seq` of `job`, about to be sent (a second record of the same call is ignored).
+fn insert_call(
+    tx: &Transaction<'_>,
+    job: &str,
+    seq: u32,
+    attempt: u32,
+    model: &str,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO job_calls (job_id, seq, attempt, model, state) VALUES (?1, ?2, ?3, ?4, 'submitting')
          ON CONFLICT (job_id, seq) DO NOTHING",
     )?
     .execute(params![job, seq, attempt, model])?;
-    tx.prepare_cached(
-        "UPDATE jobs SET state = 'submitting', updated_ms = ?2 WHERE id = ?1 AND state = 'queued'",
-    )?
-    .execute(params![job, now_ms()])?;
     Ok(())
 }
 

@@ -108,46 +108,45 @@ pub(crate) fn complete_text_row(tx: &Transaction<'_>, row: &Row) -> Result<(), S
 /// job as it is after them, not an insert and two updates of the same row.
 pub(crate) fn apply_all(tx: &Transaction<'_>, ops: &[Op]) -> Result<(), StoreError> {
     let mut rest = ops;
-    while let Some((op, tail)) = rest.split_first() {
-        if let [Op::Attempt {
-            job,
-            attempt,
-            model,
-            price_micros,
-            per_call,
-            reserved_micros,
-            ..
-        }, Op::Submitting {
-            job: submitted,
-            seq,
-            attempt: same_attempt,
-            model: same_model,
-            ..
-        }, after @ ..] = tail
-        {
-            if let Op::InsertJob(new) = op {
+    loop {
+        rest = match rest {
+            [Op::InsertJob(new), Op::Attempt {
+                job,
+                attempt,
+                model,
+                price_micros,
+                per_call,
+                reserved_micros,
+                ..
+            }, Op::Submitting {
+                job: called,
+                seq,
+                attempt: called_attempt,
+                model: called_model,
+                ..
+            }, after @ ..]
                 if *job == new.id
-                    && submitted == job
-                    && same_attempt == attempt
-                    && same_model == model
-                {
-                    let first = jobs::FirstAttempt {
-                        attempt: *attempt,
-                        model,
-                        price_micros: *price_micros,
-                        per_call: *per_call,
-                        reserved_micros: *reserved_micros,
-                    };
-                    jobs::insert_submitting(tx, new, &first, *seq)?;
-                    rest = after;
-                    continue;
-                }
+                    && called == job
+                    && called_attempt == attempt
+                    && called_model == model =>
+            {
+                let first = jobs::FirstAttempt {
+                    attempt: *attempt,
+                    model,
+                    price_micros: *price_micros,
+                    per_call: *per_call,
+                    reserved_micros: *reserved_micros,
+                };
+                jobs::insert_submitting(tx, new, &first, *seq)?;
+                after
             }
-        }
-        apply(tx, op)?;
-        rest = tail;
+            [op, after @ ..] => {
+                apply(tx, op)?;
+                after
+            }
+            [] => return Ok(()),
+        };
     }
-    Ok(())
 }
 
 /// Applies one write in `tx`.
