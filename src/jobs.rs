@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::api::edits::EditParts;
-use crate::dispatch::{Finished, JobCtx, Prepared, ServedBy};
+use crate::dispatch::{Finished, ImagesBody, JobCtx, Prepared, ServedBy};
 use crate::error::ApiError;
 use crate::metrics::JobEvent;
 use crate::request::{ImageRef, Operation};
@@ -508,7 +508,7 @@ pub async fn replay(state: &AppState, job: &JobRecord) -> Finished {
 
 /// The `image.job` object of the async API (`GET /v1/images/jobs/{id}`); `answer` is the
 /// finished job's answer (its `result` or `error`).
-pub fn job_object(job: &JobRecord, answer: Option<&Result<Value, ApiError>>) -> Value {
+pub fn job_object(job: &JobRecord, answer: Option<&Result<ImagesBody, ApiError>>) -> Value {
     let secs = |ms: i64| ms / 1000;
     let mut o = json!({
         "id": job.id,
@@ -526,7 +526,7 @@ pub fn job_object(job: &JobRecord, answer: Option<&Result<Value, ApiError>>) -> 
         o["served_model"] = json!(served);
     }
     match answer {
-        Some(Ok(body)) => o["result"] = body.clone(),
+        Some(Ok(body)) => o["result"] = body.to_value(),
         Some(Err(e)) => o["error"] = e.body()["error"].clone(),
         None => {}
     }

@@ -20,12 +20,23 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use serde_json::Value;
 
+use crate::model::json_text::{needs_escape, JsonText, OWN_PIECE};
+
 /// Strings at least this long are sent as their own chunk when they need no escaping.
-pub const OWN_CHUNK: usize = 16 * 1024;
+pub const OWN_CHUNK: usize = OWN_PIECE;
 
 /// An `application/json` response for `value`.
 pub fn json(value: Value) -> Response {
-    let body = Chunks::new(chunks(value));
+    respond(chunks(value))
+}
+
+/// An `application/json` response made of `text`'s pieces (an images answer).
+pub fn json_text(text: JsonText) -> Response {
+    respond(text.into_parts().into())
+}
+
+fn respond(parts: VecDeque<Bytes>) -> Response {
+    let body = Chunks::new(parts);
     (
         [(
             header::CONTENT_TYPE,
@@ -95,16 +106,6 @@ impl Writer {
             self.done.push(Bytes::from(std::mem::take(&mut self.cur)));
         }
     }
-}
-
-/// Whether JSON needs an escape for any byte: a control character, `"` or `\`. (UTF-8 text is
-/// written as is, as `serde_json` does.) Written as a branch-free fold per block so it vectorizes.
-fn needs_escape(s: &[u8]) -> bool {
-    s.chunks(64).any(|block| {
-        block.iter().fold(false, |bad, &b| {
-            bad | (b < 0x20) | (b == b'"') | (b == b'\\')
-        })
-    })
 }
 
 /// A body made of ready buffers, with an exact length.

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument as _;
 
 use super::edits::{self, EditParts};
-use crate::dispatch::{job_note, Call, Finished, ServedBy};
+use crate::dispatch::{job_note, Call, Finished, ImagesBody, Item, ServedBy};
 use crate::error::{ApiError, ErrorCode};
 use crate::jobs::{self, Admitted, JobOptions, Progress};
 use crate::keys::ClientKey;
@@ -441,7 +441,7 @@ fn render(finished: Finished, log: RequestLog) -> Response {
         job_id,
     } = finished;
     let mut res = match result {
-        Ok(body) => super::body::json(body),
+        Ok(body) => super::body::json_text(body.into_json()),
         Err(error) => error.into_response(),
     };
     served_headers(&mut res, &served);
@@ -499,17 +499,19 @@ fn sse(
     res
 }
 
-fn completed_events(prefix: &str, mut body: Value) -> Vec<Event> {
-    let items = match body["data"].take() {
-        Value::Array(items) => items,
-        _ => Vec::new(),
-    };
-    let mut events: Vec<Event> = items
+fn completed_events(prefix: &str, answer: ImagesBody) -> Vec<Event> {
+    let body = Value::Object(answer.head);
+    let mut events: Vec<Event> = answer
+        .data
         .into_iter()
-        .map(|mut item| {
+        .map(|item| {
+            let b64 = match item {
+                Item::B64(b64) => json!(String::from_utf8_lossy(&b64)),
+                Item::Url(_) => Value::Null,
+            };
             let payload = json!({
                 "type": format!("{prefix}.completed"),
-                "b64_json": item["b64_json"].take(),
+                "b64_json": b64,
                 "created_at": body["created"],
                 "size": body.get("size").cloned().unwrap_or(json!("auto")),
                 "quality": body.get("quality").cloned().unwrap_or(json!("auto")),

@@ -6,9 +6,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::{results, Dispatch};
@@ -17,7 +18,7 @@ use crate::config::Budget;
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::Row;
 use crate::metrics::{JobEvent, UpstreamWait};
-use crate::model::{ImageFormat, ModelId, Quality, Size, Usd};
+use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality, Size, Usd};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
 use crate::store::jobs::{Finish, NewJob};
 use crate::store::{CallRecord, Epoch, JobRecord, JobState, Op, Store};
@@ -89,20 +90,28 @@ impl JobSpec {
     }
 }
 
-/// What a job keeps of its images: the upstream's URLs, or the inline base64 when the upstream
-/// gave no URL (gpt-image-2-all's OpenAI-shaped answers).
-pub fn stored_images(images: &[Image]) -> Value {
-    Value::Array(
-        images
-            .iter()
-            .map(|i| match (&i.url, &i.b64) {
-                (Some(url), _) => json!({ "url": url }),
-                (None, Some(b64)) => json!({ "b64_json": b64 }),
-                (None, None) => Value::Null,
-            })
-            .filter(|v| !v.is_null())
-            .collect(),
-    )
+/// What a job keeps of its images, as the JSON text `[{"url": …} | {"b64_json": …}]`: the
+/// upstream's URLs, or the inline base64 when the upstream gave no URL (gpt-image-2-all's
+/// OpenAI-shaped answers), written from the buffer the answer arrived in.
+pub fn stored_images(images: &[Image]) -> JsonText {
+    let mut w = JsonWriter::new();
+    w.raw("[");
+    let mut first = true;
+    for image in images {
+        let sep = if first { "" } else { "," };
+        match (&image.url, &image.b64) {
+            (Some(url), _) => w.raw(sep).raw("{\"url\":").value(url).raw("}"),
+            (None, Some(b64)) => w
+                .raw(sep)
+                .raw("{\"b64_json\":")
+                .string(b64.clone())
+                .raw("}"),
+            (None, None) => continue,
+        };
+        first = false;
+    }
+    w.raw("]");
+    w.finish()
 }
 
 fn images_of(stored: Option<&Value>) -> Vec<Image> {
@@ -113,7 +122,10 @@ fn images_of(stored: Option<&Value>) -> Vec<Image> {
         .iter()
         .map(|i| Image {
             url: i.get("url").and_then(Value::as_str).map(str::to_owned),
-            b64: i.get("b64_json").and_then(Value::as_str).map(str::to_owned),
+            b64: i
+                .get("b64_json")
+                .and_then(Value::as_str)
+                .map(|s| Bytes::from(s.to_owned())),
         })
         .collect()
 }
@@ -262,7 +274,7 @@ pub fn job_note(id: &str) -> String {
 impl Dispatch<'_> {
     /// The answer of a finished job, asked for again (a replay, a job read): a completed job's
     /// images rendered afresh from what it kept, or its error.
-    pub async fn replay(&self, job: &JobRecord) -> Result<Value, ApiError> {
+    pub async fn replay(&self, job: &JobRecord) -> Result<results::ImagesBody, ApiError> {
         match job.state {
             JobState::Completed => {
                 let spec = JobSpec::read(&job.spec);
@@ -379,7 +391,7 @@ impl Dispatch<'_> {
         &self,
         job: &JobRecord,
         calls: &[CallRecord],
-    ) -> (JobState, Usd, Option<Value>, Option<ApiError>) {
+    ) -> (JobState, Usd, Option<JsonText>, Option<ApiError>) {
         let model: ModelId = match job.model.as_deref().and_then(|m| m.parse().ok()) {
             Some(m) => m,
             None => ModelId::Beta,

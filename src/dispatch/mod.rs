@@ -29,6 +29,7 @@
 mod attempt;
 pub mod job;
 pub mod results;
+pub use results::{ImagesBody, Item};
 #[cfg(test)]
 mod tests;
 
@@ -123,7 +124,7 @@ pub struct ServedBy {
 /// `x-ratelimit-*` headers. Its ledger row is already written (with its job's terminal state).
 #[derive(Debug)]
 pub struct Finished {
-    pub result: Result<Value, ApiError>,
+    pub result: Result<results::ImagesBody, ApiError>,
     pub served: ServedBy,
     pub rate_headers: Vec<(&'static str, String)>,
     /// The job, once the request passed admission.
@@ -315,7 +316,7 @@ impl Dispatch<'_> {
         fetch: results::Fetch<'_>,
         req: &ImageRequest,
         images: Vec<upstream::Image>,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<results::ImagesBody, ApiError> {
         // Inline images and `url` answers fetch nothing: nothing to try again, nothing to copy.
         let nothing_to_fetch = !req.stream && req.response_format == ResponseFormat::Url
             || images.iter().all(|i| i.b64.is_some());
@@ -527,7 +528,7 @@ impl Dispatch<'_> {
         req: &ImageRequest,
         started: Instant,
         admission: Option<&Admission>,
-        result: Result<Value, ApiError>,
+        result: Result<results::ImagesBody, ApiError>,
         by: ServedBy,
     ) -> Finished {
         let row = ledger_row(call, route, req, started, &result, &by);
@@ -553,11 +554,11 @@ impl Dispatch<'_> {
         req: &ImageRequest,
         started: Instant,
         admission: &Admission,
-        result: Result<Value, ApiError>,
+        result: Result<results::ImagesBody, ApiError>,
         by: ServedBy,
         job: &JobCtx,
         state: JobState,
-        images: Option<Value>,
+        images: Option<crate::model::JsonText>,
     ) -> Finished {
         let mut row = ledger_row(call, route, req, started, &result, &by);
         row.job_id = Some(job.id.to_string());
@@ -662,7 +663,7 @@ fn ledger_row(
     route: &Route,
     req: &ImageRequest,
     started: Instant,
-    result: &Result<Value, ApiError>,
+    result: &Result<results::ImagesBody, ApiError>,
     by: &ServedBy,
 ) -> Row {
     let (status, error_code) = match result {

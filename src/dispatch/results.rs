@@ -8,12 +8,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::metrics::UpstreamWait;
-use crate::model::{ImageFormat, ModelId, Quality};
+use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality};
 use crate::request::{ImageRequest, ResponseFormat};
 use crate::upstream::failure::{FailureKind, UpstreamError};
 use crate::upstream::{results, CallCtx, Image, Upstreams};
@@ -28,12 +29,67 @@ pub struct Fetch<'a> {
     pub wait: &'a UpstreamWait,
 }
 
+/// OpenAI's `ImagesResponse`: `created` and the answer's other scalar fields, and `data[]`. The
+/// base64 of each image is the buffer it arrived in (see [`JsonText`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagesBody {
+    /// `created`, `size`, `quality`, `output_format`, `background`.
+    pub head: Map<String, Value>,
+    pub data: Vec<Item>,
+}
+
+/// One image of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// Base64 text (ASCII).
+    B64(Bytes),
+    Url(String),
+}
+
+impl ImagesBody {
+    /// The JSON text, with each image's base64 as its own piece.
+    pub fn into_json(self) -> JsonText {
+        let mut w = JsonWriter::new();
+        w.raw("{");
+        for (k, v) in &self.head {
+            w.value(k).raw(":").value(v).raw(",");
+        }
+        w.raw("\"data\":[");
+        for (i, item) in self.data.into_iter().enumerate() {
+            if i > 0 {
+                w.raw(",");
+            }
+            match item {
+                Item::B64(b64) => w.raw("{\"b64_json\":").string(b64).raw("}"),
+                Item::Url(url) => w.raw("{\"url\":").value(&url).raw("}"),
+            };
+        }
+        w.raw("]}");
+        w.finish()
+    }
+
+    /// The answer as a JSON value (copies the base64: for the job object, streams and tests).
+    pub fn to_value(&self) -> Value {
+        let mut o = self.head.clone();
+        let data = self
+            .data
+            .iter()
+            .map(|item| match item {
+                Item::B64(b64) => json!({ "b64_json": String::from_utf8_lossy(b64) }),
+                Item::Url(url) => json!({ "url": url }),
+            })
+            .collect();
+        o.insert("data".into(), Value::Array(data));
+        Value::Object(o)
+    }
+}
+
 /// Builds the `ImagesResponse` body for `images` made for `req`.
 pub async fn body(
     fetch: Fetch<'_>,
     req: &ImageRequest,
     images: Vec<Image>,
-) -> Result<Value, ApiError> {
+) -> Result<ImagesBody, ApiError> {
     // A stream always carries base64 images.
     let format = if req.stream {
         ResponseFormat::B64Json
@@ -53,9 +109,9 @@ pub async fn body(
                         fetch.upstream.check_result_url(&url).map_err(|why| {
                             ApiError::from_upstream(&UpstreamError::new(FailureKind::Download, why))
                         })?;
-                        json!({ "url": url })
+                        Item::Url(url)
                     }
-                    (None, Some(b64)) => json!({ "b64_json": b64 }),
+                    (None, Some(b64)) => Item::B64(b64),
                     (None, None) => continue,
                 });
             }
@@ -91,7 +147,7 @@ pub async fn body(
                 };
                 learned_format = learned_format.or(enc.format);
                 learned_size = learned_size.or(enc.size);
-                data.push(json!({ "b64_json": enc.b64 }));
+                data.push(Item::B64(enc.b64));
             }
         }
     }
@@ -99,18 +155,19 @@ pub async fn body(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let mut body = json!({ "created": created, "data": data });
+    let mut head = Map::new();
+    head.insert("created".into(), json!(created));
     if let Some(size) = learned_size {
-        body["size"] = json!(size.to_string());
+        head.insert("size".into(), json!(size.to_string()));
     }
     if req.quality != Quality::Auto {
-        body["quality"] = json!(req.quality.as_str());
+        head.insert("quality".into(), json!(req.quality.as_str()));
     }
     if let Some(f) = learned_format {
-        body["output_format"] = json!(f.as_str());
+        head.insert("output_format".into(), json!(f.as_str()));
     }
     if let Some(bg @ ("transparent" | "opaque")) = req.background.as_deref() {
-        body["background"] = json!(bg);
+        head.insert("background".into(), json!(bg));
     }
-    Ok(body)
+    Ok(ImagesBody { head, data })
 }

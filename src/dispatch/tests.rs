@@ -80,7 +80,7 @@ impl Upstreams for Fake {
             Ok(urls
                 .iter()
                 .map(|_| Encoded {
-                    b64: "iVBORw0KGgo=".to_owned(),
+                    b64: bytes::Bytes::from_static(b"iVBORw0KGgo="),
                     format: Some(ImageFormat::Png),
                     size: None,
                 })

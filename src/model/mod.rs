@@ -9,12 +9,14 @@ use serde::Deserialize;
 
 pub mod capabilities;
 mod image;
+pub mod json_text;
 mod money;
 pub mod registry;
 mod route;
 mod text;
 
 pub use image::image_dimensions;
+pub use json_text::{JsonText, JsonWriter};
 
 pub use money::Usd;
 pub use route::Route;

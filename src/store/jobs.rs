@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ledger::Row;
+use crate::model::JsonText;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,7 +162,9 @@ pub struct Finish {
     pub state: JobState,
     pub status: u16,
     pub cost_micros: u64,
-    pub images: Option<Value>,
+    /// The images' JSON text, in pieces (the base64 of an inline image is the upstream answer's
+    /// own buffer: written from it, not copied first).
+    pub images: Option<JsonText>,
     pub error: Option<Value>,
     pub row: Row,
 }

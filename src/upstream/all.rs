@@ -9,7 +9,11 @@
 //! Size rules are checked here before any call: multiples of 16, longest side ≤ 3840, ratio ≤ 3:1,
 //! 655,360–8,294,400 pixels.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use reqwest::multipart::{Form, Part};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{task, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
@@ -188,13 +192,13 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             let answer = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            openai_images(answer.body)
+            openai_images(&answer.raw)
         }
         Plan::SyncEdit(form) => {
             let answer = up
                 .post_form("/api/v1/images/edits", &|| form.clone().into_form(), ctx)
                 .await?;
-            openai_images(answer.body)
+            openai_images(&answer.raw)
         }
         Plan::Async(body) => {
             // Only the async shape: a callback on a sync request would switch it to async.
@@ -238,24 +242,30 @@ impl EditForm {
 }
 
 /// Reads an OpenAI-shaped answer: `data[]` with `b64_json` and/or `url`. The base64 text is kept
-/// as it came: never decoded and re-encoded.
-fn openai_images(mut answer: Value) -> Result<Output, UpstreamError> {
-    let Some(Value::Array(items)) = answer.get_mut("data").map(Value::take) else {
+/// as it came, never decoded and re-encoded, and not even copied: each image's `b64_json` is a
+/// slice of the answer's own buffer (a string with JSON escapes in it, which base64 never has,
+/// is unescaped into its own buffer).
+fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
+    let answer: OpenAiAnswer<'_> = serde_json::from_slice(raw).map_err(|e| {
+        UpstreamError::new(
+            FailureKind::Malformed,
+            format!("answer is not an images answer: {e}"),
+        )
+    })?;
+    let Some(items) = answer.data else {
         return Err(UpstreamError::new(
             FailureKind::Malformed,
             "answer has no `data` array".to_owned(),
         ));
     };
-    // The strings are moved out of the parsed answer, not copied.
-    let text = |item: &mut Value, key: &str| match item.get_mut(key).map(Value::take) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
     let images: Vec<Image> = items
         .into_iter()
-        .map(|mut item| Image {
-            b64: text(&mut item, "b64_json"),
-            url: text(&mut item, "url"),
+        .map(|item| Image {
+            b64: item.b64_json.0.map(|s| match s {
+                Cow::Borrowed(s) => raw.slice_ref(s.as_bytes()),
+                Cow::Owned(s) => Bytes::from(s),
+            }),
+            url: item.url.0.map(Cow::into_owned),
         })
         .filter(|i| i.b64.is_some() || i.url.is_some())
         .collect();
@@ -271,9 +281,105 @@ fn openai_images(mut answer: Value) -> Result<Output, UpstreamError> {
     })
 }
 
+/// The part of an OpenAI-shaped answer the gateway reads, borrowed from the answer's buffer.
+#[derive(Deserialize)]
+struct OpenAiAnswer<'a> {
+    #[serde(borrow, default)]
+    data: Option<Vec<OpenAiItem<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiItem<'a> {
+    #[serde(borrow, default)]
+    b64_json: Text<'a>,
+    #[serde(borrow, default)]
+    url: Text<'a>,
+}
+
+/// A string field, borrowed when it has no escapes; any other JSON value (a `null`, a number)
+/// reads as absent rather than failing the whole answer.
+#[derive(Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(s))))
+            }
+            fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The base64 of an answer is a slice of the answer's buffer, not a copy; an escaped one is
+    /// unescaped; a value that is not a string reads as absent; no `data` is malformed.
+    #[test]
+    fn answer_images_are_slices_of_the_answer() {
+        let b64 = "iVBORw0KGgo".repeat(3000);
+        let raw = Bytes::from(
+            serde_json::json!({"created": 1, "data": [
+                {"b64_json": b64, "revised_prompt": "p"},
+                {"url": "https://files.example/a\\/b.png", "b64_json": null},
+                {"b64_json": 7},
+            ]})
+            .to_string(),
+        );
+        let out = openai_images(&raw).unwrap();
+        assert_eq!(out.images.len(), 2);
+        let first = out.images[0].b64.as_ref().unwrap();
+        assert_eq!(first, b64.as_bytes());
+        let inside = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
+        assert!(inside.contains(&(first.as_ptr() as usize)), "not a copy");
+        assert_eq!(out.images[1].url.as_deref(), Some("https://files.example/a\\/b.png"));
+        assert!(out.images[1].b64.is_none());
+        for bad in [r#"{"created":1}"#, r#"{"data":[{"b64_json":7}]}"#, "[1]", "{\"data\": ["] {
+            let e = openai_images(&Bytes::from(bad)).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Malformed, "{bad}");
+        }
+    }
 
     #[test]
     fn size_rules() {

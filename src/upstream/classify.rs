@@ -11,18 +11,17 @@ use super::{FailureKind, Redactor, UpstreamError};
 /// characters of it).
 const MESSAGE_HEAD: usize = 4096;
 
-/// Classifies an upstream answer.
+/// Classifies an upstream answer: `Ok` when it is a success the adapter may read.
 ///
 /// NOTE(upstream): the docs list HTTP error statuses but do not show error bodies, and describe a
 /// `code` field inside every envelope. The two can disagree (HTTP 200 with `code: 402`), so the
 /// body code wins when it is an error, and the HTTP status is used when the body has none.
-pub(super) fn classify(
-    status: u16,
-    body: &[u8],
-    redactor: &Redactor,
-) -> Result<Value, UpstreamError> {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
+///
+/// A success is only checked here (valid JSON, its top-level `code`), not kept as a parsed value:
+/// a `b64_json` answer carries megabytes of base64 that its adapter takes as slices of the body.
+pub(super) fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<(), UpstreamError> {
     if !(200..300).contains(&status) {
+        let json: Option<Value> = serde_json::from_slice(body).ok();
         let message = message_of(json.as_ref(), body, redactor);
         // A 5xx that is not the platform's own JSON envelope (a proxy's HTML 502/504/524 page)
         // says nothing of whether the platform accepted the work.
@@ -33,18 +32,94 @@ pub(super) fn classify(
         };
         return Err(UpstreamError::new(kind, message));
     }
-    let Some(json) = json else {
+    let Ok(BodyCode(code)) = serde_json::from_slice::<BodyCode>(body) else {
         return Err(UpstreamError::new(
             FailureKind::Malformed,
             "response body is not JSON".to_owned(),
         ));
     };
-    match json.get("code").and_then(Value::as_i64) {
+    match code {
         Some(code) if code != 200 && code != 0 => {
-            let message = message_of(Some(&json), body, redactor);
+            // An error envelope: small, read whole for its message.
+            let json: Option<Value> = serde_json::from_slice(body).ok();
+            let message = message_of(json.as_ref(), body, redactor);
             Err(UpstreamError::new(kind_for_code(code, &message), message))
         }
-        _ => Ok(json),
+        _ => Ok(()),
+    }
+}
+
+/// The top-level `code` of a JSON document when it is an integer (the last one, as a parsed
+/// object would keep); everything else is only checked to be JSON, without being kept.
+struct BodyCode(Option<i64>);
+
+impl<'de> serde::Deserialize<'de> for BodyCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = BodyCode;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyCode, A::Error> {
+                let mut code = None;
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Code => code = map.next_value::<Value>()?.as_i64(),
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(BodyCode(code))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyCode, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(BodyCode(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+            fn visit_unit<E>(self) -> Result<BodyCode, E> {
+                Ok(BodyCode(None))
+            }
+        }
+
+        enum Key {
+            Code,
+            Other,
+        }
+        impl<'de> serde::Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct K;
+                impl Visitor<'_> for K {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a key")
+                    }
+                    fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+                        Ok(if k == "code" { Key::Code } else { Key::Other })
+                    }
+                }
+                d.deserialize_str(K)
+            }
+        }
+
+        d.deserialize_any(Top)
     }
 }
 
@@ -177,6 +252,23 @@ mod tests {
         assert_eq!(e.kind, FailureKind::ServerError);
         let e = classify(500, br#"{"error":{"message":"x"}}"#, &redactor()).unwrap_err();
         assert_eq!(e.kind, FailureKind::ServerError);
+    }
+
+    /// A success is only checked, the way a parsed value would be read: the last top-level
+    /// `code` counts, and only when it is an integer.
+    #[test]
+    fn a_success_is_checked_without_being_kept() {
+        let ok = |body: &str| classify(200, body.as_bytes(), &redactor()).is_ok();
+        assert!(ok(r#"{"code":200,"data":{"taskId":"t"}}"#));
+        assert!(ok(r#"{"code":0}"#));
+        assert!(ok(r#"{"created":1,"data":[{"b64_json":"QUJD"}]}"#));
+        assert!(ok(r#"{"code":"402","msg":"a string code is no code"}"#));
+        assert!(ok(r#"{"code":402,"code":200}"#));
+        assert!(ok(r#"[{"code":402}]"#));
+        assert!(ok(r#"{"data":{"code":402}}"#));
+        assert!(!ok(r#"{"code":200,"code":402,"msg":"x"}"#));
+        assert!(!ok(r#"{"code":200} trailing"#));
+        assert!(!ok(""));
     }
 
     #[test]

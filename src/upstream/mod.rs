@@ -104,14 +104,20 @@ pub trait Journal: Send + Sync {
     fn accepted<'a>(&'a self, seq: u32, task_id: &'a str, key: &'a str) -> BoxFuture<'a, ()>;
 }
 
-/// A create call's answer: the body, the journal's number for the call, the pool key used.
+/// A create call's answer: the body as received, the journal's number for the call, the pool key
+/// used.
 pub(crate) struct Created {
-    pub body: Value,
+    pub raw: bytes::Bytes,
     seq: Option<u32>,
     key: usize,
 }
 
 impl Created {
+    /// The answer parsed (it was checked to be JSON when it was classified).
+    pub fn json(&self) -> Result<Value, UpstreamError> {
+        parse(&self.raw)
+    }
+
     /// Records the task the create started (see [`Journal::accepted`]).
     async fn accepted(&self, up: &Upstream, task_id: &str, ctx: &CallCtx) {
         if let (Some(journal), Some(seq)) = (&ctx.journal, self.seq) {
@@ -243,11 +249,11 @@ impl Upstream {
             })?),
             None => None,
         };
-        let (body, key) = self
+        let (raw, key) = self
             .send(make, ctx, ctx.call_remaining(), Phase::Create, None)
             .await?;
         crate::failpoint::hit("after_create_sent");
-        Ok(Created { body, seq, key })
+        Ok(Created { raw, seq, key })
     }
 
     /// `form` is called once per attempt: a call refused for its key is sent again with another.
@@ -275,7 +281,7 @@ impl Upstream {
         let (body, _) = self
             .send(&make, ctx, ctx.remaining().min(limit), Phase::Poll, key)
             .await?;
-        Ok(body)
+        parse(&body)
     }
 
     /// One call to the platform, timed into the request's upstream clock and counted by model,
@@ -287,7 +293,7 @@ impl Upstream {
         limit: Duration,
         phase: Phase,
         key: Option<usize>,
-    ) -> Result<(Value, usize), UpstreamError> {
+    ) -> Result<(bytes::Bytes, usize), UpstreamError> {
         let _waiting = ctx.wait.enter();
         let started = Instant::now();
         let result = self.call(make, ctx, limit, key).await;
@@ -309,7 +315,7 @@ impl Upstream {
         ctx: &CallCtx,
         limit: Duration,
         pinned: Option<usize>,
-    ) -> Result<(Value, usize), UpstreamError> {
+    ) -> Result<(bytes::Bytes, usize), UpstreamError> {
         let until = Instant::now() + limit;
         if let Some((key, auth)) = pinned.and_then(|k| Some((k, self.pool.auth(k)?))) {
             return self
@@ -351,7 +357,7 @@ impl Upstream {
         auth: HeaderValue,
         ctx: &CallCtx,
         until: Instant,
-    ) -> Result<Value, UpstreamError> {
+    ) -> Result<bytes::Bytes, UpstreamError> {
         let rb = rb
             .header(AUTHORIZATION, auth)
             .header("x-request-id", &ctx.request_id);
@@ -384,12 +390,15 @@ impl Upstream {
             }
             Ok(Ok((status, retry_after, Some(body)))) => (status, retry_after, body),
         };
-        classify(status, &body, &self.redactor).map_err(|mut e| {
-            if e.kind == FailureKind::RateLimited {
-                e.retry_after = retry_after;
+        match classify(status, &body, &self.redactor) {
+            Ok(()) => Ok(body),
+            Err(mut e) => {
+                if e.kind == FailureKind::RateLimited {
+                    e.retry_after = retry_after;
+                }
+                Err(e)
             }
-            e
-        })
+        }
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> UpstreamError {
@@ -453,7 +462,9 @@ async fn read_capped(
     if res.content_length().is_some_and(|len| len > max as u64) {
         return Ok(None);
     }
-    let mut buf = bytes::BytesMut::new();
+    // One buffer of the announced length: a 12 MiB answer is not grown (and copied) by doubling.
+    let announced = res.content_length().map_or(0, |len| len as usize);
+    let mut buf = bytes::BytesMut::with_capacity(announced);
     let mut stream = res.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
@@ -463,6 +474,16 @@ async fn read_capped(
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf.freeze()))
+}
+
+/// A success answer's JSON (checked when it was classified, so this does not fail in practice).
+fn parse(body: &[u8]) -> Result<Value, UpstreamError> {
+    serde_json::from_slice(body).map_err(|_| {
+        UpstreamError::new(
+            FailureKind::Malformed,
+            "response body is not JSON".to_owned(),
+        )
+    })
 }
 
 /// What an adapter produced: images (inline base64 and/or URL) and the upstream task ids.

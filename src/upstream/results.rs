@@ -14,10 +14,12 @@ use super::{CallCtx, FailureKind, Upstream, UpstreamError};
 use crate::metrics::{CallOutcome, Phase};
 use crate::model::{image_dimensions, ImageFormat, Size};
 
-/// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both.
+/// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both. The
+/// base64 text is a slice of the upstream's answer (UTF-8, as JSON strings are): cloned by
+/// reference, never copied.
 #[derive(Debug, Clone, Default)]
 pub struct Image {
-    pub b64: Option<String>,
+    pub b64: Option<Bytes>,
     pub url: Option<String>,
 }
 
@@ -33,7 +35,8 @@ impl Image {
 /// An image ready for the client: base64 text plus what the gateway learned from its bytes.
 #[derive(Debug)]
 pub struct Encoded {
-    pub b64: String,
+    /// Base64 text (ASCII).
+    pub b64: Bytes,
     pub format: Option<ImageFormat>,
     pub size: Option<Size>,
 }
@@ -54,7 +57,7 @@ pub fn encode(bytes: Bytes, wanted: ImageFormat) -> Encoded {
 /// An inline base64 image (gpt-image-2-all's sync answer) in the `wanted` format: passed through
 /// untouched when it already is (the common case, no decoding), else decoded, converted and
 /// encoded again. Runs on the blocking pool when a conversion is needed.
-pub async fn inline(b64: String, wanted: ImageFormat) -> Encoded {
+pub async fn inline(b64: Bytes, wanted: ImageFormat) -> Encoded {
     let head = peek_b64(&b64, 32);
     let have = ImageFormat::sniff(&head);
     if have.is_none() || have == Some(wanted) {
@@ -65,13 +68,13 @@ pub async fn inline(b64: String, wanted: ImageFormat) -> Encoded {
             size,
         };
     }
-    let as_made = |b64: String| Encoded {
+    let as_made = |b64: Bytes| Encoded {
         size: image_dimensions(&peek_b64(&b64, PEEK)),
         b64,
         format: have,
     };
     let original = b64.clone();
-    let convert = move || match base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()) {
+    let convert = move || match base64::engine::general_purpose::STANDARD.decode(&b64) {
         Ok(bytes) => Some(encode(Bytes::from(bytes), wanted)),
         Err(_) => None,
     };
@@ -86,18 +89,20 @@ pub async fn inline(b64: String, wanted: ImageFormat) -> Encoded {
 const PEEK: usize = 64 * 1024;
 
 /// Decodes the first `bytes` bytes (about) of a base64 image.
-fn peek_b64(b64: &str, bytes: usize) -> Vec<u8> {
+fn peek_b64(b64: &[u8], bytes: usize) -> Vec<u8> {
     // Whole groups of four characters only.
     let whole = b64.len() & !3;
     let chars = bytes.div_ceil(3).saturating_mul(4).min(whole);
     base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes().get(..chars).unwrap_or_default())
+        .decode(b64.get(..chars).unwrap_or_default())
         .unwrap_or_default()
 }
 
 fn encode_as_is(bytes: &[u8]) -> Encoded {
     Encoded {
-        b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        b64: base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into(),
         format: ImageFormat::sniff(bytes),
         size: image_dimensions(bytes),
     }

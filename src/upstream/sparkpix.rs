@@ -147,8 +147,8 @@ fn is_lora_url(w: &str) -> bool {
 
 pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output, UpstreamError> {
     fan_out(plan.n, || async {
-        let answer = up.post_json(plan.path, &plan.body, ctx).await?;
-        let data = answer.body.get("data").ok_or_else(|| {
+        let answer = up.post_json(plan.path, &plan.body, ctx).await?.json()?;
+        let data = answer.get("data").ok_or_else(|| {
             UpstreamError::new(FailureKind::Malformed, "answer has no `data`".to_owned())
         })?;
         let urls = result_urls(data);

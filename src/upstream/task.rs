@@ -83,8 +83,8 @@ pub(super) async fn run_envelope(
 ) -> Result<Output, UpstreamError> {
     // An accepted create with no readable task id: the work may run and be billed.
     let unknown = |why: &str| UpstreamError::new(FailureKind::Malformed, why.to_owned());
-    let data = created
-        .body
+    let body = created.json()?;
+    let data = body
         .get("data")
         .ok_or_else(|| unknown("create answer has no `data`"))?;
     let task_id = data

@@ -9,6 +9,7 @@ use sqlx_core::row::Row as _;
 use sqlx_postgres::{PgConnection, PgPool, PgRow};
 
 use super::{complete_text_row, i, insert_row, u, Claimant};
+use crate::model::JsonText;
 use crate::store::jobs::{
     now_ms, CallRecord, Created, Finish, IdemKey, JobRecord, JobState, NewJob, Webhook,
 };
@@ -227,7 +228,7 @@ async fn finish_job(
     .bind(f.state.as_str())
     .bind(i32::from(f.status))
     .bind(i(f.cost_micros))
-    .bind(f.images.as_ref().map(Value::to_string))
+    .bind(f.images.as_ref().map(JsonText::to_text))
     .bind(f.error.as_ref().map(Value::to_string))
     .bind(now)
     .bind(epoch)

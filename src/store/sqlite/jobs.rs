@@ -1,6 +1,7 @@
 //! The job tables in SQLite: see [`crate::store::jobs`] for what a job is and how its state moves.
 
-use rusqlite::{params, Connection, OptionalExtension as _, Transaction};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension as _, Transaction, MAIN_DB};
 use serde_json::Value;
 
 use super::insert_row;
@@ -159,7 +160,11 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         reserved_micros: u(r.get(10)?),
         cost_micros: r.get::<_, Option<i64>>(11)?.map(u),
         spec: json(Some(r.get(12)?)).unwrap_or(Value::Null),
-        images: json(r.get(13)?),
+        // Text, or the blob [`finish`] writes in place.
+        images: match r.get_ref(13)? {
+            ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t).ok(),
+            _ => None,
+        },
         status: r
             .get::<_, Option<i64>>(14)?
             .and_then(|s| u16::try_from(s).ok()),
@@ -347,21 +352,43 @@ pub fn call_ended(
 /// is (and its second row refused by the unique index).
 pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreError> {
     let now = now_ms();
-    let changed = tx
+    // The images' text is written in place, piece by piece, into a value of its length: the
+    // base64 of an inline image goes from the upstream answer's buffer into the database's pages
+    // without a copy of the whole text first (a bound value would be copied twice).
+    let images_len = f
+        .images
+        .as_ref()
+        .map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX));
+    let rowid: Option<i64> = tx
         .prepare_cached(
-            "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4, images = ?5, error = ?6,
+            "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4,
+                images = CASE WHEN ?5 IS NULL THEN NULL ELSE zeroblob(?5) END, error = ?6,
                 updated_ms = ?7, completed_ms = ?7
-             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
+             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')
+             RETURNING rowid",
         )?
-        .execute(params![
-            job,
-            f.state.as_str(),
-            f.status,
-            i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
-            f.images.as_ref().map(Value::to_string),
-            f.error.as_ref().map(Value::to_string),
-            now
-        ])?;
+        .query_row(
+            params![
+                job,
+                f.state.as_str(),
+                f.status,
+                i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
+                images_len,
+                f.error.as_ref().map(Value::to_string),
+                now
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let changed = usize::from(rowid.is_some());
+    if let (Some(rowid), Some(text)) = (rowid, &f.images) {
+        let mut blob = tx.blob_open(MAIN_DB, c"jobs", c"images", rowid, false)?;
+        let mut at = 0;
+        for part in text.parts() {
+            blob.write_at(part, at)?;
+            at += part.len();
+        }
+    }
     if changed == 0 {
         return Err(StoreError::Refused(format!(
             "job {job} is already finished"

@@ -235,6 +235,44 @@ mod job_tests {
         assert!(store.write_ops(steps("folded")).await.is_err());
     }
 
+    /// A job's images are written into its row piece by piece (the base64 from the buffer it
+    /// arrived in) and read back as the JSON they make; a job ended without images keeps none.
+    #[tokio::test]
+    async fn images_written_in_pieces_read_back_whole() {
+        let store = Lite::open(None).unwrap();
+        let b64 = bytes::Bytes::from("iVBORw0K".repeat(40_000));
+        let mut w = crate::model::JsonWriter::new();
+        w.raw("[{\"b64_json\":")
+            .string(b64.clone())
+            .raw("},{\"url\":")
+            .value("https://files.example/a.png")
+            .raw("}]");
+        let text = w.finish();
+        assert!(text.parts().len() >= 3, "the base64 is a piece of its own");
+        for (id, images) in [("with", Some(text)), ("without", None)] {
+            let new = job(id, None);
+            let mut end = finish(id, JobState::Completed);
+            end.images = images;
+            store
+                .write(Box::new(move |tx| {
+                    jobs::insert(tx, &new)?;
+                    jobs::finish(tx, &new.id, &end)
+                }))
+                .await
+                .unwrap();
+        }
+        let got = store.job("with".to_owned()).await.unwrap().unwrap();
+        assert_eq!(
+            got.images,
+            Some(serde_json::json!([
+                {"b64_json": std::str::from_utf8(&b64).unwrap()},
+                {"url": "https://files.example/a.png"},
+            ]))
+        );
+        let none = store.job("without".to_owned()).await.unwrap().unwrap();
+        assert_eq!(none.images, None);
+    }
+
     #[tokio::test]
     async fn purge_forgets_old_finished_jobs_but_not_unknown_ones_or_pending_webhooks() {
         let store = Lite::open(None).unwrap();

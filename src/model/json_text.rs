@@ -1,0 +1,161 @@
+//! JSON text in pieces: the long strings of an image answer (`b64_json`, often 2–20 MB) stay in
+//! the buffers that already hold them — the upstream's answer — and the text around them is
+//! written as small pieces. A response body is the pieces in order; the job store writes them
+//! one after the other into the row. Nothing concatenates them unless a caller asks for one
+//! `String` ([`JsonText::to_text`]).
+
+#![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Strings at least this long are kept as their own piece when they need no escaping.
+pub const OWN_PIECE: usize = 16 * 1024;
+
+/// A JSON document as consecutive pieces of UTF-8 text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonText {
+    parts: Vec<Bytes>,
+}
+
+impl JsonText {
+    /// The pieces, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    pub fn into_parts(self) -> Vec<Bytes> {
+        self.parts
+    }
+
+    /// The text's length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts
+            .iter()
+            .map(Bytes::len)
+            .fold(0, usize::saturating_add)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+
+    /// The whole text as one string (a copy: for stores that take one value, and for tests).
+    pub fn to_text(&self) -> String {
+        let mut s = Vec::with_capacity(self.len());
+        for part in &self.parts {
+            s.extend_from_slice(part);
+        }
+        // Every piece is UTF-8 and pieces split only between characters; never lossy.
+        String::from_utf8(s).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// Writes a [`JsonText`]: structure and short values into the current piece, long plain
+/// strings as pieces of their own.
+#[derive(Debug, Default)]
+pub struct JsonWriter {
+    parts: Vec<Bytes>,
+    cur: Vec<u8>,
+}
+
+impl JsonWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// JSON punctuation or a literal key, written as is (`{"data":[`).
+    pub fn raw(&mut self, text: &str) -> &mut Self {
+        self.cur.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    /// Any serializable value, by `serde_json`.
+    pub fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> &mut Self {
+        // Serializing into a `Vec` fails only for maps with non-string keys, which the gateway
+        // never writes; the writer is left as it was then.
+        let _ = serde_json::to_writer(&mut self.cur, v);
+        self
+    }
+
+    /// A JSON string with the UTF-8 text `s`: a long one that needs no escaping (base64 never
+    /// does) becomes its own piece, shared with whoever else holds it; anything else is escaped
+    /// into the current piece.
+    pub fn string(&mut self, s: Bytes) -> &mut Self {
+        if s.len() >= OWN_PIECE && !needs_escape(&s) {
+            self.cur.push(b'"');
+            self.flush();
+            self.parts.push(s);
+            self.cur.push(b'"');
+        } else {
+            self.value(&*String::from_utf8_lossy(&s));
+        }
+        self
+    }
+
+    pub fn finish(mut self) -> JsonText {
+        self.flush();
+        JsonText { parts: self.parts }
+    }
+
+    fn flush(&mut self) {
+        if !self.cur.is_empty() {
+            self.parts.push(Bytes::from(std::mem::take(&mut self.cur)));
+        }
+    }
+}
+
+/// Whether JSON needs an escape for any byte: a control character, `"` or `\`. (UTF-8 text is
+/// written as is, as `serde_json` does.) Written as a branch-free fold per block so it vectorizes.
+pub fn needs_escape(s: &[u8]) -> bool {
+    s.chunks(64).any(|block| {
+        block.iter().fold(false, |bad, &b| {
+            bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, reason = "tests index what they built")]
+mod tests {
+    use super::*;
+
+    /// The pieces are exactly `serde_json`'s text for the same value, long strings shared.
+    #[test]
+    fn pieces_are_serde_json_s_text() {
+        let long: Bytes = "QUJD".repeat(OWN_PIECE).into();
+        let escaped: Bytes = format!("{}\"\n", "x".repeat(OWN_PIECE)).into();
+        let mut w = JsonWriter::new();
+        w.raw("{\"a\":")
+            .string(long.clone())
+            .raw(",\"b\":")
+            .string(escaped.clone())
+            .raw(",\"c\":")
+            .string(Bytes::from_static("é short".as_bytes()))
+            .raw(",\"n\":")
+            .value(&7)
+            .raw("}");
+        let text = w.finish();
+        let want = serde_json::json!({
+            "a": std::str::from_utf8(&long).unwrap(),
+            "b": std::str::from_utf8(&escaped).unwrap(),
+            "c": "é short",
+            "n": 7,
+        });
+        let got: serde_json::Value = serde_json::from_str(&text.to_text()).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(text.len(), text.to_text().len());
+        // The long plain string is the caller's buffer, not a copy.
+        assert!(text.parts().iter().any(|p| p.as_ptr() == long.as_ptr()));
+        assert!(!text.parts().iter().any(|p| p.as_ptr() == escaped.as_ptr()));
+    }
+
+    #[test]
+    fn escape_detection() {
+        assert!(!needs_escape(b"abc+/="));
+        assert!(needs_escape(b"a\"b"));
+        assert!(needs_escape(b"a\\b"));
+        assert!(needs_escape(b"a\nb"));
+        assert!(!needs_escape("é".as_bytes()));
+    }
+}
