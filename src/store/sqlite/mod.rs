@@ -29,9 +29,6 @@ mod writer;
 /// The database file inside `data.dir`.
 pub const DB_FILE: &str = "imagegate.sqlite3";
 
-/// The page cache of the store's connection, in KiB.
-const CACHE_KIB: i64 = 512;
-
 #[derive(Clone)]
 pub struct Lite {
     conn: Arc<Mutex<Connection>>,
@@ -233,10 +230,6 @@ impl Lite {
             None => Connection::open_in_memory()?,
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // The pages a request touches are few (the tails of the job, call and ledger indexes);
-        // a large image's pages pass through once. A small cache keeps them from staying in
-        // memory: SQLite's default (2 MB) would hold a 2 MiB image's pages after it was written.
-        conn.pragma_update(None, "cache_size", CACHE_KIB.saturating_neg())?;
         schema::migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let (writes, rx) = tokio::sync::mpsc::channel(writer::QUEUE);
