@@ -356,8 +356,9 @@ impl Jobs {
             let _running = state.metrics.job_running();
             let (late_tx, mut late_rx) = tokio::sync::oneshot::channel();
             let dispatch = state.dispatch();
-            let run = dispatch.run(*prepared, ctx, Some(late_tx));
-            tokio::pin!(run);
+            // Boxed, not pinned in place: `tokio::pin!` moves the future into a second local,
+            // and the task would keep room for both while the job waits.
+            let mut run = Box::pin(dispatch.run(*prepared, ctx, Some(late_tx)));
             let mut late_seen = false;
             let finished = loop {
                 tokio::select! {

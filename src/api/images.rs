@@ -253,54 +253,23 @@ async fn answer(
     route: Route,
     req: ImageRequest,
     digest: String,
-    mut opts: JobOptions,
+    opts: JobOptions,
 ) -> Response {
-    let log = RequestLog::new(&route, &req, state.config.logging.log_prompts);
-    // The job's end is posted to the request's callback_url, else to the key's webhook_url.
-    if opts.callback_url.is_none() {
-        opts.callback_url = call.caller.record.spec.webhook_url.clone();
-    }
-    // Sub-futures that run before the wait are boxed: a request waiting minutes on its job then
-    // holds only what the wait needs (memory per waiting request).
-    if opts.callback_url.is_some()
-        && Box::pin(state.keys.webhook_secret(&call.caller.id))
-            .await
-            .is_none()
-    {
-        return ApiError::invalid(
-            "callback_url",
-            "This key has no webhook secret to sign with: set `webhook_secret` on a config-file key, or create one with POST /admin/keys/{id}/webhook-secret.",
-        )
-        .into_response();
-    }
-    let stream = req.stream;
-    let prefix = match req.op {
-        Operation::Generate => "image_generation",
-        Operation::Edit => "image_edit",
+    // Admission is a future of its own, freed before the wait: a request waiting minutes on its
+    // job holds only what the wait needs (memory per waiting request).
+    let Started {
+        admitted,
+        rate_headers,
+        first,
+        log,
+        stream,
+        prefix,
+        respond_async,
+    } = match Box::pin(admit(&state, call, route, req, digest, opts)).await {
+        Ok(started) => started,
+        Err(res) => return res,
     };
-    // A retry, or a request with a known Idempotency-Key, joins its job: no new admission.
-    let joined = Box::pin(state.jobs.existing(&state, &call.caller.id, &digest, &opts)).await;
-    let (admitted, rate_headers, first) = match joined {
-        Err(e) => return e.into_response(),
-        Ok(Some(admitted)) => (admitted, Vec::new(), false),
-        Ok(None) => {
-            let prepared = match Box::pin(state.dispatch().prepare(call, route, req)).await {
-                Ok(p) => p,
-                Err(refused) => return render(*refused, log),
-            };
-            let rate_headers = prepared.rate_headers();
-            match Box::pin(state.jobs.start(&state, prepared, &digest, &opts)).await {
-                Ok(a @ Admitted::Job(..)) => (a, rate_headers, true),
-                Ok(a) => (a, rate_headers, false),
-                Err(e) => return e.into_response(),
-            }
-        }
-    };
-    let log = RequestLog {
-        joined: !first,
-        ..log
-    };
-    if opts.respond_async {
+    if respond_async {
         return Box::pin(accepted(&state, &admitted)).await;
     }
     if stream {
@@ -314,6 +283,79 @@ async fn answer(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     res
+}
+
+/// A request admitted as a job (or joined to one), and what its answer needs.
+struct Started {
+    admitted: Admitted,
+    rate_headers: Vec<(&'static str, String)>,
+    first: bool,
+    log: RequestLog,
+    stream: bool,
+    prefix: &'static str,
+    respond_async: bool,
+}
+
+/// Admits a parsed request: joins the job it repeats, or prepares it and starts its job. A
+/// refusal is the answer.
+async fn admit(
+    state: &Arc<AppState>,
+    call: Call,
+    route: Route,
+    req: ImageRequest,
+    digest: String,
+    mut opts: JobOptions,
+) -> Result<Started, Response> {
+    let log = RequestLog::new(&route, &req, state.config.logging.log_prompts);
+    // The job's end is posted to the request's callback_url, else to the key's webhook_url.
+    if opts.callback_url.is_none() {
+        opts.callback_url = call.caller.record.spec.webhook_url.clone();
+    }
+    if opts.callback_url.is_some() && state.keys.webhook_secret(&call.caller.id).await.is_none() {
+        return Err(ApiError::invalid(
+            "callback_url",
+            "This key has no webhook secret to sign with: set `webhook_secret` on a config-file key, or create one with POST /admin/keys/{id}/webhook-secret.",
+        )
+        .into_response());
+    }
+    let stream = req.stream;
+    let prefix = match req.op {
+        Operation::Generate => "image_generation",
+        Operation::Edit => "image_edit",
+    };
+    // A retry, or a request with a known Idempotency-Key, joins its job: no new admission.
+    let joined = state
+        .jobs
+        .existing(state, &call.caller.id, &digest, &opts)
+        .await;
+    let (admitted, rate_headers, first) = match joined {
+        Err(e) => return Err(e.into_response()),
+        Ok(Some(admitted)) => (admitted, Vec::new(), false),
+        Ok(None) => {
+            let prepared = match state.dispatch().prepare(call, route, req).await {
+                Ok(p) => p,
+                Err(refused) => return Err(render(*refused, log)),
+            };
+            let rate_headers = prepared.rate_headers();
+            match state.jobs.start(state, prepared, &digest, &opts).await {
+                Ok(a @ Admitted::Job(..)) => (a, rate_headers, true),
+                Ok(a) => (a, rate_headers, false),
+                Err(e) => return Err(e.into_response()),
+            }
+        }
+    };
+    Ok(Started {
+        admitted,
+        rate_headers,
+        first,
+        log: RequestLog {
+            joined: !first,
+            ..log
+        },
+        stream,
+        prefix,
+        respond_async: opts.respond_async,
+    })
 }
 
 /// Waits for a job's answer: until it is done, or until the first caller's deadline passes

@@ -231,7 +231,9 @@ impl Upstream {
     ) -> Result<Created, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).json(body);
-        self.create(&make, ctx).await
+        // Boxed (here and in `post_form`): a task is followed for minutes after its create, and
+        // the HTTP call's state would otherwise keep its room in every waiting request.
+        Box::pin(self.create(&make, ctx)).await
     }
 
     /// A create call: written down in the journal before it is sent.
@@ -265,7 +267,7 @@ impl Upstream {
     ) -> Result<Created, UpstreamError> {
         let url = format!("{}{path}", self.base);
         let make = || self.http.post(&url).multipart(form());
-        self.create(&make, ctx).await
+        Box::pin(self.create(&make, ctx)).await
     }
 
     /// A poll, with the pool key that created the task when it is known.

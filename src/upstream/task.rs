@@ -83,23 +83,28 @@ pub(super) async fn run_envelope(
 ) -> Result<Output, UpstreamError> {
     // An accepted create with no readable task id: the work may run and be billed.
     let unknown = |why: &str| UpstreamError::new(FailureKind::Malformed, why.to_owned());
-    let body = created.json()?;
-    let data = body
-        .get("data")
-        .ok_or_else(|| unknown("create answer has no `data`"))?;
-    let task_id = data
-        .get("taskId")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| unknown("create answer has no `taskId`"))?;
+    // The answer is read and let go before the wait: a task can be followed for minutes, and
+    // thousands may wait at once.
+    let (task_id, state) = {
+        let body = created.json()?;
+        let data = body
+            .get("data")
+            .ok_or_else(|| unknown("create answer has no `data`"))?;
+        let task_id = data
+            .get("taskId")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| unknown("create answer has no `taskId`"))?;
+        (task_id, task_state(data))
+    };
     created.accepted(up, &task_id, ctx).await;
-    let urls = match task_state(data) {
+    let key = created.key;
+    drop(created);
+    let urls = match state {
         Ok(TaskState::Completed(urls)) => urls,
         Ok(TaskState::Failed(msg)) => return Err(failed(up, &msg).with_task(&task_id)),
         // Running, or a state the create answer does not make clear: the task is followed.
-        Ok(TaskState::Running) | Err(_) => {
-            wait(up, model, &task_id, Some(created.key), ctx).await?
-        }
+        Ok(TaskState::Running) | Err(_) => wait(up, model, &task_id, Some(key), ctx).await?,
     };
     Ok(Output {
         images: urls.into_iter().map(Image::url).collect(),
