@@ -4,7 +4,8 @@
 //! [`json`] writes the value's structure with `serde_json` and, for every string of at least
 //! [`OWN_CHUNK`] bytes that JSON does not need to escape (base64 never does), moves the string
 //! itself into the body as its own chunk. The bytes on the wire are exactly `serde_json::to_vec`'s;
-//! the body has an exact length, so the answer keeps its `Content-Length`.
+//! the body has an exact length, so the answer keeps its `Content-Length`. [`json_text`] sends an
+//! answer already written in pieces (an images answer: [`JsonText`]).
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 

@@ -261,8 +261,8 @@ fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
     let images: Vec<Image> = items
         .into_iter()
         .map(|item| Image {
-            b64: item.b64_json.0.map(|s| match s {
-                Cow::Borrowed(s) => raw.slice_ref(s.as_bytes()),
+            b64: item.b64_json.map(|s| match s.0 {
+                Cow::Borrowed(s) => raw.slice_ref(s),
                 Cow::Owned(s) => Bytes::from(s),
             }),
             url: item.url.0.map(Cow::into_owned),
@@ -291,9 +291,37 @@ struct OpenAiAnswer<'a> {
 #[derive(Deserialize)]
 struct OpenAiItem<'a> {
     #[serde(borrow, default)]
-    b64_json: Text<'a>,
+    b64_json: Option<B64<'a>>,
     #[serde(borrow, default)]
     url: Text<'a>,
+}
+
+/// A base64 string's bytes as they stand between its quotes (unescaped only if it has escapes,
+/// which base64 never has). Read by a byte scan for the closing quote, neither checked as UTF-8
+/// nor for control characters: the text is checked once, when it is written out
+/// ([`crate::model::JsonWriter::string`]).
+struct B64<'a>(Cow<'a, [u8]>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for B64<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = B64<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_borrowed_bytes<E>(self, b: &'de [u8]) -> Result<B64<'de>, E> {
+                Ok(B64(Cow::Borrowed(b)))
+            }
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<B64<'de>, E> {
+                Ok(B64(Cow::Owned(b.to_vec())))
+            }
+            fn visit_byte_buf<E>(self, b: Vec<u8>) -> Result<B64<'de>, E> {
+                Ok(B64(Cow::Owned(b)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }
 
 /// A string field, borrowed when it has no escapes; any other JSON value (a `null`, a number)
@@ -354,8 +382,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 mod tests {
     use super::*;
 
-    /// The base64 of an answer is a slice of the answer's buffer, not a copy; an escaped one is
-    /// unescaped; a value that is not a string reads as absent; no `data` is malformed.
+    /// The base64 of an answer is a slice of the answer's buffer, not a copy; an escaped URL is
+    /// unescaped; an item with no image is skipped; no `data`, or a `b64_json` that is not a
+    /// string, is malformed.
     #[test]
     fn answer_images_are_slices_of_the_answer() {
         let b64 = "iVBORw0KGgo".repeat(3000);
@@ -363,7 +392,7 @@ mod tests {
             serde_json::json!({"created": 1, "data": [
                 {"b64_json": b64, "revised_prompt": "p"},
                 {"url": "https://files.example/a\\/b.png", "b64_json": null},
-                {"b64_json": 7},
+                {"revised_prompt": "an item with no image"},
             ]})
             .to_string(),
         );

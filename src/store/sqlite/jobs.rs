@@ -348,21 +348,27 @@ pub fn call_ended(
     Ok(())
 }
 
+/// Images' JSON text at least this long is written in place (see [`finish`]).
+const IN_PLACE: usize = 64 * 1024;
+
 /// The terminal state and the job's ledger row, together. A job already finished is left as it
 /// is (and its second row refused by the unique index).
 pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreError> {
     let now = now_ms();
-    // The images' text is written in place, piece by piece, into a value of its length: the
-    // base64 of an inline image goes from the upstream answer's buffer into the database's pages
-    // without a copy of the whole text first (a bound value would be copied twice).
-    let images_len = f
-        .images
-        .as_ref()
-        .map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX));
+    // Large images' text is written in place, piece by piece, into a value of its length: the
+    // base64 goes from the upstream answer's buffer into the database's pages without a copy of
+    // the whole text first (a bound value is copied twice more by SQLite). Opening the value for
+    // that costs more than copying a short text, which is bound as usual.
+    let (text, in_place) = match &f.images {
+        Some(t) if t.len() >= IN_PLACE => (None, Some(t)),
+        Some(t) => (Some(t.to_text()), None),
+        None => (None, None),
+    };
+    let len = in_place.map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX));
     let rowid: Option<i64> = tx
         .prepare_cached(
             "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4,
-                images = CASE WHEN ?5 IS NULL THEN NULL ELSE zeroblob(?5) END, error = ?6,
+                images = CASE WHEN ?8 IS NULL THEN ?5 ELSE zeroblob(?8) END, error = ?6,
                 updated_ms = ?7, completed_ms = ?7
              WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')
              RETURNING rowid",
@@ -373,15 +379,16 @@ pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreEr
                 f.state.as_str(),
                 f.status,
                 i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
-                images_len,
+                text,
                 f.error.as_ref().map(Value::to_string),
-                now
+                now,
+                len
             ],
             |r| r.get(0),
         )
         .optional()?;
     let changed = usize::from(rowid.is_some());
-    if let (Some(rowid), Some(text)) = (rowid, &f.images) {
+    if let (Some(rowid), Some(text)) = (rowid, in_place) {
         let mut blob = tx.blob_open(MAIN_DB, c"jobs", c"images", rowid, false)?;
         let mut at = 0;
         for part in text.parts() {

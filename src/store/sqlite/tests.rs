@@ -235,8 +235,9 @@ mod job_tests {
         assert!(store.write_ops(steps("folded")).await.is_err());
     }
 
-    /// A job's images are written into its row piece by piece (the base64 from the buffer it
-    /// arrived in) and read back as the JSON they make; a job ended without images keeps none.
+    /// A job's large images are written into its row piece by piece (the base64 from the buffer
+    /// it arrived in), short ones bound as text; both read back as the JSON they make, and a job
+    /// ended without images keeps none.
     #[tokio::test]
     async fn images_written_in_pieces_read_back_whole() {
         let store = Lite::open(None).unwrap();
@@ -249,7 +250,16 @@ mod job_tests {
             .raw("}]");
         let text = w.finish();
         assert!(text.parts().len() >= 3, "the base64 is a piece of its own");
-        for (id, images) in [("with", Some(text)), ("without", None)] {
+        let mut short = crate::model::JsonWriter::new();
+        short
+            .raw("[{\"url\":")
+            .value("https://files.example/b.png")
+            .raw("}]");
+        for (id, images) in [
+            ("with", Some(text)),
+            ("short", Some(short.finish())),
+            ("without", None),
+        ] {
             let new = job(id, None);
             let mut end = finish(id, JobState::Completed);
             end.images = images;
@@ -268,6 +278,11 @@ mod job_tests {
                 {"b64_json": std::str::from_utf8(&b64).unwrap()},
                 {"url": "https://files.example/a.png"},
             ]))
+        );
+        let short = store.job("short".to_owned()).await.unwrap().unwrap();
+        assert_eq!(
+            short.images,
+            Some(serde_json::json!([{"url": "https://files.example/b.png"}]))
         );
         let none = store.job("without".to_owned()).await.unwrap().unwrap();
         assert_eq!(none.images, None);
