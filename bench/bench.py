@@ -727,8 +727,9 @@ def s2_large(stack: Stack, tmp: str, a, rep: Report):
     grows = any(per[top] > 1.25 * min(per.values()) for _, per in flat)
     rep.target(f"Large bodies: flat as concurrency grows to {top}", "flat", spread, not grows)
     rep.target("Large bodies: `b64_json` from the upstream not decoded and re-encoded", "pass-through",
-               "base64 text moved from the upstream answer into the client answer "
-               "(`upstream::all::openai_images`, `api::images::materialize`)", True)
+               "the base64 is a slice of the upstream's answer, written from that buffer to "
+               "the job store and the client (`upstream::all::openai_images`, "
+               "`model::json_text`; test `answer_images_are_slices_of_the_answer`)", True)
     rep.headline.append(f"large answers: worst {worst:.2f}× the base64 size in gateway memory "
                         f"per in-flight answer")
 

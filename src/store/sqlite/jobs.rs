@@ -365,30 +365,28 @@ pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreEr
         None => (None, None),
     };
     let len = in_place.map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX));
-    let rowid: Option<i64> = tx
+    let changed = tx
         .prepare_cached(
             "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4,
                 images = CASE WHEN ?8 IS NULL THEN ?5 ELSE zeroblob(?8) END, error = ?6,
                 updated_ms = ?7, completed_ms = ?7
-             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')
-             RETURNING rowid",
+             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
         )?
-        .query_row(
-            params![
-                job,
-                f.state.as_str(),
-                f.status,
-                i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
-                text,
-                f.error.as_ref().map(Value::to_string),
-                now,
-                len
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let changed = usize::from(rowid.is_some());
-    if let (Some(rowid), Some(text)) = (rowid, in_place) {
+        .execute(params![
+            job,
+            f.state.as_str(),
+            f.status,
+            i64::try_from(f.cost_micros).unwrap_or(i64::MAX),
+            text,
+            f.error.as_ref().map(Value::to_string),
+            now,
+            len
+        ])?;
+    if let (1, Some(text)) = (changed, in_place) {
+        let rowid: i64 =
+            tx.query_row("SELECT rowid FROM jobs WHERE id = ?1", params![job], |r| {
+                r.get(0)
+            })?;
         let mut blob = tx.blob_open(MAIN_DB, c"jobs", c"images", rowid, false)?;
         let mut at = 0;
         for part in text.parts() {
