@@ -149,6 +149,17 @@ mod job_tests {
         }
     }
 
+    /// Writes a job and its end in one transaction.
+    async fn insert_finished(store: &Lite, new: NewJob, end: Finish) {
+        store
+            .write(Box::new(move |tx| {
+                jobs::insert(tx, &new)?;
+                jobs::finish(tx, &new.id, &end)
+            }))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_write_that_fails_is_tried_again_and_a_refused_one_is_reported() {
         let store = Lite::open(None).unwrap();
@@ -260,16 +271,9 @@ mod job_tests {
             ("short", Some(short.finish())),
             ("without", None),
         ] {
-            let new = job(id, None);
             let mut end = finish(id, JobState::Completed);
             end.images = images;
-            store
-                .write(Box::new(move |tx| {
-                    jobs::insert(tx, &new)?;
-                    jobs::finish(tx, &new.id, &end)
-                }))
-                .await
-                .unwrap();
+            insert_finished(&store, job(id, None), end).await;
         }
         let got = store.job("with".to_owned()).await.unwrap().unwrap();
         assert_eq!(
@@ -296,15 +300,7 @@ mod job_tests {
             ("hooked", Some("https://example.com/h"), JobState::Completed),
             ("unknown", None, JobState::Unknown),
         ] {
-            let new = job(id, callback);
-            let end = finish(id, state);
-            store
-                .write(Box::new(move |tx| {
-                    jobs::insert(tx, &new)?;
-                    jobs::finish(tx, &new.id, &end)
-                }))
-                .await
-                .unwrap();
+            insert_finished(&store, job(id, callback), finish(id, state)).await;
         }
         let purged = store.call(|c| jobs::purge(c, now_ms() + 1)).await.unwrap();
         assert_eq!(purged, 1);
