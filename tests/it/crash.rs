@@ -236,6 +236,43 @@ async fn sigkill_during_an_async_task_then_restart_completes_the_job_once() {
     stop.cancel();
 }
 
+/// A large inline image that has no URL upstream (`[sim:inline]`: the job keeps the base64
+/// itself, written into its row in place) outlives a SIGKILL: the retry with the same
+/// `Idempotency-Key` on the next process gets the same bytes, replayed, and the platform saw one
+/// create.
+#[tokio::test]
+async fn a_large_inline_image_is_replayed_after_a_sigkill() {
+    let stop = CancellationToken::new();
+    let sim = sim(&stop).await;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(&sim, data.path());
+    let http = reqwest::Client::new();
+    let ask = |p: &Proc| {
+        http.post(p.url("/v1/images/generations"))
+            .bearer_auth(KEY)
+            .header("idempotency-key", "big-1")
+            .json(&json!({"model": "gpt-image-2-all", "size": "1024x1024", "prompt": "a harbour [sim:filebytes=150000] [sim:inline]"}))
+            .send()
+    };
+
+    let first = Proc::start(cfg.path(), None);
+    let a = Env::read(ask(&first).await.unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let made = a.body["data"][0]["b64_json"].as_str().unwrap().to_owned();
+    assert!(made.len() > 128 * 1024, "{}", made.len());
+    assert!(is_png(&b64_image(&a.body, 0)));
+    first.kill9();
+
+    let second = Proc::start(cfg.path(), None);
+    let b = Env::read(ask(&second).await.unwrap()).await;
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(b.headers["idempotent-replayed"], "true");
+    assert_eq!(b.body["data"][0]["b64_json"].as_str().unwrap(), made);
+    second.term();
+    assert_eq!(stats(&http, &sim).await["creates"], 1);
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn a_second_process_on_the_same_data_dir_refuses_to_start() {
     let stop = CancellationToken::new();

@@ -153,5 +153,5 @@ async fn run(
         param,
     };
     let (_, result) = jobs::finished(jobs::start(state, job)).await?;
-    openai_answer(result, url_only)
+    openai_answer(result, url_only, false)
 }

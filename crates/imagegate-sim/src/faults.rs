@@ -193,6 +193,9 @@ pub(crate) struct Directives {
     pub slowpoll: Option<Duration>,
     /// `[sim:filebytes=N]`: PNG result files are exactly N bytes long (see `render`).
     pub file_bytes: Option<u32>,
+    /// `[sim:inline]`: gpt-image-2-all's OpenAI-shaped sync answer carries `b64_json` only, no
+    /// `url` (the platform's docs show both; a platform that keeps no result file would not).
+    pub inline_only: bool,
     /// `[sim:429=SECS]`: the `retry-after` of the 429 answer.
     pub retry_after: Option<u32>,
 }
@@ -237,6 +240,7 @@ impl Directives {
                         out.kind = Some(FaultKind::Http429);
                     }
                 }
+                "inline" => out.inline_only = true,
                 "reset" => out.cut = out.cut.or(Some(Cut::Reset)),
                 "truncate" => out.cut = out.cut.or(Some(Cut::Truncate)),
                 _ => match FaultKind::parse(name) {

@@ -113,6 +113,7 @@ pub(crate) async fn generate(state: &AppState, f: Fields, d: Directives) -> ApiR
         None => ratio_size(&f)?,
     };
     let sync = wxh.is_some() && callback_url.is_none();
+    let inline_only = d.inline_only;
     let job = Job {
         model: Model::All,
         prompt,
@@ -132,7 +133,7 @@ pub(crate) async fn generate(state: &AppState, f: Fields, d: Directives) -> ApiR
         return Ok(envelope(json!({"taskId": started.task_id})));
     }
     let (_, result) = jobs::finished(started).await?;
-    openai_answer(result, false)
+    openai_answer(result, false, inline_only)
 }
 
 /// The async-mode size from `aspect_ratio` + `resolution`.
@@ -156,8 +157,9 @@ fn ratio_size(f: &Fields) -> Result<(u32, u32), ApiError> {
     Ok(size_for_ratio(ratio, side))
 }
 
-/// The OpenAI images answer for a finished sync job; `url_only` drops `b64_json`.
-pub(crate) fn openai_answer(result: JobResult, url_only: bool) -> ApiResult {
+/// The OpenAI images answer for a finished sync job; `url_only` drops `b64_json`, `b64_only`
+/// drops `url`.
+pub(crate) fn openai_answer(result: JobResult, url_only: bool, b64_only: bool) -> ApiResult {
     match result {
         JobResult::Completed { urls, images } => {
             let data: Vec<Value> = urls
@@ -166,6 +168,8 @@ pub(crate) fn openai_answer(result: JobResult, url_only: bool) -> ApiResult {
                 .map(|(url, bytes)| {
                     if url_only {
                         json!({"url": url})
+                    } else if b64_only {
+                        json!({"b64_json": STANDARD.encode(bytes)})
                     } else {
                         json!({"b64_json": STANDARD.encode(bytes), "url": url})
                     }
