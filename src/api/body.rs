@@ -1,10 +1,10 @@
 //! JSON answers that carry images: the long strings (`b64_json`, often 2–20 MB) are sent as the
 //! buffers that already hold them instead of being copied into one serialized body.
 //!
-//! [`json`] writes the value's structure with `serde_json` and, for every string of at least
-//! [`OWN_CHUNK`] bytes that JSON does not need to escape (base64 never does), moves the string
-//! itself into the body as its own chunk. The bytes on the wire are exactly `serde_json::to_vec`'s;
-//! the body has an exact length, so the answer keeps its `Content-Length`. [`json_text`] sends an
+//! [`json`] writes the value with [`JsonWriter`]: every string of at least
+//! [`OWN_PIECE`](crate::model::json_text::OWN_PIECE) bytes of plain ASCII (base64 is) is moved
+//! into the body as its own chunk. The bytes on the wire are exactly `serde_json::to_vec`'s; the
+//! body has an exact length, so the answer keeps its `Content-Length`. [`json_text`] sends an
 //! answer already written in pieces (an images answer: [`JsonText`]).
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
@@ -21,10 +21,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use serde_json::Value;
 
-use crate::model::json_text::{needs_escape, JsonText, OWN_PIECE};
-
-/// Strings at least this long are sent as their own chunk when they need no escaping.
-pub const OWN_CHUNK: usize = OWN_PIECE;
+use crate::model::json_text::{JsonText, JsonWriter};
 
 /// An `application/json` response for `value`.
 pub fn json(value: Value) -> Response {
@@ -50,61 +47,39 @@ fn respond(parts: VecDeque<Bytes>) -> Response {
 
 /// The serialized value as a list of buffers (long plain strings moved, not copied).
 pub fn chunks(value: Value) -> VecDeque<Bytes> {
-    let mut w = Writer::default();
-    w.value(value);
-    w.flush();
-    w.done.into()
+    let mut w = JsonWriter::new();
+    write_value(&mut w, value);
+    w.finish().into_parts().into()
 }
 
-#[derive(Default)]
-struct Writer {
-    done: Vec<Bytes>,
-    cur: Vec<u8>,
-}
-
-impl Writer {
-    fn value(&mut self, value: Value) {
-        match value {
-            Value::String(s) if s.len() >= OWN_CHUNK && !needs_escape(s.as_bytes()) => {
-                self.cur.push(b'"');
-                self.flush();
-                self.done.push(Bytes::from(s));
-                self.cur.push(b'"');
-            }
-            Value::Array(items) => {
-                self.cur.push(b'[');
-                for (i, item) in items.into_iter().enumerate() {
-                    if i > 0 {
-                        self.cur.push(b',');
-                    }
-                    self.value(item);
-                }
-                self.cur.push(b']');
-            }
-            Value::Object(map) => {
-                self.cur.push(b'{');
-                for (i, (key, item)) in map.into_iter().enumerate() {
-                    if i > 0 {
-                        self.cur.push(b',');
-                    }
-                    self.scalar(&key);
-                    self.cur.push(b':');
-                    self.value(item);
-                }
-                self.cur.push(b'}');
-            }
-            other => self.scalar(&other),
+fn write_value(w: &mut JsonWriter, value: Value) {
+    match value {
+        Value::String(s) => {
+            w.string(Bytes::from(s));
         }
-    }
-
-    fn scalar<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
-        // Serializing a `Value` or a `String` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut self.cur, v);
-    }
-
-    fn flush(&mut self) {
-        if !self.cur.is_empty() {
-            self.done.push(Bytes::from(std::mem::take(&mut self.cur)));
+        Value::Array(items) => {
+            w.raw("[");
+            for (i, item) in items.into_iter().enumerate() {
+                if i > 0 {
+                    w.raw(",");
+                }
+                write_value(w, item);
+            }
+            w.raw("]");
+        }
+        Value::Object(map) => {
+            w.raw("{");
+            for (i, (key, item)) in map.into_iter().enumerate() {
+                if i > 0 {
+                    w.raw(",");
+                }
+                w.value(&key).raw(":");
+                write_value(w, item);
+            }
+            w.raw("}");
+        }
+        other => {
+            w.value(&other);
         }
     }
 }
@@ -154,12 +129,13 @@ impl http_body::Body for Chunks {
 )]
 mod tests {
     use super::*;
+    use crate::model::json_text::OWN_PIECE;
     use serde_json::json;
 
     #[test]
     fn same_bytes_as_serde_json_with_long_strings_moved() {
-        let b64 = "QUJD+/=".repeat(OWN_CHUNK);
-        let escaped = format!("{}\"\n\\", "x".repeat(OWN_CHUNK));
+        let b64 = "QUJD+/=".repeat(OWN_PIECE);
+        let escaped = format!("{}\"\n\\", "x".repeat(OWN_PIECE));
         let value = json!({
             "created": 1,
             "data": [{"b64_json": b64}, {"b64_json": escaped}, {"url": "https://x.test/a.png"}],
@@ -182,15 +158,5 @@ mod tests {
             http_body::Body::size_hint(&body).exact(),
             Some(expected.len() as u64)
         );
-    }
-
-    #[test]
-    fn finds_every_byte_that_needs_an_escape() {
-        assert!(!needs_escape("plain ✓ text".repeat(100).as_bytes()));
-        for bad in [b'"', b'\\', b'\n', 0x00, 0x1f] {
-            let mut s = vec![b'a'; 200];
-            s[130] = bad;
-            assert!(needs_escape(&s), "{bad:#x}");
-        }
     }
 }

@@ -106,21 +106,11 @@ impl JsonWriter {
 }
 
 /// Whether every byte is printable ASCII other than `"` and `\`: text that is valid UTF-8 and
-/// goes into a JSON string as it is. One branch-free pass per block, like [`needs_escape`].
+/// goes into a JSON string as it is. One branch-free pass per block, so it vectorizes.
 pub fn plain_ascii(s: &[u8]) -> bool {
     s.chunks(64).all(|block| {
         block.iter().fold(true, |ok, &b| {
             ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
-        })
-    })
-}
-
-/// Whether JSON needs an escape for any byte: a control character, `"` or `\`. (UTF-8 text is
-/// written as is, as `serde_json` does.) Written as a branch-free fold per block so it vectorizes.
-pub fn needs_escape(s: &[u8]) -> bool {
-    s.chunks(64).any(|block| {
-        block.iter().fold(false, |bad, &b| {
-            bad | (b < 0x20) | (b == b'"') | (b == b'\\')
         })
     })
 }
@@ -177,12 +167,14 @@ mod tests {
         assert!(plain_ascii(b"QUJD+/=~ !"));
     }
 
+    /// Every byte that JSON escapes (or that is not plain ASCII) is found, wherever it is.
     #[test]
-    fn escape_detection() {
-        assert!(!needs_escape(b"abc+/="));
-        assert!(needs_escape(b"a\"b"));
-        assert!(needs_escape(b"a\\b"));
-        assert!(needs_escape(b"a\nb"));
-        assert!(!needs_escape("é".as_bytes()));
+    fn finds_every_byte_that_needs_an_escape() {
+        assert!(plain_ascii("plain text +/=".repeat(100).as_bytes()));
+        for bad in [b'"', b'\\', b'\n', 0x00, 0x1f, 0x7f, 0xc3] {
+            let mut s = vec![b'a'; 200];
+            s[130] = bad;
+            assert!(!plain_ascii(&s), "{bad:#x}");
+        }
     }
 }

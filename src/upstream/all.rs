@@ -265,7 +265,9 @@ fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
                 Cow::Borrowed(s) => raw.slice_ref(s),
                 Cow::Owned(s) => Bytes::from(s),
             }),
-            url: item.url.0.map(Cow::into_owned),
+            url: item
+                .url
+                .map(|u| String::from_utf8_lossy(&u.0).into_owned()),
         })
         .filter(|i| i.b64.is_some() || i.url.is_some())
         .collect();
@@ -291,90 +293,37 @@ struct OpenAiAnswer<'a> {
 #[derive(Deserialize)]
 struct OpenAiItem<'a> {
     #[serde(borrow, default)]
-    b64_json: Option<B64<'a>>,
+    b64_json: Option<RawStr<'a>>,
     #[serde(borrow, default)]
-    url: Text<'a>,
+    url: Option<RawStr<'a>>,
 }
 
-/// A base64 string's bytes as they stand between its quotes (unescaped only if it has escapes,
-/// which base64 never has). Read by a byte scan for the closing quote, neither checked as UTF-8
-/// nor for control characters: the text is checked once, when it is written out
-/// ([`crate::model::JsonWriter::string`]).
-struct B64<'a>(Cow<'a, [u8]>);
+/// A string's bytes as they stand between its quotes (unescaped only if it has escapes, which
+/// base64 never has). Read by a byte scan for the closing quote, neither checked as UTF-8 nor
+/// for control characters: a base64 text is checked once, when it is written out
+/// ([`crate::model::JsonWriter::string`]); a URL is made UTF-8 here and checked against the URL
+/// policy before it is used.
+struct RawStr<'a>(Cow<'a, [u8]>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for B64<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for RawStr<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = B64<'de>;
+            type Value = RawStr<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a base64 string")
             }
-            fn visit_borrowed_bytes<E>(self, b: &'de [u8]) -> Result<B64<'de>, E> {
-                Ok(B64(Cow::Borrowed(b)))
+            fn visit_borrowed_bytes<E>(self, b: &'de [u8]) -> Result<RawStr<'de>, E> {
+                Ok(RawStr(Cow::Borrowed(b)))
             }
-            fn visit_bytes<E>(self, b: &[u8]) -> Result<B64<'de>, E> {
-                Ok(B64(Cow::Owned(b.to_vec())))
+            fn visit_bytes<E>(self, b: &[u8]) -> Result<RawStr<'de>, E> {
+                Ok(RawStr(Cow::Owned(b.to_vec())))
             }
-            fn visit_byte_buf<E>(self, b: Vec<u8>) -> Result<B64<'de>, E> {
-                Ok(B64(Cow::Owned(b)))
+            fn visit_byte_buf<E>(self, b: Vec<u8>) -> Result<RawStr<'de>, E> {
+                Ok(RawStr(Cow::Owned(b)))
             }
         }
         d.deserialize_bytes(V)
-    }
-}
-
-/// A string field, borrowed when it has no escapes; any other JSON value (a `null`, a number)
-/// reads as absent rather than failing the whole answer.
-#[derive(Default)]
-struct Text<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Borrowed(s))))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Owned(s.to_owned()))))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Owned(s))))
-            }
-            fn visit_unit<E>(self) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_none<E>(self) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Text(None))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
