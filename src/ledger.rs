@@ -165,12 +165,16 @@ impl Row {
 
 /// `YYYY-MM-DD` of `t` in UTC.
 pub fn utc_day(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
+    let mut s = humantime::format_rfc3339_seconds(t).to_string();
+    s.truncate(10);
+    s
 }
 
 /// `YYYY-MM` of `t` in UTC: the budget month.
 pub fn utc_month(t: SystemTime) -> String {
-    utc_day(t)[..7].to_owned()
+    let mut s = utc_day(t);
+    s.truncate(7);
+    s
 }
 
 /// A usage report's grouping column.

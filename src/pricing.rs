@@ -254,6 +254,10 @@ mod tests {
         assert_eq!(Usd(0).to_string(), "0");
         assert_eq!(Usd(1_500_000).to_string(), "1.5");
         assert_eq!(Usd(1).to_string(), "0.000001");
+        assert_eq!(Usd(40_000).to_string(), "0.04");
+        assert_eq!(Usd(5_000).to_string(), "0.005");
+        assert_eq!(Usd(12_345_678).to_string(), "12.345678");
+        assert_eq!(Usd(3_010_000).to_string(), "3.01");
         assert_eq!(Usd::from_dollars(0.07), Usd(70_000));
     }
 

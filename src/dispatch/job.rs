@@ -138,7 +138,7 @@ fn images_of(stored: Option<&Value>) -> Vec<Image> {
 pub struct JobCtx {
     pub id: Arc<str>,
     calls: Arc<AtomicU32>,
-    unwritten: Arc<Mutex<Option<NewJob>>>,
+    unwritten: Arc<Mutex<Option<Arc<NewJob>>>>,
     /// The claim its writes are made under (a shared store's lease), if any.
     epoch: Epoch,
 }
@@ -168,23 +168,23 @@ impl JobCtx {
     /// A job whose row goes in with its first write.
     pub fn unwritten(job: NewJob) -> Self {
         let ctx = Self::new(&job.id);
-        *ctx.lock() = Some(job);
+        *ctx.lock() = Some(Arc::new(job));
         ctx
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<NewJob>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<NewJob>>> {
         self.unwritten
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The row to insert with this write, if it is not written yet.
-    pub(super) fn take_row(&self) -> Option<NewJob> {
+    pub(super) fn take_row(&self) -> Option<Arc<NewJob>> {
         self.lock().take()
     }
 
     /// A write that carried the row failed: the next one carries it.
-    pub(super) fn put_back(&self, row: Option<NewJob>) {
+    pub(super) fn put_back(&self, row: Option<Arc<NewJob>>) {
         if row.is_some() {
             *self.lock() = row;
         }
@@ -215,10 +215,7 @@ impl Journal for JobJournal {
         let epoch = self.job.epoch();
         Box::pin(async move {
             let carried = row.clone();
-            let mut ops: Vec<Op> = row
-                .map(|r| Op::InsertJob(Box::new(r)))
-                .into_iter()
-                .collect();
+            let mut ops: Vec<Op> = row.map(Op::InsertJob).into_iter().collect();
             ops.push(Op::Attempt {
                 job: job.to_string(),
                 epoch,

@@ -35,7 +35,6 @@ mod tests;
 
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::budget::{Budgets, Payer};
@@ -247,7 +246,7 @@ impl Dispatch<'_> {
             team: p.call.caller.team_id().map(str::to_owned),
             digest: digest.to_owned(),
             public_model: p.route.public.to_string(),
-            spec: serde_json::to_value(JobSpec::of(&p.req)).unwrap_or(Value::Null),
+            spec: serde_json::to_string(&JobSpec::of(&p.req)).unwrap_or_else(|_| "null".to_owned()),
             request_id: p.call.request_id.clone(),
             idempotency,
             callback_url,
@@ -570,11 +569,7 @@ impl Dispatch<'_> {
             error: result.as_ref().err().map(ApiError::body),
             row,
         };
-        let mut ops: Vec<Op> = job
-            .take_row()
-            .map(|r| Op::InsertJob(Box::new(r)))
-            .into_iter()
-            .collect();
+        let mut ops: Vec<Op> = job.take_row().map(Op::InsertJob).into_iter().collect();
         ops.push(Op::Finish {
             job: job.id.to_string(),
             epoch: job.epoch(),

@@ -401,7 +401,7 @@ async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
             team: None,
             digest: "d".to_owned(),
             public_model: "gpt-image-2-beta".to_owned(),
-            spec: serde_json::to_value(JobSpec::of(
+            spec: serde_json::to_string(&JobSpec::of(
                 &ImageRequest::from_fields(
                     Operation::Generate,
                     Head::from_fields(json!({"prompt": "p"}).as_object().unwrap()).unwrap(),
@@ -416,7 +416,7 @@ async fn resumed_jobs_end_as_documented_when_nothing_or_no_answer_is_known() {
             idempotency: None,
             callback_url: None,
         };
-        let mut ops = vec![Op::InsertJob(Box::new(new))];
+        let mut ops = vec![Op::InsertJob(Arc::new(new))];
         if sent {
             ops.push(Op::Attempt {
                 job: id.to_owned(),

@@ -44,7 +44,12 @@ impl fmt::Display for Usd {
         if frac == 0 {
             return write!(f, "{whole}");
         }
-        let digits = format!("{frac:06}");
-        write!(f, "{whole}.{}", digits.trim_end_matches('0'))
+        // The six decimals without their trailing zeros, written without a temporary string.
+        let (mut frac, mut width) = (frac, 6);
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        write!(f, "{whole}.{frac:0width$}")
     }
 }

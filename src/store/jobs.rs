@@ -63,7 +63,8 @@ pub struct NewJob {
     pub team: Option<String>,
     pub digest: String,
     pub public_model: String,
-    pub spec: Value,
+    /// The request as the job keeps it (`JobSpec`), JSON text.
+    pub spec: String,
     pub request_id: String,
     /// The `Idempotency-Key`'s record, if the request has one.
     pub idempotency: Option<IdemKey>,

@@ -13,7 +13,7 @@ pub type Epoch = Option<i64>;
 #[derive(Debug, Clone)]
 pub enum Op {
     /// A new job, `queued`.
-    InsertJob(Box<NewJob>),
+    InsertJob(std::sync::Arc<NewJob>),
     /// An attempt on `model` starts: its price per unit, whether a unit is a call (a fanned-out
     /// `n`), and what is reserved for it.
     Attempt {

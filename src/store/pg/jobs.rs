@@ -198,7 +198,7 @@ async fn insert(c: &mut PgConnection, job: &NewJob, me: &Claimant) -> Result<(),
     .bind(&job.team)
     .bind(&job.digest)
     .bind(&job.public_model)
-    .bind(job.spec.to_string())
+    .bind(&job.spec)
     .bind(&job.request_id)
     .bind(now)
     .bind(&job.callback_url)

@@ -61,7 +61,7 @@ fn insert_job_row(
             "queued"
         },
         job.public_model,
-        job.spec.to_string(),
+        job.spec,
         job.request_id,
         now_ms(),
         job.callback_url,
@@ -365,12 +365,15 @@ pub fn finish(tx: &Transaction<'_>, job: &str, f: &Finish) -> Result<(), StoreEr
         None => (None, None),
     };
     let len = in_place.map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX));
+    // The open states are spelled as `=` terms: SQLite runs an `IN` list of three or more
+    // constants through a temporary table it builds again on every execution.
     let changed = tx
         .prepare_cached(
             "UPDATE jobs SET state = ?2, status = ?3, cost_micros = ?4,
                 images = CASE WHEN ?8 IS NULL THEN ?5 ELSE zeroblob(?8) END, error = ?6,
                 updated_ms = ?7, completed_ms = ?7
-             WHERE id = ?1 AND state IN ('queued', 'submitting', 'in_progress')",
+             WHERE id = ?1
+               AND (state = 'queued' OR state = 'submitting' OR state = 'in_progress')",
         )?
         .execute(params![
             job,

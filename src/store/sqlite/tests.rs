@@ -128,7 +128,7 @@ mod job_tests {
             team: None,
             digest: "d".to_owned(),
             public_model: "auto".to_owned(),
-            spec: serde_json::json!({}),
+            spec: "{}".to_owned(),
             request_id: "r".to_owned(),
             idempotency: None,
             callback_url: callback.map(str::to_owned),
@@ -195,7 +195,7 @@ mod job_tests {
         let store = Lite::open(None).unwrap();
         let steps = |id: &str| {
             vec![
-                Op::InsertJob(Box::new(job(id, None))),
+                Op::InsertJob(std::sync::Arc::new(job(id, None))),
                 Op::Attempt {
                     job: id.to_owned(),
                     epoch: None,
