@@ -546,7 +546,11 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
         cpu = f"{r['cpu_pct']:.0f}% of a core" if "cpu_pct" in r else "-"
         lines.append(f"| {name} | {r['rps']:,.0f} | {fmt_us(r['p50_us'])} | "
                      f"{fmt_us(r['p99_us'])} | {r['errors']} | {cpu} | {cpu_cell(r)} |")
-    lines += ["", f"Unloaded: `wrk -t1 -c1 -d{max(1, round(a.rate_secs / 3))}s`.", "",
+    lines += ["", f"Unloaded: `wrk -t1 -c1 -d{max(1, round(a.rate_secs / 3))}s`. wrk corrects "
+              "its percentiles for coordinated omission (`stats_correct`): a stall of S ms on one "
+              "connection also counts the requests that would have been sent meanwhile, about "
+              "S / (the mean time per request) samples between the mean and S, so a few stalls "
+              "of tens of milliseconds set the p99.", "",
               "| target | req/s | p50 | p99 | added p50 | added p99 | CPU per request |",
               "|---|---|---|---|---|---|---|"]
     for name, r in one.items():
