@@ -84,9 +84,17 @@ impl Proc {
 
     /// Waits for the process to die by itself (an abort at a failpoint).
     #[cfg(feature = "failpoints")]
-    fn wait_dead(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(!status.success(), "{}", self.logs.lock().unwrap());
+    /// Waits for the process to die of its failpoint, off the test's runtime: a receiver or a
+    /// simulator in this test may still owe the process an answer before it gets there.
+    async fn wait_dead(mut self) {
+        let (status, logs) = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            let logs = self.logs.lock().unwrap().clone();
+            (status, logs)
+        })
+        .await
+        .unwrap();
+        assert!(!status.success(), "{logs}");
     }
 
     pub(crate) fn term(mut self) -> String {
@@ -325,7 +333,7 @@ async fn every_crash_point_ends_in_its_documented_state() {
             .send()
             .await;
         assert!(sent.is_err(), "{point}: the process died mid-request");
-        crashing.wait_dead();
+        crashing.wait_dead().await;
 
         let again = Proc::start(cfg.path(), None);
         let list: Value = http
@@ -395,7 +403,7 @@ async fn a_crash_after_a_delivered_webhook_sends_it_again_with_the_same_id() {
         .send()
         .await;
     hook.until(1).await;
-    crashing.wait_dead();
+    crashing.wait_dead().await;
     let again = Proc::start(cfg.path(), None);
     let got = hook.until(2).await;
     assert_eq!(got[0].id, got[1].id);
