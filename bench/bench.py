@@ -138,7 +138,8 @@ class PeakSampler:
 class Stack:
     """Simulator, gateway and (optionally) nginx, each its own process, stopped at exit."""
 
-    def __init__(self, binary: str, tmp: str, need_nginx: bool, need_mem_gateway: bool = False):
+    def __init__(self, binary: str, tmp: str, need_nginx: bool, need_mem_gateway: bool = False,
+                 hop_binary: str | None = None):
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
         self.sim_port, self.gw_port = free_port(), free_port()
@@ -172,6 +173,15 @@ class Stack:
             self.procs.append(gw_mem)
             wait_port(self.gw_mem_port, gw_mem, "gateway (store in memory)")
             self.gw_mem, self.gw_mem_pid = f"http://{HOST}:{self.gw_mem_port}", gw_mem.pid
+        # The gateway's HTTP stack alone (examples/bare_hop.rs): the floor of a Rust hop.
+        self.hop = None
+        if hop_binary:
+            self.hop_port = free_port()
+            hop = subprocess.Popen([hop_binary, f"{HOST}:{self.hop_port}", self.sim],
+                                   stdout=self.gw_log, stderr=subprocess.STDOUT)
+            self.procs.append(hop)
+            wait_port(self.hop_port, hop, "bare Rust hop")
+            self.hop, self.hop_pid = f"http://{HOST}:{self.hop_port}", hop.pid
         self.nginx = None
         if need_nginx:
             self.nginx_port = free_port()
@@ -511,6 +521,9 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
         "gateway, store in memory": (f"{stack.gw_mem}/v1/images/generations", gw_h,
                                      stack.gw_mem_pid, None),
     }
+    if stack.hop:
+        targets["bare Rust hop"] = (f"{stack.hop}/v1/images/generations",
+                                    {**JSON_CT, **auth(SIM_KEY)}, stack.hop_pid, None)
     # Warm-up (connection pools, result cache).
     for url, h, _, _ in targets.values():
         wrk(tmp, url, body_file=body, headers=h, conns=8, threads=1, secs=1)
@@ -535,7 +548,9 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
         "processes only: the simulator for direct, nginx's master and workers for the hop, the "
         "gateway for the gateway (auth, limits, budgets, the job store, metrics and the access "
         "log all on). The second gateway is the same binary with `[data] in_memory = true`: "
-        "the difference is the job store's share.",
+        "the difference is the job store's share. The bare Rust hop (`examples/bare_hop.rs`) is "
+        "the gateway's HTTP stack alone — tokio, hyper through axum, reqwest — forwarding the "
+        "request and its answer with nothing else: the floor of any gateway built on that stack.",
         "",
         f"Max throughput: `wrk -t1 -c{a.max_conns} -d{round(a.secs)}s`.",
         "",
@@ -585,6 +600,14 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
                  f"gateway {cpu_gw:,.0f} µs = {cpu_gw / cpu_ng:.1f}× the nginx hop's {cpu_ng:,.0f} µs; "
                  f"the job store's share ≈ {store:,.0f} µs ({100 * store / cpu_gw:.0f}%), the rest "
                  f"{cpu_mem:,.0f} µs ({cpu_mem / cpu_ng:.1f}× nginx).")
+    if "bare Rust hop" in maxr:
+        cpu_hop = maxr["bare Rust hop"]["cpu_us_per_req"]
+        lines.append(f"The bare Rust hop costs {cpu_hop:,.0f} µs per request "
+                     f"({cpu_hop / cpu_ng:.1f}× the nginx hop): of the gateway's {cpu_gw:,.0f} µs, "
+                     f"≈ {cpu_hop:,.0f} µs is the HTTP stack's floor, ≈ {store:,.0f} µs the job "
+                     f"store, ≈ {max(0, cpu_mem - cpu_hop):,.0f} µs the gateway's own work "
+                     "(auth, limits, budgets, routing, the job's bookkeeping, metrics, the access "
+                     "log, parsing and rendering).")
     rep.section("1. Fast sync path, small body", lines)
     if a.profile:
         rep.section("1a. Where the gateway's CPU goes (small body)",
@@ -1394,6 +1417,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "imagegate"))
+    ap.add_argument("--hop-binary", default=None,
+                    help="the bare Rust hop (examples/bare_hop.rs), scenario 1's stack floor")
     ap.add_argument("--scenarios", default="1,2,3,4,5")
     ap.add_argument("--quick", action="store_true", help="short durations and holds (smoke run)")
     ap.add_argument("--holds", default=None, help="waiting requests, e.g. 1000,5000,10000")
@@ -1438,7 +1463,8 @@ def main() -> None:
     load_before = open("/proc/loadavg").read().split()[:3]
     tmp = tempfile.mkdtemp(prefix="imagegate-bench-")
     stack = Stack(a.binary, tmp, need_nginx=1 in scenarios or 2 in scenarios,
-                  need_mem_gateway=1 in scenarios)
+                  need_mem_gateway=1 in scenarios,
+                  hop_binary=a.hop_binary if 1 in scenarios else None)
     rep = Report()
     started = time.monotonic()
     try:

@@ -34,14 +34,15 @@ if ((${#missing[@]})); then
 fi
 export PATH="$PATH:/usr/sbin"
 
-echo "==> cargo build --release --locked"
-cargo build --release --locked --quiet
+echo "==> cargo build --release --locked (the gateway, and the bare Rust hop of scenario 1)"
+cargo build --release --locked --quiet --bin imagegate --example bare_hop
 
 # 10,000 waiting requests need as many sockets in the client and in the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 target="${CARGO_TARGET_DIR:-target}"
-bench=(python3 bench/bench.py --binary "$target/release/imagegate" --command "bench/run.sh $*" "$@")
+bench=(python3 bench/bench.py --binary "$target/release/imagegate"
+  --hop-binary "$target/release/examples/bare_hop" --command "bench/run.sh $*" "$@")
 
 # Scenario 6 among the scenarios: PostgreSQL and Redis for the duration of the suite.
 scenarios=""

@@ -82,14 +82,18 @@ impl JsonWriter {
     /// piece, shared with whoever else holds it; anything else is escaped into the current piece
     /// (bytes that are not UTF-8 replaced), so the text is always valid JSON.
     pub fn string(&mut self, s: Bytes) -> &mut Self {
-        if s.len() >= OWN_PIECE && plain_ascii(&s) {
-            self.cur.push(b'"');
+        if !plain_ascii(&s) {
+            return self.value(&*String::from_utf8_lossy(&s));
+        }
+        self.cur.push(b'"');
+        if s.len() >= OWN_PIECE {
             self.flush();
             self.parts.push(s);
-            self.cur.push(b'"');
         } else {
-            self.value(&*String::from_utf8_lossy(&s));
+            // Short plain text is copied as it is: nothing to escape.
+            self.cur.extend_from_slice(&s);
         }
+        self.cur.push(b'"');
         self
     }
 
@@ -132,6 +136,8 @@ mod tests {
             .string(escaped.clone())
             .raw(",\"c\":")
             .string(Bytes::from_static("é short".as_bytes()))
+            .raw(",\"d\":")
+            .string(Bytes::from_static(b"QUJD+/= short"))
             .raw(",\"n\":")
             .value(&7)
             .raw("}");
@@ -140,6 +146,7 @@ mod tests {
             "a": std::str::from_utf8(&long).unwrap(),
             "b": std::str::from_utf8(&escaped).unwrap(),
             "c": "é short",
+            "d": "QUJD+/= short",
             "n": 7,
         });
         let got: serde_json::Value = serde_json::from_str(&text.to_text()).unwrap();

@@ -130,6 +130,9 @@ struct ModelHealth {
     circuit: Circuit,
     consecutive_failures: u32,
     window: VecDeque<(Instant, bool)>,
+    /// How many outcomes in `window` failed (kept as outcomes come and go: the error ratio is
+    /// read on every request).
+    failed: usize,
     last_error: Option<(FailureKind, SystemTime)>,
     /// By quality: low, medium (and auto), high.
     latency: [Latency; 3],
@@ -142,6 +145,7 @@ impl ModelHealth {
             circuit: Circuit::Closed,
             consecutive_failures: 0,
             window: VecDeque::new(),
+            failed: 0,
             last_error: None,
             latency: Default::default(),
             times_opened: 0,
@@ -154,7 +158,16 @@ impl ModelHealth {
             .front()
             .is_some_and(|(t, _)| now.duration_since(*t) > window || self.window.len() > MAX_WINDOW)
         {
-            self.window.pop_front();
+            if let Some((_, false)) = self.window.pop_front() {
+                self.failed = self.failed.saturating_sub(1);
+            }
+        }
+    }
+
+    fn push(&mut self, now: Instant, ok: bool) {
+        self.window.push_back((now, ok));
+        if !ok {
+            self.failed += 1;
         }
     }
 
@@ -162,8 +175,7 @@ impl ModelHealth {
         if self.window.is_empty() {
             return None;
         }
-        let failed = self.window.iter().filter(|(_, ok)| !ok).count();
-        Some(failed as f64 / self.window.len() as f64)
+        Some(self.failed as f64 / self.window.len() as f64)
     }
 
     fn state(&self, now: Instant) -> CircuitState {
@@ -357,7 +369,7 @@ impl Health {
         match outcome {
             Verdict::Success => {
                 h.consecutive_failures = 0;
-                h.window.push_back((now, true));
+                h.push(now, true);
                 h.latency[quality_index(quality)].push(elapsed.as_secs_f64());
                 if !matches!(h.circuit, Circuit::Closed) {
                     tracing::info!(model = %m, "circuit closed: the probe succeeded");
@@ -385,7 +397,7 @@ impl Health {
             }
             Verdict::Failure(kind) => {
                 h.consecutive_failures += 1;
-                h.window.push_back((now, false));
+                h.push(now, false);
                 h.last_error = Some((kind, SystemTime::now()));
                 let ratio = h.error_ratio().unwrap_or_default();
                 let trip = match h.circuit {

@@ -437,6 +437,35 @@ fn near_ties_go_to_the_healthier_or_faster_model() {
     assert_eq!(order(&health), [ModelId::All, ModelId::Beta, ModelId::Lite]);
 }
 
+/// The success ratio is over the kept outcomes only: failures that left the window (here,
+/// pushed out by newer outcomes) no longer count.
+#[test]
+fn the_success_ratio_forgets_outcomes_that_left_the_window() {
+    let health = Health::new(CircuitConfig {
+        enabled: false,
+        ..CircuitConfig::default()
+    });
+    let record = |verdict: Verdict| {
+        let a = health.admit(ModelId::All).unwrap();
+        a.finish(Quality::Auto, verdict, Duration::from_millis(10));
+    };
+    for _ in 0..3 {
+        record(Verdict::Failure(FailureKind::ServerError));
+    }
+    for _ in 0..7 {
+        record(Verdict::Success);
+    }
+    let (ok, _) = health.score(ModelId::All, Quality::Auto);
+    assert!((ok - 0.7).abs() < 1e-9, "{ok}");
+    for _ in 0..2_000 {
+        record(Verdict::Success);
+    }
+    assert_eq!(health.score(ModelId::All, Quality::Auto).0, 1.0);
+    record(Verdict::Failure(FailureKind::Timeout));
+    let (ok, _) = health.score(ModelId::All, Quality::Auto);
+    assert!(ok < 1.0 && ok > 0.99, "{ok}");
+}
+
 #[test]
 fn constraints_exclude_and_explain() {
     let r = routing();

@@ -132,7 +132,8 @@ pub struct Upstream {
     http: reqwest::Client,
     /// Result downloads (never carries the key, never follows redirects off the allow-list).
     files: reqwest::Client,
-    base: String,
+    /// `upstream.base_url`, parsed once: a call's URL is this with the call's path.
+    base: reqwest::Url,
     /// The platform keys; each call takes one (see [`pool`]).
     pub pool: pool::KeyPool,
     /// Whether the platform's host answers a TCP connect (cached; see [`reach`]).
@@ -173,7 +174,7 @@ impl Upstream {
         Ok(Self {
             http,
             files,
-            base: config.upstream.base_url.trim_end_matches('/').to_owned(),
+            base: reqwest::Url::parse(&config.upstream.base_url)?,
             pool: pool::KeyPool::new(&config.upstream)?,
             reach: reach::Reachability::new(&config.upstream.base_url),
             urls: url_policy,
@@ -229,8 +230,8 @@ impl Upstream {
         body: &Value,
         ctx: &CallCtx,
     ) -> Result<Created, UpstreamError> {
-        let url = format!("{}{path}", self.base);
-        let make = || self.http.post(&url).json(body);
+        let url = endpoint(&self.base, path);
+        let make = || self.http.post(url.clone()).json(body);
         // Boxed (here and in `post_form`): a task is followed for minutes after its create, and
         // the HTTP call's state would otherwise keep its room in every waiting request.
         Box::pin(self.create(&make, ctx)).await
@@ -265,8 +266,8 @@ impl Upstream {
         form: &(dyn Fn() -> Form + Sync),
         ctx: &CallCtx,
     ) -> Result<Created, UpstreamError> {
-        let url = format!("{}{path}", self.base);
-        let make = || self.http.post(&url).multipart(form());
+        let url = endpoint(&self.base, path);
+        let make = || self.http.post(url.clone()).multipart(form());
         Box::pin(self.create(&make, ctx)).await
     }
 
@@ -278,8 +279,8 @@ impl Upstream {
         limit: Duration,
         key: Option<usize>,
     ) -> Result<Value, UpstreamError> {
-        let url = format!("{}{path}", self.base);
-        let make = || self.http.get(&url);
+        let url = endpoint(&self.base, path);
+        let make = || self.http.get(url.clone());
         let (body, _) = self
             .send(&make, ctx, ctx.remaining().min(limit), Phase::Poll, key)
             .await?;
@@ -761,9 +762,60 @@ fn result_urls(data: &Value) -> Vec<String> {
     urls
 }
 
+/// The URL of `path` (with its query, if any) on the platform at `base`, whose path is kept as a
+/// prefix. Built from the parsed base: a call's URL is not parsed again (host and all) per call.
+fn endpoint(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let prefix = base.path().trim_end_matches('/');
+    let mut full = String::with_capacity(prefix.len() + path.len());
+    full.push_str(prefix);
+    full.push_str(path);
+    let mut url = base.clone();
+    url.set_path(&full);
+    url.set_query(query);
+    url.set_fragment(None);
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call's URL is the base URL (its path a prefix) with the call's path and query: the same
+    /// text the base and path made when each call parsed it whole.
+    #[test]
+    fn a_call_url_is_the_base_with_the_path() {
+        for (base, path, want) in [
+            (
+                "http://127.0.0.1:9",
+                "/api/v1/images/generations",
+                "http://127.0.0.1:9/api/v1/images/generations",
+            ),
+            (
+                "https://api.example.com/",
+                "/api/v1/tasks/t-1",
+                "https://api.example.com/api/v1/tasks/t-1",
+            ),
+            (
+                "https://h.example/prefix/",
+                "/api/v1/tasks/a?b=1",
+                "https://h.example/prefix/api/v1/tasks/a?b=1",
+            ),
+            (
+                "https://h.example/prefix",
+                "/v1/x",
+                "https://h.example/prefix/v1/x",
+            ),
+        ] {
+            let base = reqwest::Url::parse(base).unwrap();
+            assert_eq!(endpoint(&base, path).as_str(), want, "{base} {path}");
+            let old = format!("{}{path}", base.as_str().trim_end_matches('/'));
+            assert_eq!(reqwest::Url::parse(&old).unwrap(), endpoint(&base, path));
+        }
+    }
 
     #[tokio::test]
     async fn fan_out_keeps_what_was_made() {
