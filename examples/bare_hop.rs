@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use std::sync::Arc;
 
 struct Hop {
@@ -60,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
     let app = axum::Router::new()
         .fallback(axum::routing::post(forward))
         .with_state(hop);
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    // No Nagle delay on answers, as in the gateway and nginx (`tcp_nodelay`).
+    let listener = tokio::net::TcpListener::bind(&listen).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

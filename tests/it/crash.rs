@@ -82,10 +82,9 @@ impl Proc {
         assert!(!status.success());
     }
 
-    /// Waits for the process to die by itself (an abort at a failpoint).
-    #[cfg(feature = "failpoints")]
     /// Waits for the process to die of its failpoint, off the test's runtime: a receiver or a
     /// simulator in this test may still owe the process an answer before it gets there.
+    #[cfg(feature = "failpoints")]
     async fn wait_dead(mut self) {
         let (status, logs) = tokio::task::spawn_blocking(move || {
             let status = self.child.wait().unwrap();
