@@ -160,7 +160,7 @@ class Stack:
         self.gw_log = open(os.path.join(tmp, "gateway.log"), "wb")
         self.gw_proc = None
         self.restart_gateway()
-        # The same gateway with its store in memory: the store's share of a request's CPU.
+        # The same gateway with its store in memory: the disk's share of a request's CPU.
         self.gw_mem = None
         if need_mem_gateway:
             self.gw_mem_port = free_port()
@@ -548,7 +548,8 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
         "processes only: the simulator for direct, nginx's master and workers for the hop, the "
         "gateway for the gateway (auth, limits, budgets, the job store, metrics and the access "
         "log all on). The second gateway is the same binary with `[data] in_memory = true`: "
-        "the difference is the job store's share. The bare Rust hop (`examples/bare_hop.rs`) is "
+        "the difference is the disk's share (the store's statements run in both: its writer "
+        "thread's share is in the profile, 1a). The bare Rust hop (`examples/bare_hop.rs`) is "
         "the gateway's HTTP stack alone — tokio, hyper through axum, reqwest — forwarding the "
         "request and its answer with nothing else: the floor of any gateway built on that stack.",
         "",
@@ -598,16 +599,16 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
     lines.append(f"Max throughput: gateway {ratio:.2f}× the nginx hop, "
                  f"{maxr['gateway']['rps'] / maxr['direct']['rps']:.2f}× direct. CPU per request: "
                  f"gateway {cpu_gw:,.0f} µs = {cpu_gw / cpu_ng:.1f}× the nginx hop's {cpu_ng:,.0f} µs; "
-                 f"the job store's share ≈ {store:,.0f} µs ({100 * store / cpu_gw:.0f}%), the rest "
+                 f"the disk's share ≈ {store:,.0f} µs ({100 * store / cpu_gw:.0f}%), the rest "
                  f"{cpu_mem:,.0f} µs ({cpu_mem / cpu_ng:.1f}× nginx).")
     if "bare Rust hop" in maxr:
         cpu_hop = maxr["bare Rust hop"]["cpu_us_per_req"]
         lines.append(f"The bare Rust hop costs {cpu_hop:,.0f} µs per request "
                      f"({cpu_hop / cpu_ng:.1f}× the nginx hop): of the gateway's {cpu_gw:,.0f} µs, "
-                     f"≈ {cpu_hop:,.0f} µs is the HTTP stack's floor, ≈ {store:,.0f} µs the job "
-                     f"store, ≈ {max(0, cpu_mem - cpu_hop):,.0f} µs the gateway's own work "
-                     "(auth, limits, budgets, routing, the job's bookkeeping, metrics, the access "
-                     "log, parsing and rendering).")
+                     f"≈ {cpu_hop:,.0f} µs is the HTTP stack's floor, ≈ {store:,.0f} µs the "
+                     f"disk, ≈ {max(0, cpu_mem - cpu_hop):,.0f} µs the gateway's own work "
+                     "(auth, limits, budgets, routing, the job store's statements and commits, "
+                     "the job's bookkeeping, metrics, the access log, parsing and rendering).")
     rep.section("1. Fast sync path, small body", lines)
     if a.profile:
         rep.section("1a. Where the gateway's CPU goes (small body)",
@@ -615,7 +616,7 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
     u50 = one["gateway"]["p50_us"] - one["direct"]["p50_us"]
     u99 = one["gateway"]["p99_us"] - one["direct"]["p99_us"]
     rep.target("Small body: CPU per request vs the nginx hop", "≤ 2×",
-               f"{cpu_gw / cpu_ng:.1f}× ({cpu_gw:,.0f} vs {cpu_ng:,.0f} µs; store ≈ {store:,.0f} µs)",
+               f"{cpu_gw / cpu_ng:.1f}× ({cpu_gw:,.0f} vs {cpu_ng:,.0f} µs; disk ≈ {store:,.0f} µs)",
                cpu_gw <= 2 * cpu_ng, f"by {cpu_gw / cpu_ng - 2:.1f}×")
     rep.target("Small body: max throughput vs nginx proxy_pass hop", "≥ 0.5×",
                f"{ratio:.2f}× ({maxr['gateway']['rps']:,.0f} vs {maxr['nginx']['rps']:,.0f} req/s)",
@@ -628,7 +629,7 @@ def s1_small(stack: Stack, tmp: str, a, rep: Report):
                f"{fmt_us(rate['direct']['p99_us'])})", over99 <= 1000,
                f"by {fmt_us(over99 - 1000)}")
     rep.headline.append(f"small body: {cpu_gw:,.0f} µs CPU per request ({cpu_gw / cpu_ng:.1f}× an "
-                        f"nginx hop; store ≈ {store:,.0f} µs); overhead p50 {fmt_delta(over50)}, "
+                        f"nginx hop; disk ≈ {store:,.0f} µs); overhead p50 {fmt_delta(over50)}, "
                         f"p99 {fmt_delta(over99)} at {rate['gateway']['rps']:,.0f} req/s; max "
                         f"throughput {ratio:.2f}× the nginx hop")
 
