@@ -229,13 +229,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Logs go to stderr through a writer thread, so a request never waits on a slow terminal or
-/// pipe (nothing is dropped: a full buffer waits). Keep the guard: dropping it flushes the rest.
-/// `RUST_LOG` overrides the configured filter.
+/// pipe (nothing is dropped: a full buffer waits). The thread writes the lines waiting for it
+/// together and flushes whenever none is left, so a busy gateway makes one `write` per batch of
+/// lines, not one per line. Keep the guard: dropping it flushes the rest. `RUST_LOG` overrides
+/// the configured filter.
 fn init_tracing(format: LogFormat, filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -247,8 +252,7 @@ fn init_tracing(format: LogFormat, filter: &str) -> tracing_appender::non_blocki
     guard
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-/// SIGINT or SIGTERM. The handlers are installed now, before the caller logs that it listens:
+/// Resolves on SIGINT (ctrl-c) or SIGTERM. The handlers are installed now, before the caller logs that it listens:
 /// a signal that arrives while the gateway starts is a clean shutdown too, never the default
 /// (an abrupt exit).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
