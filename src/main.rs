@@ -252,9 +252,9 @@ fn init_tracing(format: LogFormat, filter: &str) -> tracing_appender::non_blocki
     guard
 }
 
-/// Resolves on SIGINT (ctrl-c) or SIGTERM. The handlers are installed now, before the caller logs that it listens:
-/// a signal that arrives while the gateway starts is a clean shutdown too, never the default
-/// (an abrupt exit).
+/// Resolves on SIGINT (ctrl-c) or SIGTERM. The handlers are installed now, before the caller
+/// logs that it listens: a signal that arrives while the gateway starts is a clean shutdown too,
+/// never the default (an abrupt exit).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
