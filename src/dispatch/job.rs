@@ -18,7 +18,7 @@ use crate::config::Budget;
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::Row;
 use crate::metrics::{JobEvent, UpstreamWait};
-use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality, Size, Usd};
+use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality, Size, Text, Usd};
 use crate::request::{ImageRequest, Operation, ResponseFormat};
 use crate::store::jobs::{Finish, NewJob};
 use crate::store::{CallRecord, Epoch, JobRecord, JobState, Op, Store};
@@ -101,11 +101,7 @@ pub fn stored_images(images: &[Image]) -> JsonText {
         let sep = if first { "" } else { "," };
         match (&image.url, &image.b64) {
             (Some(url), _) => w.raw(sep).raw("{\"url\":").value(url).raw("}"),
-            (None, Some(b64)) => w
-                .raw(sep)
-                .raw("{\"b64_json\":")
-                .string(b64.clone())
-                .raw("}"),
+            (None, Some(b64)) => w.raw(sep).raw("{\"b64_json\":").text(b64).raw("}"),
             (None, None) => continue,
         };
         first = false;
@@ -125,7 +121,7 @@ fn images_of(stored: Option<&Value>) -> Vec<Image> {
             b64: i
                 .get("b64_json")
                 .and_then(Value::as_str)
-                .map(|s| Bytes::from(s.to_owned())),
+                .map(|s| Text::new(Bytes::from(s.to_owned()))),
         })
         .collect()
 }

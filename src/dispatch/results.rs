@@ -8,13 +8,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::metrics::UpstreamWait;
-use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality};
+use crate::model::{ImageFormat, JsonText, JsonWriter, ModelId, Quality, Text};
 use crate::request::{ImageRequest, ResponseFormat};
 use crate::upstream::failure::{FailureKind, UpstreamError};
 use crate::upstream::{results, CallCtx, Image, Upstreams};
@@ -41,8 +40,8 @@ pub struct ImagesBody {
 /// One image of an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// Base64 text (ASCII).
-    B64(Bytes),
+    /// Base64 text.
+    B64(Text),
     Url(String),
 }
 
@@ -60,7 +59,7 @@ impl ImagesBody {
                 w.raw(",");
             }
             match item {
-                Item::B64(b64) => w.raw("{\"b64_json\":").string(b64).raw("}"),
+                Item::B64(b64) => w.raw("{\"b64_json\":").text(&b64).raw("}"),
                 Item::Url(url) => w.raw("{\"url\":").value(&url).raw("}"),
             };
         }

@@ -80,7 +80,7 @@ impl Upstreams for Fake {
             Ok(urls
                 .iter()
                 .map(|_| Encoded {
-                    b64: bytes::Bytes::from_static(b"iVBORw0KGgo="),
+                    b64: crate::model::Text::new(bytes::Bytes::from_static(b"iVBORw0KGgo=")),
                     format: Some(ImageFormat::Png),
                     size: None,
                 })

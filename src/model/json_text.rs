@@ -51,6 +51,48 @@ impl JsonText {
     }
 }
 
+/// Text for a JSON string, checked once (a full pass over megabytes of base64) for whether it
+/// goes in as it is: an answer's base64 is written twice (to the job store and to the client),
+/// and neither write checks it again. Shares its bytes when cloned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text {
+    bytes: Bytes,
+    plain: bool,
+}
+
+impl Text {
+    pub fn new(bytes: Bytes) -> Self {
+        let plain = plain_ascii(&bytes);
+        Self { bytes, plain }
+    }
+
+    /// The output of a base64 encoder, plain by construction (not checked again).
+    pub fn base64(encoded: String) -> Self {
+        debug_assert!(plain_ascii(encoded.as_bytes()));
+        Self {
+            bytes: encoded.into(),
+            plain: true,
+        }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Writes a [`JsonText`]: structure and short values into the current piece, long plain
 /// strings as pieces of their own.
 #[derive(Debug, Default)]
@@ -82,16 +124,21 @@ impl JsonWriter {
     /// piece, shared with whoever else holds it; anything else is escaped into the current piece
     /// (bytes that are not UTF-8 replaced), so the text is always valid JSON.
     pub fn string(&mut self, s: Bytes) -> &mut Self {
-        if !plain_ascii(&s) {
-            return self.value(&*String::from_utf8_lossy(&s));
+        self.text(&Text::new(s))
+    }
+
+    /// [`Self::string`] for text already checked.
+    pub fn text(&mut self, s: &Text) -> &mut Self {
+        if !s.plain {
+            return self.value(&*String::from_utf8_lossy(&s.bytes));
         }
         self.cur.push(b'"');
-        if s.len() >= OWN_PIECE {
+        if s.bytes.len() >= OWN_PIECE {
             self.flush();
-            self.parts.push(s);
+            self.parts.push(s.bytes.clone());
         } else {
             // Short plain text is copied as it is: nothing to escape.
-            self.cur.extend_from_slice(&s);
+            self.cur.extend_from_slice(&s.bytes);
         }
         self.cur.push(b'"');
         self
@@ -164,12 +211,16 @@ mod tests {
             let mut raw = b"QUJD".repeat(OWN_PIECE);
             raw.extend_from_slice(bad);
             let raw = Bytes::from(raw);
-            let mut w = JsonWriter::new();
-            w.string(raw.clone());
-            let text = w.finish();
-            assert!(!text.parts().iter().any(|p| p.as_ptr() == raw.as_ptr()));
-            let back: String = serde_json::from_str(&text.to_text()).unwrap();
-            assert!(back.starts_with("QUJD"));
+            // Checked once, written twice (the store's text and the client's): escaped both times.
+            let checked = Text::new(raw.clone());
+            for _ in 0..2 {
+                let mut w = JsonWriter::new();
+                w.text(&checked);
+                let text = w.finish();
+                assert!(!text.parts().iter().any(|p| p.as_ptr() == raw.as_ptr()));
+                let back: String = serde_json::from_str(&text.to_text()).unwrap();
+                assert!(back.starts_with("QUJD"));
+            }
         }
         assert!(plain_ascii(b"QUJD+/=~ !"));
     }

@@ -16,7 +16,7 @@ mod route;
 mod text;
 
 pub use image::image_dimensions;
-pub use json_text::{JsonText, JsonWriter};
+pub use json_text::{JsonText, JsonWriter, Text};
 
 pub use money::Usd;
 pub use route::Route;

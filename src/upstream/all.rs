@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::{task, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
-use crate::model::{ModelId, Quality, Size};
+use crate::model::{ModelId, Quality, Size, Text};
 use crate::request::{ImageRef, ImageRequest, ResponseFormat};
 
 /// Used when the client leaves the size to us and did not ask for the async aspect-ratio mode.
@@ -261,9 +261,11 @@ fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
     let images: Vec<Image> = items
         .into_iter()
         .map(|item| Image {
-            b64: item.b64_json.map(|s| match s.0 {
-                Cow::Borrowed(s) => raw.slice_ref(s),
-                Cow::Owned(s) => Bytes::from(s),
+            b64: item.b64_json.map(|s| {
+                Text::new(match s.0 {
+                    Cow::Borrowed(s) => raw.slice_ref(s),
+                    Cow::Owned(s) => Bytes::from(s),
+                })
             }),
             url: item
                 .url
@@ -348,7 +350,7 @@ mod tests {
         let out = openai_images(&raw).unwrap();
         assert_eq!(out.images.len(), 2);
         let first = out.images[0].b64.as_ref().unwrap();
-        assert_eq!(first, b64.as_bytes());
+        assert_eq!(&**first, b64.as_bytes());
         let inside = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
         assert!(inside.contains(&(first.as_ptr() as usize)), "not a copy");
         assert_eq!(out.images[1].url.as_deref(), Some("https://files.example/a\\/b.png"));

@@ -3,6 +3,8 @@
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{FailureKind, Redactor, UpstreamError};
@@ -32,11 +34,22 @@ pub(super) fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<
         };
         return Err(UpstreamError::new(kind, message));
     }
-    let Ok(BodyCode(code)) = serde_json::from_slice::<BodyCode>(body) else {
-        return Err(UpstreamError::new(
-            FailureKind::Malformed,
-            "response body is not JSON".to_owned(),
-        ));
+    let code = match serde_json::from_slice::<BodyCode>(body) {
+        Ok(BodyCode(code)) => code,
+        // JSON, but a `b64_json` that is neither a string nor null: no images answer.
+        Err(e) if e.is_data() => {
+            let message = format!("answer is not an images answer: {e}");
+            return Err(UpstreamError::new(
+                FailureKind::Malformed,
+                redactor.redact(&message),
+            ));
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                FailureKind::Malformed,
+                "response body is not JSON".to_owned(),
+            ))
+        }
     };
     match code {
         Some(code) if code != 200 && code != 0 => {
@@ -53,10 +66,8 @@ pub(super) fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<
 /// object would keep); everything else is only checked to be JSON, without being kept.
 struct BodyCode(Option<i64>);
 
-impl<'de> serde::Deserialize<'de> for BodyCode {
+impl<'de> Deserialize<'de> for BodyCode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-
         struct Top;
         impl<'de> Visitor<'de> for Top {
             type Value = BodyCode;
@@ -68,16 +79,13 @@ impl<'de> serde::Deserialize<'de> for BodyCode {
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
                         Key::Code => code = map.next_value::<Value>()?.as_i64(),
-                        Key::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+                        key => key.skip_value(&mut map)?,
                     }
                 }
                 Ok(BodyCode(code))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BodyCode, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(BodyCode(None))
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<BodyCode, A::Error> {
+                Skipped.visit_seq(seq).map(|_| BodyCode(None))
             }
             fn visit_bool<E>(self, _: bool) -> Result<BodyCode, E> {
                 Ok(BodyCode(None))
@@ -98,28 +106,116 @@ impl<'de> serde::Deserialize<'de> for BodyCode {
                 Ok(BodyCode(None))
             }
         }
+        d.deserialize_any(Top)
+    }
+}
 
-        enum Key {
-            Code,
-            Other,
+/// A key of an object in an answer, as far as checking it goes.
+enum Key {
+    /// The platform's `code`, read at the top level only.
+    Code,
+    /// `b64_json`: megabytes of base64, only searched for its closing quote here, as its adapter
+    /// reads it (its bytes are checked once, when written out: [`crate::model::JsonWriter`]).
+    /// serde's full check of a string runs at a third of that speed, and was the largest cost of
+    /// a 2 MiB answer.
+    LongText,
+    Other,
+}
+
+impl Key {
+    fn skip_value<'de, A: MapAccess<'de>>(self, map: &mut A) -> Result<(), A::Error> {
+        match self {
+            Key::LongText => map.next_value::<Option<LongText>>().map(drop),
+            Key::Code | Key::Other => map.next_value::<Skipped>().map(drop),
         }
-        impl<'de> serde::Deserialize<'de> for Key {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct K;
-                impl Visitor<'_> for K {
-                    type Value = Key;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("a key")
-                    }
-                    fn visit_str<E>(self, k: &str) -> Result<Key, E> {
-                        Ok(if k == "code" { Key::Code } else { Key::Other })
-                    }
-                }
-                d.deserialize_str(K)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct K;
+        impl Visitor<'_> for K {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "code" => Key::Code,
+                    "b64_json" => Key::LongText,
+                    _ => Key::Other,
+                })
             }
         }
+        d.deserialize_str(K)
+    }
+}
 
-        d.deserialize_any(Top)
+/// Any JSON value, checked and dropped (serde's `IgnoredAny`, except for [`Key::LongText`]).
+#[derive(Clone, Copy)]
+struct Skipped;
+
+impl<'de> Deserialize<'de> for Skipped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Skipped)
+    }
+}
+
+impl<'de> Visitor<'de> for Skipped {
+    type Value = Skipped;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
+        while let Some(key) = map.next_key::<Key>()? {
+            key.skip_value(&mut map)?;
+        }
+        Ok(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
+        while seq.next_element::<Skipped>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Skipped, E> {
+        Ok(self)
+    }
+}
+
+/// A [`Key::LongText`] string, found by its closing quote (`serde_json` reads a string asked for
+/// as bytes without checking it); an array there is skipped like any value.
+struct LongText;
+
+impl<'de> Deserialize<'de> for LongText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LongText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a base64 string")
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<LongText, E> {
+                Ok(LongText)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<LongText, A::Error> {
+                Skipped.visit_seq(seq).map(|_| LongText)
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -269,6 +365,42 @@ mod tests {
         assert!(!ok(r#"{"code":200,"code":402,"msg":"x"}"#));
         assert!(!ok(r#"{"code":200} trailing"#));
         assert!(!ok(""));
+    }
+
+    /// A `b64_json` string is only searched for its end (its bytes are checked when written
+    /// out); everything around it is checked in full, and a `b64_json` that is no string makes
+    /// the answer malformed.
+    #[test]
+    fn a_long_text_is_found_by_its_end_and_the_rest_checked() {
+        let ok = |body: &[u8]| classify(200, body, &redactor()).is_ok();
+        assert!(ok(b"{\"data\":[{\"b64_json\":\"QU\x01\xffJD\"}]}"));
+        assert!(ok(
+            br#"{"data":[{"b64_json":null,"url":"u"},{"b64_json":"QUJD"}]}"#
+        ));
+        assert!(ok(br#"{"b64_json":"QUJD","code":200}"#));
+        assert!(ok(br#"{"data":[{"b64_json":["an array is still JSON"]}]}"#));
+        assert!(
+            !ok(b"{\"data\":[{\"url\":\"\x01\"}]}"),
+            "a control character elsewhere"
+        );
+        assert!(!ok(br#"{"data":[{"b64_json":"QUJD}]}"#));
+        assert!(!ok(br#"{"data":[{"b64_json":"QUJD"}"#));
+        let e = classify(200, br#"{"data":[{"b64_json":7}]}"#, &redactor()).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Malformed);
+        assert!(
+            e.message.starts_with("answer is not an images answer"),
+            "{}",
+            e.message
+        );
+        let e = classify(
+            200,
+            br#"{"code":402,"b64_json":"QUJD","msg":"x"}"#,
+            &redactor(),
+        );
+        assert_eq!(e.unwrap_err().kind, FailureKind::OutOfCredits);
+        // Nesting deeper than serde's limit is refused, not followed down the stack.
+        let deep = format!("{}{}", r#"{"a":["#.repeat(5_000), "]}".repeat(5_000));
+        assert!(!ok(deep.as_bytes()));
     }
 
     #[test]

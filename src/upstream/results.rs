@@ -12,14 +12,14 @@ use tokio::time::Instant;
 
 use super::{CallCtx, FailureKind, Upstream, UpstreamError};
 use crate::metrics::{CallOutcome, Phase};
-use crate::model::{image_dimensions, ImageFormat, Size};
+use crate::model::{image_dimensions, ImageFormat, Size, Text};
 
 /// One produced image: inline base64 (from an OpenAI-shaped sync answer), a URL, or both. The
-/// base64 text is a slice of the upstream's answer (UTF-8, as JSON strings are): cloned by
-/// reference, never copied.
+/// base64 text is a slice of the upstream's answer, checked once for JSON: cloned by reference,
+/// never copied.
 #[derive(Debug, Clone, Default)]
 pub struct Image {
-    pub b64: Option<Bytes>,
+    pub b64: Option<Text>,
     pub url: Option<String>,
 }
 
@@ -35,8 +35,8 @@ impl Image {
 /// An image ready for the client: base64 text plus what the gateway learned from its bytes.
 #[derive(Debug)]
 pub struct Encoded {
-    /// Base64 text (ASCII).
-    pub b64: Bytes,
+    /// Base64 text.
+    pub b64: Text,
     pub format: Option<ImageFormat>,
     pub size: Option<Size>,
 }
@@ -57,7 +57,7 @@ pub fn encode(bytes: Bytes, wanted: ImageFormat) -> Encoded {
 /// An inline base64 image (gpt-image-2-all's sync answer) in the `wanted` format: passed through
 /// untouched when it already is (the common case, no decoding), else decoded, converted and
 /// encoded again. Runs on the blocking pool when a conversion is needed.
-pub async fn inline(b64: Bytes, wanted: ImageFormat) -> Encoded {
+pub async fn inline(b64: Text, wanted: ImageFormat) -> Encoded {
     let head = peek_b64(&b64, 32);
     let have = ImageFormat::sniff(&head);
     if have.is_none() || have == Some(wanted) {
@@ -68,7 +68,7 @@ pub async fn inline(b64: Bytes, wanted: ImageFormat) -> Encoded {
             size,
         };
     }
-    let as_made = |b64: Bytes| Encoded {
+    let as_made = |b64: Text| Encoded {
         size: image_dimensions(&peek_b64(&b64, PEEK)),
         b64,
         format: have,
@@ -100,9 +100,7 @@ fn peek_b64(b64: &[u8], bytes: usize) -> Vec<u8> {
 
 fn encode_as_is(bytes: &[u8]) -> Encoded {
     Encoded {
-        b64: base64::engine::general_purpose::STANDARD
-            .encode(bytes)
-            .into(),
+        b64: Text::base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
         format: ImageFormat::sniff(bytes),
         size: image_dimensions(bytes),
     }
