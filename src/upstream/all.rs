@@ -192,13 +192,13 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             let answer = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            openai_images(&answer.raw)
+            openai_images(&answer.raw, answer.printable)
         }
         Plan::SyncEdit(form) => {
             let answer = up
                 .post_form("/api/v1/images/edits", &|| form.clone().into_form(), ctx)
                 .await?;
-            openai_images(&answer.raw)
+            openai_images(&answer.raw, answer.printable)
         }
         Plan::Async(body) => {
             // Only the async shape: a callback on a sync request would switch it to async.
@@ -245,7 +245,10 @@ impl EditForm {
 /// as it came, never decoded and re-encoded, and not even copied: each image's `b64_json` is a
 /// slice of the answer's own buffer (a string with JSON escapes in it, which base64 never has,
 /// is unescaped into its own buffer).
-fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
+///
+/// `printable`: every byte of `raw` is printable ASCII, so a `b64_json` taken as it stood is
+/// plain JSON text without a check of its own.
+fn openai_images(raw: &Bytes, printable: bool) -> Result<Output, UpstreamError> {
     let answer: OpenAiAnswer<'_> = serde_json::from_slice(raw).map_err(|e| {
         UpstreamError::new(
             FailureKind::Malformed,
@@ -261,11 +264,11 @@ fn openai_images(raw: &Bytes) -> Result<Output, UpstreamError> {
     let images: Vec<Image> = items
         .into_iter()
         .map(|item| Image {
-            b64: item.b64_json.map(|s| {
-                Text::new(match s.0 {
-                    Cow::Borrowed(s) => raw.slice_ref(s),
-                    Cow::Owned(s) => Bytes::from(s),
-                })
+            b64: item.b64_json.map(|s| match s.0 {
+                // Between its quotes, without escapes (see `RawStr`).
+                Cow::Borrowed(s) if printable => Text::of_printable(raw.slice_ref(s)),
+                Cow::Borrowed(s) => Text::new(raw.slice_ref(s)),
+                Cow::Owned(s) => Text::new(Bytes::from(s)),
             }),
             url: item
                 .url
@@ -347,7 +350,7 @@ mod tests {
             ]})
             .to_string(),
         );
-        let out = openai_images(&raw).unwrap();
+        let out = openai_images(&raw, false).unwrap();
         assert_eq!(out.images.len(), 2);
         let first = out.images[0].b64.as_ref().unwrap();
         assert_eq!(&**first, b64.as_bytes());
@@ -356,9 +359,33 @@ mod tests {
         assert_eq!(out.images[1].url.as_deref(), Some("https://files.example/a\\/b.png"));
         assert!(out.images[1].b64.is_none());
         for bad in [r#"{"created":1}"#, r#"{"data":[{"b64_json":7}]}"#, "[1]", "{\"data\": ["] {
-            let e = openai_images(&Bytes::from(bad)).unwrap_err();
+            let e = openai_images(&Bytes::from(bad), false).unwrap_err();
             assert_eq!(e.kind, FailureKind::Malformed, "{bad}");
         }
+    }
+
+    /// In an answer of printable ASCII, a `b64_json` without escapes is plain JSON text as it
+    /// stood (written out as a piece shared with the answer); one with escapes is unescaped and
+    /// checked, and so escaped again when written.
+    #[test]
+    fn a_printable_answer_s_base64_is_plain_as_it_stood() {
+        use crate::model::json_text::{printable_ascii, OWN_PIECE};
+        let b64 = "QUJD".repeat(OWN_PIECE);
+        let raw = Bytes::from(format!(
+            r#"{{"data":[{{"b64_json":"{b64}"}},{{"b64_json":"QU\nJD"}}]}}"#
+        ));
+        assert!(printable_ascii(&raw));
+        let out = openai_images(&raw, true).unwrap();
+        let (first, second) = (
+            out.images[0].b64.as_ref().unwrap(),
+            out.images[1].b64.as_ref().unwrap(),
+        );
+        let mut w = crate::model::JsonWriter::new();
+        w.raw("[").text(first).raw(",").text(second).raw("]");
+        let text = w.finish();
+        assert!(text.parts().iter().any(|p| p.as_ptr() == first.as_ptr()));
+        let back: Vec<String> = serde_json::from_str(&text.to_text()).unwrap();
+        assert_eq!(back, [b64, "QU\nJD".to_owned()]);
     }
 
     #[test]

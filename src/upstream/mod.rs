@@ -108,6 +108,8 @@ pub trait Journal: Send + Sync {
 /// used.
 pub(crate) struct Created {
     pub raw: bytes::Bytes,
+    /// Every byte of `raw` is printable ASCII (see [`Body`]).
+    pub printable: bool,
     seq: Option<u32>,
     key: usize,
 }
@@ -252,11 +254,16 @@ impl Upstream {
             })?),
             None => None,
         };
-        let (raw, key) = self
+        let (body, key) = self
             .send(make, ctx, ctx.call_remaining(), Phase::Create, None)
             .await?;
         crate::failpoint::hit("after_create_sent");
-        Ok(Created { raw, seq, key })
+        Ok(Created {
+            raw: body.bytes,
+            printable: body.printable,
+            seq,
+            key,
+        })
     }
 
     /// `form` is called once per attempt: a call refused for its key is sent again with another.
@@ -284,7 +291,7 @@ impl Upstream {
         let (body, _) = self
             .send(&make, ctx, ctx.remaining().min(limit), Phase::Poll, key)
             .await?;
-        parse(&body)
+        parse(&body.bytes)
     }
 
     /// One call to the platform, timed into the request's upstream clock and counted by model,
@@ -296,7 +303,7 @@ impl Upstream {
         limit: Duration,
         phase: Phase,
         key: Option<usize>,
-    ) -> Result<(bytes::Bytes, usize), UpstreamError> {
+    ) -> Result<(Body, usize), UpstreamError> {
         let _waiting = ctx.wait.enter();
         let started = Instant::now();
         let result = self.call(make, ctx, limit, key).await;
@@ -318,7 +325,7 @@ impl Upstream {
         ctx: &CallCtx,
         limit: Duration,
         pinned: Option<usize>,
-    ) -> Result<(bytes::Bytes, usize), UpstreamError> {
+    ) -> Result<(Body, usize), UpstreamError> {
         let until = Instant::now() + limit;
         if let Some((key, auth)) = pinned.and_then(|k| Some((k, self.pool.auth(k)?))) {
             return self
@@ -360,7 +367,7 @@ impl Upstream {
         auth: HeaderValue,
         ctx: &CallCtx,
         until: Instant,
-    ) -> Result<bytes::Bytes, UpstreamError> {
+    ) -> Result<Body, UpstreamError> {
         let rb = rb
             .header(AUTHORIZATION, auth)
             .header("x-request-id", &ctx.request_id);
@@ -393,7 +400,7 @@ impl Upstream {
             }
             Ok(Ok((status, retry_after, Some(body)))) => (status, retry_after, body),
         };
-        match classify(status, &body, &self.redactor) {
+        match classify(status, &body.bytes, &self.redactor) {
             Ok(()) => Ok(body),
             Err(mut e) => {
                 if e.kind == FailureKind::RateLimited {
@@ -456,11 +463,20 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// An answer's body, and whether every byte of it is printable ASCII. Found while the body is
+/// read, each block checked right after it is copied (while it is in the cache): a string of
+/// such a body that has no escapes goes into JSON as it is ([`crate::model::Text`]), and
+/// megabytes of base64 are not read once more to check it.
+pub(crate) struct Body {
+    pub bytes: bytes::Bytes,
+    pub printable: bool,
+}
+
+/// Blocks small enough to be checked while the CPU's first cache still holds them.
+const CHECK_BLOCK: usize = 16 * 1024;
+
 /// The body of `res`, or `None` as soon as it is longer than `max` bytes (never held whole).
-async fn read_capped(
-    res: reqwest::Response,
-    max: usize,
-) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+async fn read_capped(res: reqwest::Response, max: usize) -> Result<Option<Body>, reqwest::Error> {
     use futures_util::StreamExt as _;
     if res.content_length().is_some_and(|len| len > max as u64) {
         return Ok(None);
@@ -468,15 +484,22 @@ async fn read_capped(
     // One buffer of the announced length: a 12 MiB answer is not grown (and copied) by doubling.
     let announced = res.content_length().map_or(0, |len| len as usize);
     let mut buf = bytes::BytesMut::with_capacity(announced);
+    let mut printable = true;
     let mut stream = res.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         if buf.len() + chunk.len() > max {
             return Ok(None);
         }
-        buf.extend_from_slice(&chunk);
+        for block in chunk.chunks(CHECK_BLOCK) {
+            buf.extend_from_slice(block);
+            printable &= crate::model::json_text::printable_ascii(block);
+        }
     }
-    Ok(Some(buf.freeze()))
+    Ok(Some(Body {
+        bytes: buf.freeze(),
+        printable,
+    }))
 }
 
 /// A success answer's JSON (checked when it was classified, so this does not fail in practice).
@@ -783,6 +806,38 @@ fn endpoint(base: &reqwest::Url, path: &str) -> reqwest::Url {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body is read whole, in as many pieces as it came, and is printable only when every byte
+    /// of every piece is; a body over the cap is not read whole.
+    #[tokio::test]
+    async fn a_body_is_read_whole_and_checked_for_printable_ascii() {
+        async fn read(chunks: Vec<Vec<u8>>, max: usize) -> Option<Body> {
+            let stream = futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
+            );
+            let res = reqwest::Response::from(axum::http::Response::new(
+                reqwest::Body::wrap_stream(stream),
+            ));
+            read_capped(res, max).await.unwrap()
+        }
+        let long = br#"{"b64_json":"QUJD+/="}"#.repeat(2_000);
+        let body = read(vec![long.clone(), long.clone()], 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(body.bytes.len(), 2 * long.len());
+        assert!(body.printable);
+        for bad in [b'\n', 0x1f, 0x7f, 0xc3] {
+            let mut second = long.clone();
+            second[CHECK_BLOCK + 3] = bad;
+            let body = read(vec![long.clone(), second], 1 << 20).await.unwrap();
+            assert!(!body.printable, "{bad:#x}");
+        }
+        assert!(read(vec![long.clone(), long.clone()], long.len())
+            .await
+            .is_none());
+    }
 
     /// A call's URL is the base URL (its path a prefix) with the call's path and query: the same
     /// text the base and path made when each call parsed it whole.
