@@ -3,7 +3,7 @@
 
 #![deny(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -34,8 +34,8 @@ pub(super) fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<
         };
         return Err(UpstreamError::new(kind, message));
     }
-    let code = match serde_json::from_slice::<BodyCode>(body) {
-        Ok(BodyCode(code)) => code,
+    let code = match body_code(body) {
+        Ok(code) => code,
         // JSON, but a `b64_json` that is neither a string nor null: no images answer.
         Err(e) if e.is_data() => {
             let message = format!("answer is not an images answer: {e}");
@@ -64,71 +64,83 @@ pub(super) fn classify(status: u16, body: &[u8], redactor: &Redactor) -> Result<
 
 /// The top-level `code` of a JSON document when it is an integer (the last one, as a parsed
 /// object would keep); everything else is only checked to be JSON, without being kept.
-struct BodyCode(Option<i64>);
+fn body_code(body: &[u8]) -> Result<Option<i64>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let code = Check { top: true }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(code)
+}
 
-impl<'de> Deserialize<'de> for BodyCode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Top;
-        impl<'de> Visitor<'de> for Top {
-            type Value = BodyCode;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("JSON")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyCode, A::Error> {
-                let mut code = None;
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Code => code = map.next_value::<Value>()?.as_i64(),
-                        key => key.skip_value(&mut map)?,
-                    }
+/// Checks a JSON value without keeping it, and reads the platform's `code` when the value is
+/// the document itself (`top`).
+#[derive(Clone, Copy)]
+struct Check {
+    top: bool,
+}
+
+const NESTED: Check = Check { top: false };
+
+impl<'de> DeserializeSeed<'de> for Check {
+    type Value = Option<i64>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check {
+    type Value = Option<i64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<i64>, A::Error> {
+        let mut code = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Code if self.top => code = map.next_value::<Value>()?.as_i64(),
+                Key::LongText => {
+                    map.next_value::<Option<LongText>>()?;
                 }
-                Ok(BodyCode(code))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<BodyCode, A::Error> {
-                Skipped.visit_seq(seq).map(|_| BodyCode(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
-            }
-            fn visit_unit<E>(self) -> Result<BodyCode, E> {
-                Ok(BodyCode(None))
+                Key::Code | Key::Other => {
+                    map.next_value_seed(NESTED)?;
+                }
             }
         }
-        d.deserialize_any(Top)
+        Ok(code)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<i64>, A::Error> {
+        while seq.next_element_seed(NESTED)?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<i64>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<i64>, E> {
+        Ok(None)
     }
 }
 
 /// A key of an object in an answer, as far as checking it goes.
 enum Key {
-    /// The platform's `code`, read at the top level only.
+    /// The platform's `code` (read at the top level only).
     Code,
     /// `b64_json`: megabytes of base64, only searched for its closing quote here, as its adapter
-    /// reads it (its bytes are checked once, when written out: [`crate::model::JsonWriter`]).
-    /// serde's full check of a string runs at a third of that speed, and was the largest cost of
-    /// a 2 MiB answer.
+    /// reads it (its bytes are checked once, as the answer arrives: [`super::Body`]). serde's
+    /// full check of a string runs at a third of that speed, and was the largest cost of a
+    /// 2 MiB answer.
     LongText,
     Other,
-}
-
-impl Key {
-    fn skip_value<'de, A: MapAccess<'de>>(self, map: &mut A) -> Result<(), A::Error> {
-        match self {
-            Key::LongText => map.next_value::<Option<LongText>>().map(drop),
-            Key::Code | Key::Other => map.next_value::<Skipped>().map(drop),
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for Key {
@@ -151,53 +163,8 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// Any JSON value, checked and dropped (serde's `IgnoredAny`, except for [`Key::LongText`]).
-#[derive(Clone, Copy)]
-struct Skipped;
-
-impl<'de> Deserialize<'de> for Skipped {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Skipped)
-    }
-}
-
-impl<'de> Visitor<'de> for Skipped {
-    type Value = Skipped;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skipped, A::Error> {
-        while let Some(key) = map.next_key::<Key>()? {
-            key.skip_value(&mut map)?;
-        }
-        Ok(self)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skipped, A::Error> {
-        while seq.next_element::<Skipped>()?.is_some() {}
-        Ok(self)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Skipped, E> {
-        Ok(self)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Skipped, E> {
-        Ok(self)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Skipped, E> {
-        Ok(self)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Skipped, E> {
-        Ok(self)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Skipped, E> {
-        Ok(self)
-    }
-    fn visit_unit<E>(self) -> Result<Skipped, E> {
-        Ok(self)
-    }
-}
-
 /// A [`Key::LongText`] string, found by its closing quote (`serde_json` reads a string asked for
-/// as bytes without checking it); an array there is skipped like any value.
+/// as bytes without checking it); an array there is checked like any value.
 struct LongText;
 
 impl<'de> Deserialize<'de> for LongText {
@@ -212,7 +179,7 @@ impl<'de> Deserialize<'de> for LongText {
                 Ok(LongText)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<LongText, A::Error> {
-                Skipped.visit_seq(seq).map(|_| LongText)
+                NESTED.visit_seq(seq).map(|_| LongText)
             }
         }
         d.deserialize_bytes(V)
