@@ -81,10 +81,6 @@ impl Text {
             plain: true,
         }
     }
-
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
 }
 
 impl AsRef<[u8]> for Text {

@@ -11,6 +11,7 @@
 //! builds the upstream body (so bad input is refused before any upstream call), and an `execute`
 //! that talks to the platform.
 
+mod body;
 mod classify;
 pub mod failure;
 pub mod pool;
@@ -36,6 +37,7 @@ use crate::metrics::{CallOutcome, Metrics, Phase, UpstreamWait};
 use crate::model::{ImageFormat, ModelId};
 use crate::request::{self, ImageRequest};
 
+use body::{read_capped, Body};
 use classify::{classify, is_policy_message};
 pub use failure::{FailureKind, UpstreamError};
 pub use results::Image;
@@ -463,45 +465,6 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
-/// An answer's body, and whether every byte of it is printable ASCII. Found while the body is
-/// read, each block checked right after it is copied (while it is in the cache): a string of
-/// such a body that has no escapes goes into JSON as it is ([`crate::model::Text`]), and
-/// megabytes of base64 are not read once more to check it.
-pub(crate) struct Body {
-    pub bytes: bytes::Bytes,
-    pub printable: bool,
-}
-
-/// Blocks small enough to be checked while the CPU's first cache still holds them.
-const CHECK_BLOCK: usize = 16 * 1024;
-
-/// The body of `res`, or `None` as soon as it is longer than `max` bytes (never held whole).
-async fn read_capped(res: reqwest::Response, max: usize) -> Result<Option<Body>, reqwest::Error> {
-    use futures_util::StreamExt as _;
-    if res.content_length().is_some_and(|len| len > max as u64) {
-        return Ok(None);
-    }
-    // One buffer of the announced length: a 12 MiB answer is not grown (and copied) by doubling.
-    let announced = res.content_length().map_or(0, |len| len as usize);
-    let mut buf = bytes::BytesMut::with_capacity(announced);
-    let mut printable = true;
-    let mut stream = res.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if buf.len() + chunk.len() > max {
-            return Ok(None);
-        }
-        for block in chunk.chunks(CHECK_BLOCK) {
-            buf.extend_from_slice(block);
-            printable &= crate::model::json_text::printable_ascii(block);
-        }
-    }
-    Ok(Some(Body {
-        bytes: buf.freeze(),
-        printable,
-    }))
-}
-
 /// A success answer's JSON (checked when it was classified, so this does not fail in practice).
 fn parse(body: &[u8]) -> Result<Value, UpstreamError> {
     serde_json::from_slice(body).map_err(|_| {
@@ -806,38 +769,6 @@ fn endpoint(base: &reqwest::Url, path: &str) -> reqwest::Url {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A body is read whole, in as many pieces as it came, and is printable only when every byte
-    /// of every piece is; a body over the cap is not read whole.
-    #[tokio::test]
-    async fn a_body_is_read_whole_and_checked_for_printable_ascii() {
-        async fn read(chunks: Vec<Vec<u8>>, max: usize) -> Option<Body> {
-            let stream = futures_util::stream::iter(
-                chunks
-                    .into_iter()
-                    .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
-            );
-            let res = reqwest::Response::from(axum::http::Response::new(
-                reqwest::Body::wrap_stream(stream),
-            ));
-            read_capped(res, max).await.unwrap()
-        }
-        let long = br#"{"b64_json":"QUJD+/="}"#.repeat(2_000);
-        let body = read(vec![long.clone(), long.clone()], 1 << 20)
-            .await
-            .unwrap();
-        assert_eq!(body.bytes.len(), 2 * long.len());
-        assert!(body.printable);
-        for bad in [b'\n', 0x1f, 0x7f, 0xc3] {
-            let mut second = long.clone();
-            second[CHECK_BLOCK + 3] = bad;
-            let body = read(vec![long.clone(), second], 1 << 20).await.unwrap();
-            assert!(!body.printable, "{bad:#x}");
-        }
-        assert!(read(vec![long.clone(), long.clone()], long.len())
-            .await
-            .is_none());
-    }
 
     /// A call's URL is the base URL (its path a prefix) with the call's path and query: the same
     /// text the base and path made when each call parsed it whole.
