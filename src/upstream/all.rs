@@ -16,7 +16,7 @@ use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{task, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
+use super::{task, Body, CallCtx, FailureKind, Image, Output, Upstream, UpstreamError};
 use crate::error::ApiError;
 use crate::model::{ModelId, Quality, Size, Text};
 use crate::request::{ImageRef, ImageRequest, ResponseFormat};
@@ -192,13 +192,13 @@ pub async fn execute(up: &Upstream, plan: Plan, ctx: &CallCtx) -> Result<Output,
             let answer = up
                 .post_json("/api/v1/images/generations", &body, ctx)
                 .await?;
-            openai_images(&answer.raw, answer.printable)
+            openai_images(&answer.body)
         }
         Plan::SyncEdit(form) => {
             let answer = up
                 .post_form("/api/v1/images/edits", &|| form.clone().into_form(), ctx)
                 .await?;
-            openai_images(&answer.raw, answer.printable)
+            openai_images(&answer.body)
         }
         Plan::Async(body) => {
             // Only the async shape: a callback on a sync request would switch it to async.
@@ -244,11 +244,10 @@ impl EditForm {
 /// Reads an OpenAI-shaped answer: `data[]` with `b64_json` and/or `url`. The base64 text is kept
 /// as it came, never decoded and re-encoded, and not even copied: each image's `b64_json` is a
 /// slice of the answer's own buffer (a string with JSON escapes in it, which base64 never has,
-/// is unescaped into its own buffer).
-///
-/// `printable`: every byte of `raw` is printable ASCII, so a `b64_json` taken as it stood is
-/// plain JSON text without a check of its own.
-fn openai_images(raw: &Bytes, printable: bool) -> Result<Output, UpstreamError> {
+/// is unescaped into its own buffer). In a body of printable ASCII ([`Body`]), a `b64_json`
+/// taken as it stood is plain JSON text without a check of its own.
+fn openai_images(body: &Body) -> Result<Output, UpstreamError> {
+    let raw = &body.bytes;
     let answer: OpenAiAnswer<'_> = serde_json::from_slice(raw).map_err(|e| {
         UpstreamError::new(
             FailureKind::Malformed,
@@ -266,7 +265,7 @@ fn openai_images(raw: &Bytes, printable: bool) -> Result<Output, UpstreamError> 
         .map(|item| Image {
             b64: item.b64_json.map(|s| match s.0 {
                 // Between its quotes, without escapes (see `RawStr`).
-                Cow::Borrowed(s) if printable => Text::of_printable(raw.slice_ref(s)),
+                Cow::Borrowed(s) if body.printable => Text::of_printable(raw.slice_ref(s)),
                 Cow::Borrowed(s) => Text::new(raw.slice_ref(s)),
                 Cow::Owned(s) => Text::new(Bytes::from(s)),
             }),
@@ -336,6 +335,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawStr<'a> {
 mod tests {
     use super::*;
 
+    fn body(bytes: Bytes, printable: bool) -> Body {
+        Body { bytes, printable }
+    }
+
     /// The base64 of an answer is a slice of the answer's buffer, not a copy; an escaped URL is
     /// unescaped; an item with no image is skipped; no `data`, or a `b64_json` that is not a
     /// string, is malformed.
@@ -350,7 +353,7 @@ mod tests {
             ]})
             .to_string(),
         );
-        let out = openai_images(&raw, false).unwrap();
+        let out = openai_images(&body(raw.clone(), false)).unwrap();
         assert_eq!(out.images.len(), 2);
         let first = out.images[0].b64.as_ref().unwrap();
         assert_eq!(&**first, b64.as_bytes());
@@ -359,7 +362,7 @@ mod tests {
         assert_eq!(out.images[1].url.as_deref(), Some("https://files.example/a\\/b.png"));
         assert!(out.images[1].b64.is_none());
         for bad in [r#"{"created":1}"#, r#"{"data":[{"b64_json":7}]}"#, "[1]", "{\"data\": ["] {
-            let e = openai_images(&Bytes::from(bad), false).unwrap_err();
+            let e = openai_images(&body(Bytes::from(bad), false)).unwrap_err();
             assert_eq!(e.kind, FailureKind::Malformed, "{bad}");
         }
     }
@@ -375,7 +378,7 @@ mod tests {
             r#"{{"data":[{{"b64_json":"{b64}"}},{{"b64_json":"QU\nJD"}}]}}"#
         ));
         assert!(printable_ascii(&raw));
-        let out = openai_images(&raw, true).unwrap();
+        let out = openai_images(&body(raw, true)).unwrap();
         let (first, second) = (
             out.images[0].b64.as_ref().unwrap(),
             out.images[1].b64.as_ref().unwrap(),

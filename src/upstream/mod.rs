@@ -109,9 +109,7 @@ pub trait Journal: Send + Sync {
 /// A create call's answer: the body as received, the journal's number for the call, the pool key
 /// used.
 pub(crate) struct Created {
-    pub raw: bytes::Bytes,
-    /// Every byte of `raw` is printable ASCII (see [`Body`]).
-    pub printable: bool,
+    pub body: Body,
     seq: Option<u32>,
     key: usize,
 }
@@ -119,7 +117,7 @@ pub(crate) struct Created {
 impl Created {
     /// The answer parsed (it was checked to be JSON when it was classified).
     pub fn json(&self) -> Result<Value, UpstreamError> {
-        parse(&self.raw)
+        parse(&self.body.bytes)
     }
 
     /// Records the task the create started (see [`Journal::accepted`]).
@@ -260,12 +258,7 @@ impl Upstream {
             .send(make, ctx, ctx.call_remaining(), Phase::Create, None)
             .await?;
         crate::failpoint::hit("after_create_sent");
-        Ok(Created {
-            raw: body.bytes,
-            printable: body.printable,
-            seq,
-            key,
-        })
+        Ok(Created { body, seq, key })
     }
 
     /// `form` is called once per attempt: a call refused for its key is sent again with another.
